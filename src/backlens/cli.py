@@ -1,0 +1,29 @@
+"""Shared behaviour of the thin ``scripts/*.py`` entry points."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable
+
+from omegaconf import DictConfig, OmegaConf
+
+from backlens.data.sources import DataUnavailableError
+from backlens.data.validation import InvalidRecordError
+from backlens.models.loading import ModelUnavailableError
+
+log = logging.getLogger("backlens")
+
+# Errors whose message already says what is wrong and how to fix it: print one line, no traceback.
+USER_ERRORS = (ModelUnavailableError, DataUnavailableError, InvalidRecordError)
+
+
+def run_stage(cfg: DictConfig, stage: Callable[[DictConfig], None]) -> None:
+    """Log the resolved config, run one stage, and turn user errors into one clear line."""
+    log.info("resolved config:\n%s", OmegaConf.to_yaml(cfg, resolve=True))
+    try:
+        stage(cfg)
+    except USER_ERRORS as error:
+        log.error("%s", error)
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(1)

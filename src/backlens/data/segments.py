@@ -1,0 +1,126 @@
+"""Tokenize a prompt and label every token with its ROME segment, from character offsets.
+
+Offsets make this tokenizer-agnostic: GPT-2 BPE attaches the leading space to the next
+token (" Obama"), SentencePiece marks it with "▁"; either way a token belongs to the
+subject when its character span overlaps the subject's span.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from transformers import PreTrainedTokenizerBase
+
+# ROME's six segments (causal tracing averages and the paper's Figs 5-6).
+SEGMENTS: tuple[str, ...] = (
+    "first_subject",
+    "middle_subject",
+    "last_subject",
+    "first_subsequent",
+    "further",
+    "last",
+)
+# The one label a token gets when segments overlap (a one-token subject is both first
+# and last subject token; ROME counts it in both averages, the flags keep that).
+PRIMARY_ORDER: tuple[str, ...] = ("last", "last_subject", "first_subject", "middle_subject", "first_subsequent", "further")
+
+
+class SegmentationError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class SegmentedPrompt:
+    """A prompt as the model sees it, with per-token segment labels.
+
+    ``flags[segment][i]`` says whether token i belongs to ``segment`` (several can hold);
+    ``primary[i]`` is a single label, ``"prefix"`` for tokens before the subject.
+    """
+
+    input_ids: tuple[int, ...]
+    tokens: tuple[str, ...]
+    offsets: tuple[tuple[int, int], ...]
+    subject_start: int
+    subject_end: int
+    primary: tuple[str, ...]
+    flags: dict[str, tuple[bool, ...]]
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+
+def segment_flags(n_tokens: int, subject_start: int, subject_end: int) -> dict[str, tuple[bool, ...]]:
+    """ROME's segments for a prompt whose subject occupies tokens [subject_start, subject_end)."""
+    last = n_tokens - 1
+
+    def mark(condition) -> tuple[bool, ...]:
+        return tuple(bool(condition(i)) for i in range(n_tokens))
+
+    return {
+        "first_subject": mark(lambda i: i == subject_start),
+        "middle_subject": mark(lambda i: subject_start < i < subject_end - 1),
+        "last_subject": mark(lambda i: i == subject_end - 1),
+        "first_subsequent": mark(lambda i: i == subject_end),
+        "further": mark(lambda i: subject_end < i < last),
+        "last": mark(lambda i: i == last),
+    }
+
+
+def primary_labels(flags: dict[str, tuple[bool, ...]]) -> tuple[str, ...]:
+    n_tokens = len(flags["last"])
+    labels = []
+    for i in range(n_tokens):
+        labels.append(next((s for s in PRIMARY_ORDER if flags[s][i]), "prefix"))
+    return tuple(labels)
+
+
+def segment_prompt(
+    tokenizer: PreTrainedTokenizerBase, prompt: str, subject: str, subject_char_start: int | None = None
+) -> SegmentedPrompt:
+    """Tokenize ``prompt`` (with the tokenizer's special tokens) and label its tokens."""
+    if subject_char_start is None:
+        subject_char_start = prompt.find(subject)
+    if subject_char_start < 0 or prompt[subject_char_start : subject_char_start + len(subject)] != subject:
+        raise SegmentationError(f"subject {subject!r} not found in prompt {prompt!r}")
+    subject_char_end = subject_char_start + len(subject)
+    encoding = tokenizer(prompt, return_offsets_mapping=True)
+    offsets = [tuple(o) for o in encoding["offset_mapping"]]
+    subject_tokens = [
+        i for i, (a, b) in enumerate(offsets) if b > a and a < subject_char_end and b > subject_char_start
+    ]
+    if not subject_tokens:
+        raise SegmentationError(f"no token of {prompt!r} overlaps the subject {subject!r}")
+    start, end = subject_tokens[0], subject_tokens[-1] + 1
+    if subject_tokens != list(range(start, end)):
+        raise SegmentationError(f"subject {subject!r} tokens are not contiguous in {prompt!r}")
+    ids = tuple(int(i) for i in encoding["input_ids"])
+    flags = segment_flags(len(ids), start, end)
+    return SegmentedPrompt(
+        input_ids=ids,
+        tokens=tuple(tokenizer.decode([i]) for i in ids),
+        offsets=tuple(offsets),
+        subject_start=start,
+        subject_end=end,
+        primary=primary_labels(flags),
+        flags=flags,
+    )
+
+
+def first_target_token(tokenizer: PreTrainedTokenizerBase, prompt: str, target: str) -> int:
+    """Id of the first token the model must produce after ``prompt`` to say `` target``.
+
+    Taken from the tokenization of prompt + " " + target, so GPT-2 BPE (" Paris" is one
+    token) and SentencePiece (which may split the space off) both get the right id.
+    """
+    prompt_ids = tokenizer(prompt)["input_ids"]
+    full_ids = tokenizer(prompt + " " + target.lstrip())["input_ids"]
+    common = 0
+    while common < min(len(prompt_ids), len(full_ids)) and prompt_ids[common] == full_ids[common]:
+        common += 1
+    if common < len(prompt_ids):
+        # The target merged into the prompt's last tokens; the model still sees the prompt's
+        # own tokens, so take the target's first token on its own.
+        return int(tokenizer(" " + target.lstrip(), add_special_tokens=False)["input_ids"][0])
+    if common >= len(full_ids):
+        raise SegmentationError(f"target {target!r} adds no token after prompt {prompt!r}")
+    return int(full_ids[common])

@@ -1,0 +1,51 @@
+"""Atomic writes: a result file is either complete or absent, never half-written."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pandas as pd
+
+
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it into place only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _write_with(path: str | Path, writer: Callable[[Path], None]) -> Path:
+    with atomic_path(path) as tmp:
+        writer(tmp)
+    return Path(path)
+
+
+def write_table(frame: pd.DataFrame, path: str | Path) -> Path:
+    """Write a tidy table as parquet or CSV, chosen by the file suffix."""
+    suffix = Path(path).suffix
+    if suffix == ".parquet":
+        return _write_with(path, lambda tmp: frame.to_parquet(tmp, index=False))
+    if suffix == ".csv":
+        return _write_with(path, lambda tmp: frame.to_csv(tmp, index=False))
+    raise ValueError(f"{path}: tables are written as .parquet or .csv")
+
+
+def write_text(text: str, path: str | Path) -> Path:
+    return _write_with(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def write_json(data: object, path: str | Path) -> Path:
+    return write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n", path)

@@ -1,0 +1,1 @@
+"""One function per pipeline rule: read the config, do the work, write the rule's outputs."""

@@ -1,0 +1,53 @@
+"""Shared fixtures: project paths, Hydra composition, tiny random GPT-2 and Llama models."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from backlens.models.loading import load_model
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+SHARED = Path(os.environ.get("BACKLENS_SHARED", PROJECT_ROOT.parent / "shared"))
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _run_from_project_root():
+    """Configs use paths relative to the project root, as the pipeline does."""
+    previous = os.getcwd()
+    os.chdir(PROJECT_ROOT)
+    yield
+    os.chdir(previous)
+
+
+def compose_config(*overrides: str):
+    with initialize_config_dir(config_dir=str(PROJECT_ROOT / "conf"), version_base="1.3"):
+        return compose(config_name="config", overrides=list(overrides))
+
+
+def require_shared(*relative: str) -> Path:
+    """Path inside ../shared, or skip the test saying that the shared folder is absent."""
+    path = SHARED.joinpath(*relative)
+    if not path.exists():
+        pytest.skip(f"{path} is absent: this test reads the shared data beside the project (set BACKLENS_SHARED)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2():
+    require_shared("assets", "gpt2_tokenizer")
+    return load_model(compose_config("model=tiny-gpt2").model)
+
+
+@pytest.fixture(scope="session")
+def tiny_llama():
+    return load_model(compose_config("model=tiny-llama").model)
+
+
+@pytest.fixture(params=["tiny_gpt2", "tiny_llama"], scope="session")
+def tiny_model(request):
+    return request.getfixturevalue(request.param)

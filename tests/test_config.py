@@ -1,0 +1,54 @@
+"""Every config group composes with Hydra's compose API."""
+
+from pathlib import Path
+
+import pytest
+
+from conftest import PROJECT_ROOT, compose_config
+
+MODEL_NAMES = sorted(p.stem for p in (PROJECT_ROOT / "conf" / "model").glob("*.yaml"))
+DATASET_NAMES = sorted(p.stem for p in (PROJECT_ROOT / "conf" / "dataset").glob("*.yaml"))
+EXPERIMENT_NAMES = sorted(p.stem for p in (PROJECT_ROOT / "conf" / "experiment").glob("*.yaml"))
+
+
+def test_expected_models_are_configured():
+    expected = {"smollm2-135m", "gemma3-270m", "gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl", "llama2-7b"}
+    assert expected | {"tiny-gpt2", "tiny-llama"} <= set(MODEL_NAMES)
+
+
+@pytest.mark.parametrize("model", MODEL_NAMES)
+def test_model_config_composes(model):
+    cfg = compose_config(f"model={model}")
+    assert cfg.model.name == model
+    assert cfg.model.source in {"package_gguf", "assembled_gguf", "hub", "random"}
+    assert cfg.run_name == model
+    assert cfg.paths.prompts == f"results/{model}/prompts.parquet"
+
+
+@pytest.mark.parametrize("dataset", DATASET_NAMES)
+def test_dataset_config_composes(dataset):
+    cfg = compose_config(f"dataset={dataset}")
+    assert cfg.dataset.name == dataset
+    assert list(cfg.dataset.candidates)
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENT_NAMES)
+def test_experiment_config_composes(experiment):
+    assert compose_config(f"experiment={experiment}").n_prompts > 0
+
+
+def test_defaults_are_the_embedded_model_on_cpu_in_float32():
+    cfg = compose_config()
+    assert (cfg.model.name, cfg.device, cfg.dtype, cfg.n_prompts) == ("smollm2-135m", "cpu", "float32", 100)
+    assert cfg.known_facts.name == "known_1000"
+
+
+def test_paper_numbers_are_data():
+    paper = compose_config().paper
+    assert paper.table1.rows.shift == [99.4, 41.6, 6.02, 622.45]
+    assert paper.fig3_gradient_rank.last_layer_rank == 1
+
+
+def test_hydra_run_dir_is_under_logs_and_not_timestamped():
+    text = Path(PROJECT_ROOT / "conf" / "hydra" / "default.yaml").read_text()
+    assert "dir: logs/" in text and "now:" not in text

@@ -1,0 +1,22 @@
+# Helpers shared by the rules: how a rule calls its Hydra script, and the default targets.
+import sys
+from pathlib import Path
+
+PYTHON = sys.executable
+# With --sdm conda every rule runs in the pinned environment; otherwise in the current one.
+CONDA_ENV = "../../environment.yml"
+MODEL_CONFIGS = sorted(p.stem for p in Path("conf/model").glob("*.yaml"))
+
+
+wildcard_constraints:
+    model="|".join(MODEL_CONFIGS),
+
+
+def hydra_call(script, wildcards, **paths):
+    """Shell command running scripts/<script>.py with the model, output paths and user overrides."""
+    path_overrides = " ".join(f"paths.{key}={value}" for key, value in paths.items())
+    return f"{PYTHON} scripts/{script}.py model={wildcards.model} {path_overrides} {config['overrides']}"
+
+
+def all_targets():
+    return expand("results/{model}/prompts.parquet", model=config["models"])
