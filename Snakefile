@@ -18,4 +18,4 @@ include: "workflow/rules/prompts.smk"
 rule all:
     default_target: True
     input:
-        all_targets(),
+        DEFAULT_TARGETS,

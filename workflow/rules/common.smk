@@ -18,5 +18,10 @@ def hydra_call(script, wildcards, **paths):
     return f"{PYTHON} scripts/{script}.py model={wildcards.model} {path_overrides} {config['overrides']}"
 
 
-def all_targets():
-    return expand("results/{model}/prompts.parquet", model=config["models"])
+# Each rules file appends the outputs it contributes to the default target `all`.
+DEFAULT_TARGETS = []
+
+
+def per_model(*patterns):
+    """Expand result patterns over the configured models."""
+    return expand(list(patterns), model=config["models"])

@@ -1,3 +1,6 @@
+DEFAULT_TARGETS.extend(per_model("results/{model}/prompts.parquet"))
+
+
 rule sample_prompts:
     """Seeded sample of CounterFact cases, tokenized, every token labelled with its ROME segment."""
     output:
