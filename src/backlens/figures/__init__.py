@@ -1,0 +1,1 @@
+"""Figure renderers. Each reads only result tables and never loads a model."""
