@@ -1,0 +1,132 @@
+"""One forward and one backward pass that capture the spanning sets of every MLP gradient.
+
+For each MLP linear map y_i = W x_i (FF1: GPT-2 ``c_fc``, gated ``gate_proj``/``up_proj``;
+FF2: ``c_proj``/``down_proj``) we keep its inputs x_i and its VJPs delta_i = dL/dy_i. By
+Lemma 4.1 these P x d factors determine dL/dW = sum_i delta_i x_i^T exactly, so nothing
+of weight size is ever materialised: ``torch.autograd.grad`` is asked only for the VJPs
+with respect to module outputs, and parameter ``.grad`` stays untouched.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from backlens.models.adapters import ArchitectureAdapter, LinearSite
+from backlens.models.hooks import record_module_io
+
+SiteKey = tuple[int, str]  # (layer, matrix name)
+
+
+@dataclass
+class CapturedBatch:
+    """Gradient factors of a padded batch of prompts (right padding; ``lengths`` real tokens).
+
+    ``inputs[(layer, matrix)]`` is (B, T, d_in), ``vjps[(layer, matrix)]`` is (B, T, d_out);
+    ``submodule_vjps[(layer, "attention" | "mlp")]`` is (B, T, d_model). Padding rows are
+    exactly zero in every VJP and must be ignored (``factors`` does that).
+    """
+
+    lengths: list[int]
+    target_ids: torch.Tensor  # (B,)
+    losses: torch.Tensor  # (B,) per-prompt cross-entropy
+    sites: dict[SiteKey, LinearSite]
+    inputs: dict[SiteKey, torch.Tensor]
+    vjps: dict[SiteKey, torch.Tensor]
+    submodule_vjps: dict[SiteKey, torch.Tensor]
+    n_layers: int
+
+    @property
+    def batch_size(self) -> int:
+        return len(self.lengths)
+
+    def factors(self, prompt: int, key: SiteKey) -> tuple[torch.Tensor, torch.Tensor]:
+        """(inputs P x d_in, vjps P x d_out) of one prompt, padding removed."""
+        length = self.lengths[prompt]
+        return self.inputs[key][prompt, :length], self.vjps[key][prompt, :length]
+
+    def submodule_vjp(self, prompt: int, layer: int, submodule: str) -> torch.Tensor:
+        """(P, d_model) VJPs of the attention or MLP output of one prompt."""
+        return self.submodule_vjps[(layer, submodule)][prompt, : self.lengths[prompt]]
+
+    def gradient(self, prompt: int, key: SiteKey) -> torch.Tensor:
+        """dL/dW of one prompt rebuilt from its factors, in the module's weight layout."""
+        inputs, vjps = self.factors(prompt, key)
+        return self.sites[key].gradient_from_factors(inputs, vjps)
+
+
+def pad_batch(input_ids: Sequence[Sequence[int]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad token id lists: (B, T) ids and attention mask."""
+    longest = max(len(ids) for ids in input_ids)
+    ids = torch.full((len(input_ids), longest), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(input_ids), longest), dtype=torch.long)
+    for row, prompt_ids in enumerate(input_ids):
+        ids[row, : len(prompt_ids)] = torch.tensor(prompt_ids, dtype=torch.long)
+        mask[row, : len(prompt_ids)] = 1
+    return ids.to(device), mask.to(device)
+
+
+def last_position_loss(logits_BxTxV: torch.Tensor, lengths: Sequence[int], target_ids: torch.Tensor) -> torch.Tensor:
+    """Per-prompt cross-entropy of the target token at each prompt's last real position."""
+    rows = torch.arange(len(lengths), device=logits_BxTxV.device)
+    last = torch.as_tensor(lengths, device=logits_BxTxV.device) - 1
+    return F.cross_entropy(logits_BxTxV[rows, last].float(), target_ids, reduction="none")
+
+
+def capture_gradient_factors(
+    model: torch.nn.Module,
+    adapter: ArchitectureAdapter,
+    input_ids: Sequence[Sequence[int]],
+    target_ids: Sequence[int],
+    *,
+    pad_id: int,
+    submodules: bool = True,
+) -> CapturedBatch:
+    """Forward and backward one batch; return the factors of every FF gradient.
+
+    The summed loss makes each prompt's VJPs exactly those of its own loss: prompts in a
+    batch never interact (padding is masked and sits after the real tokens).
+    """
+    device = adapter.unembedding.device
+    ids, mask = pad_batch(input_ids, pad_id, device)
+    lengths = [len(p) for p in input_ids]
+    targets = torch.as_tensor(list(target_ids), dtype=torch.long, device=device)
+
+    sites = {(site.layer, site.matrix): site for layer in range(adapter.n_layers) for site in adapter.linear_sites(layer)}
+    site_modules = {f"{layer}/{matrix}": site.module for (layer, matrix), site in sites.items()}
+    submodule_modules = {}
+    if submodules:
+        for layer in range(adapter.n_layers):
+            submodule_modules[f"{layer}/attention"] = adapter.attention(layer)
+            submodule_modules[f"{layer}/mlp"] = adapter.mlp(layer)
+
+    with torch.enable_grad(), record_module_io(site_modules) as site_io, record_module_io(
+        submodule_modules, inputs=False
+    ) as sub_io:
+        logits = model(input_ids=ids, attention_mask=mask).logits
+        losses = last_position_loss(logits, lengths, targets)
+        output_keys = list(site_modules) + list(submodule_modules)
+        outputs = [site_io.outputs[k] if k in site_io.outputs else sub_io.outputs[k] for k in output_keys]
+        grads = torch.autograd.grad(losses.sum(), outputs, allow_unused=True)
+
+    def as_key(name: str) -> SiteKey:
+        layer, matrix = name.split("/")
+        return int(layer), matrix
+
+    vjp_by_name = {
+        name: (grad if grad is not None else torch.zeros_like(output)).detach()
+        for name, output, grad in zip(output_keys, outputs, grads)
+    }
+    return CapturedBatch(
+        lengths=lengths,
+        target_ids=targets,
+        losses=losses.detach(),
+        sites=sites,
+        inputs={as_key(name): site_io.inputs[name].detach() for name in site_modules},
+        vjps={as_key(name): vjp_by_name[name] for name in site_modules},
+        submodule_vjps={as_key(name): vjp_by_name[name] for name in submodule_modules},
+        n_layers=adapter.n_layers,
+    )

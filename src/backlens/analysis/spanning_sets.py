@@ -1,0 +1,108 @@
+"""Single neurons versus the spanning set (Figs 7-9) and VJP similarity (Figs 22-23).
+
+One SGD step with learning rate 1 changes
+- FF2's value vector of neuron j by  -sum_i a_ij delta_i   (a: FF2 inputs, delta: FF2 VJPs),
+- FF1's key vector of neuron j by    -sum_i g_ij x_i       (g: FF1 VJPs, x: FF1 inputs),
+so every neuron's change lies in the span of the P vectors delta_i (FF2) or x_i (FF1).
+For the neurons that change most we record how their change aligns with each spanning
+vector (cosine) and where the target token ranks in the logit lens of the change.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from backlens.analysis.capture import CapturedBatch
+from backlens.analysis.logit_lens import is_zero_vector, target_ranks
+from backlens.models.adapters import ArchitectureAdapter
+
+
+def neuron_changes(batch: CapturedBatch, prompt: int, layer: int, matrix: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(changes d_ff x d_model, spanning vectors P x d_model) of one SGD step (lr 1).
+
+    FF2 neurons are value vectors spanned by the VJPs; FF1 neurons are key vectors spanned
+    by the inputs.
+    """
+    inputs, vjps = batch.factors(prompt, (layer, matrix))
+    if matrix == "ff2":
+        return -(inputs.T @ vjps), vjps
+    return -(vjps.T @ inputs), inputs
+
+
+def neuron_update_rows(
+    batch: CapturedBatch, case_ids: Sequence[int], adapter: ArchitectureAdapter, *, top_k: int
+) -> list[dict]:
+    """One row per (prompt, layer, matrix, top-k neuron, spanning position): the cosine between
+    that neuron's change and the spanning vector, with the neuron's share of the update's
+    squared norm and the target's rank in the logit lens of the change."""
+    meta, changes_for_lens, targets = [], [], []
+    for prompt, case_id in enumerate(case_ids):
+        for layer, matrix in batch.sites:
+            changes, spanning = neuron_changes(batch, prompt, layer, matrix)
+            norms = changes.norm(dim=1)
+            total = norms.pow(2).sum()
+            if total == 0:
+                continue
+            top = norms.topk(min(top_k, norms.numel()))
+            cosines = F.cosine_similarity(changes[top.indices, None, :], spanning[None, :, :], dim=-1)
+            cosines = cosines.masked_fill(is_zero_vector(spanning)[None, :], float("nan"))
+            for order, (neuron, norm) in enumerate(zip(top.indices.tolist(), top.values.tolist())):
+                meta.append((case_id, layer, matrix, neuron, order, norm, norm**2 / float(total), cosines[order].tolist()))
+                changes_for_lens.append(changes[neuron])
+                targets.append(batch.target_ids[prompt])
+    if not meta:
+        return []
+    lens_ranks = target_ranks(adapter, torch.stack(changes_for_lens), torch.stack(targets)).tolist()
+    rows = []
+    for (case_id, layer, matrix, neuron, order, norm, share, cosines), lens_rank in zip(meta, lens_ranks):
+        for position, cosine in enumerate(cosines):
+            rows.append(
+                {
+                    "case_id": case_id,
+                    "layer": layer,
+                    "matrix": matrix,
+                    "neuron": neuron,
+                    "norm_order": order,
+                    "update_norm": norm,
+                    "update_share": share,
+                    "target_rank_of_update": lens_rank,
+                    "position": position,
+                    "cosine": cosine,
+                }
+            )
+    return rows
+
+
+def _cosine_matrix(vectors_Nxd: torch.Tensor) -> torch.Tensor:
+    unit = F.normalize(vectors_Nxd.double(), dim=-1)
+    cosines = unit @ unit.T
+    zero = is_zero_vector(vectors_Nxd)
+    return cosines.masked_fill(zero[:, None] | zero[None, :], float("nan"))
+
+
+def vjp_similarity_rows(batch: CapturedBatch, case_ids: Sequence[int]) -> list[dict]:
+    """Cosine similarity of FF2 VJPs (delta) between token pairs within each layer
+    (kind "tokens") and between layer pairs at the last token (kind "layers")."""
+    rows = []
+    for prompt, case_id in enumerate(case_ids):
+        length = batch.lengths[prompt]
+        for layer in range(batch.n_layers):
+            cosines = _cosine_matrix(batch.vjps[(layer, "ff2")][prompt, :length])
+            for a in range(length):
+                for b in range(a + 1, length):
+                    rows.append(
+                        {"case_id": case_id, "kind": "tokens", "layer_a": layer, "layer_b": layer,
+                         "position_a": a, "position_b": b, "cosine": float(cosines[a, b])}
+                    )
+        last_token = torch.stack([batch.vjps[(layer, "ff2")][prompt, length - 1] for layer in range(batch.n_layers)])
+        cosines = _cosine_matrix(last_token)
+        for a in range(batch.n_layers):
+            for b in range(a + 1, batch.n_layers):
+                rows.append(
+                    {"case_id": case_id, "kind": "layers", "layer_a": a, "layer_b": b,
+                     "position_a": length - 1, "position_b": length - 1, "cosine": float(cosines[a, b])}
+                )
+    return rows

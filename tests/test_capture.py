@@ -1,0 +1,127 @@
+"""VJP capture: Lemma 4.1 reconstruction, padding, and gradient ranks from factors."""
+
+import pytest
+import torch
+
+from backlens.analysis.capture import capture_gradient_factors, last_position_loss, pad_batch
+from backlens.analysis.ranks import factor_rtol, gradient_rank
+
+PROMPTS = ["Obama grew up in", "The mother tongue of Danielle Darrieux is", "Jack Dorsey founded"]
+TARGETS = [" Paris", " English", " IBM"]
+
+
+def encode(loaded):
+    ids = [loaded.tokenizer(p)["input_ids"] for p in PROMPTS]
+    targets = [loaded.tokenizer(t, add_special_tokens=False)["input_ids"][0] for t in TARGETS]
+    return ids, targets
+
+
+def capture(loaded, ids, targets):
+    return capture_gradient_factors(loaded.model, loaded.adapter, ids, targets, pad_id=loaded.tokenizer.pad_token_id)
+
+
+def autograd_weight_gradients(loaded, ids, target):
+    """The reference: dL/dW for every MLP matrix from a plain backward of one prompt."""
+    sites = [s for layer in range(loaded.adapter.n_layers) for s in loaded.adapter.linear_sites(layer)]
+    input_ids, mask = pad_batch([ids], loaded.tokenizer.pad_token_id, loaded.device)
+    with torch.enable_grad():
+        logits = loaded.model(input_ids=input_ids, attention_mask=mask).logits
+        loss = last_position_loss(logits, [len(ids)], torch.tensor([target])).sum()
+        grads = torch.autograd.grad(loss, [s.weight for s in sites])
+    return {(s.layer, s.matrix): g for s, g in zip(sites, grads)}
+
+
+def test_lemma_4_1_reconstructs_every_ff_gradient(tiny_model):
+    ids, targets = encode(tiny_model)
+    batch = capture(tiny_model, ids, targets)
+    expected_matrices = {"ff1", "ff2"} if tiny_model.adapter.families[0] == "gpt2" else {"ff1_gate", "ff1_up", "ff2"}
+    assert {matrix for _, matrix in batch.sites} == expected_matrices
+    for prompt in range(len(PROMPTS)):
+        reference = autograd_weight_gradients(tiny_model, ids[prompt], targets[prompt])
+        for key, grad in reference.items():
+            rebuilt = batch.gradient(prompt, key)
+            assert rebuilt.shape == grad.shape
+            relative = (rebuilt - grad).norm() / grad.norm()
+            assert relative < 1e-5, (prompt, key, float(relative))
+
+
+def test_parameter_grads_stay_untouched(tiny_model):
+    ids, targets = encode(tiny_model)
+    capture(tiny_model, ids, targets)
+    assert all(p.grad is None for p in tiny_model.model.parameters())
+
+
+def test_batched_capture_equals_one_prompt_at_a_time(tiny_model):
+    ids, targets = encode(tiny_model)
+    batch = capture(tiny_model, ids, targets)
+    for prompt in range(len(PROMPTS)):
+        alone = capture(tiny_model, [ids[prompt]], [targets[prompt]])
+        for key in batch.sites:
+            for got, want in zip(batch.factors(prompt, key), alone.factors(0, key)):
+                torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(batch.losses[prompt], alone.losses[0])
+
+
+def test_padding_rows_have_zero_vjps(tiny_model):
+    ids, targets = encode(tiny_model)
+    batch = capture(tiny_model, ids, targets)
+    shortest = min(range(len(ids)), key=lambda i: len(ids[i]))
+    for key in batch.sites:
+        assert not batch.vjps[key][shortest, len(ids[shortest]) :].any()
+
+
+def test_mlp_output_vjp_is_the_ff2_vjp(tiny_model):
+    ids, targets = encode(tiny_model)
+    batch = capture(tiny_model, ids, targets)
+    for layer in range(batch.n_layers):
+        torch.testing.assert_close(batch.submodule_vjps[(layer, "mlp")], batch.vjps[(layer, "ff2")])
+
+
+def test_last_layer_gradient_has_rank_one(tiny_model):
+    ids, targets = encode(tiny_model)
+    batch = capture(tiny_model, ids, targets)
+    last = batch.n_layers - 1
+    for prompt in range(len(PROMPTS)):
+        inputs, vjps = batch.factors(prompt, (last, "ff2"))
+        assert not vjps[:-1].any(), "positions before the last reach no loss term in the last layer"
+        assert gradient_rank(inputs, vjps).rank == 1
+        for _, matrix in [k for k in batch.sites if k[0] == last]:
+            assert gradient_rank(*batch.factors(prompt, (last, matrix))).rank == 1
+
+
+def full_matrix_rank(inputs, vjps):
+    """The cross-check: SVD of the full d_out x d_in gradient (in float64), same tolerance."""
+    full = vjps.double().T @ inputs.double()
+    return int(torch.linalg.matrix_rank(full, rtol=factor_rtol(inputs.shape[0], inputs.dtype)))
+
+
+def test_rank_from_factors_equals_full_rank_on_real_gradients(tiny_model):
+    ids, targets = encode(tiny_model)
+    batch = capture(tiny_model, ids, targets)
+    for prompt in range(len(PROMPTS)):
+        for key in batch.sites:
+            inputs, vjps = batch.factors(prompt, key)
+            assert gradient_rank(inputs, vjps).rank == full_matrix_rank(inputs, vjps), (prompt, key)
+
+
+@pytest.mark.parametrize("n_tokens, d_in, d_out, true_rank", [(6, 40, 24, 6), (12, 40, 8, 8), (7, 30, 50, 3), (5, 16, 16, 1)])
+def test_rank_from_factors_on_constructed_factors(n_tokens, d_in, d_out, true_rank):
+    generator = torch.Generator().manual_seed(n_tokens * 100 + true_rank)
+    # Inputs spanning only `true_rank` directions, as repeated tokens would give.
+    basis = torch.randn(true_rank, d_in, generator=generator)
+    inputs = torch.randn(n_tokens, true_rank, generator=generator) @ basis
+    vjps = torch.randn(n_tokens, d_out, generator=generator)
+    assert gradient_rank(inputs, vjps).rank == min(true_rank, d_out)
+    assert gradient_rank(inputs, vjps).rank == full_matrix_rank(inputs, vjps)
+
+
+def test_repeated_identical_rows_are_rank_deficient():
+    generator = torch.Generator().manual_seed(3)
+    row = torch.randn(1, 32, generator=generator)
+    inputs = torch.cat([row, row, row, torch.randn(2, 32, generator=generator)])
+    vjps = torch.randn(5, 32, generator=generator)
+    assert gradient_rank(inputs, vjps).rank == 3 == full_matrix_rank(inputs, vjps)
+
+
+def test_zero_gradient_has_rank_zero():
+    assert gradient_rank(torch.randn(4, 8), torch.zeros(4, 6)).rank == 0
