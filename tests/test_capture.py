@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from backlens.analysis.capture import capture_gradient_factors, last_position_loss, pad_batch
+from backlens.analysis.capture import capture_gradient_factors
+from backlens.stages.lemma_check import autograd_gradients
 from backlens.analysis.ranks import factor_rtol, gradient_rank
 
 PROMPTS = ["Obama grew up in", "The mother tongue of Danielle Darrieux is", "Jack Dorsey founded"]
@@ -20,24 +21,13 @@ def capture(loaded, ids, targets):
     return capture_gradient_factors(loaded.model, loaded.adapter, ids, targets, pad_id=loaded.tokenizer.pad_token_id)
 
 
-def autograd_weight_gradients(loaded, ids, target):
-    """The reference: dL/dW for every MLP matrix from a plain backward of one prompt."""
-    sites = [s for layer in range(loaded.adapter.n_layers) for s in loaded.adapter.linear_sites(layer)]
-    input_ids, mask = pad_batch([ids], loaded.tokenizer.pad_token_id, loaded.device)
-    with torch.enable_grad():
-        logits = loaded.model(input_ids=input_ids, attention_mask=mask).logits
-        loss = last_position_loss(logits, [len(ids)], torch.tensor([target])).sum()
-        grads = torch.autograd.grad(loss, [s.weight for s in sites])
-    return {(s.layer, s.matrix): g for s, g in zip(sites, grads)}
-
-
 def test_lemma_4_1_reconstructs_every_ff_gradient(tiny_model):
     ids, targets = encode(tiny_model)
     batch = capture(tiny_model, ids, targets)
     expected_matrices = {"ff1", "ff2"} if tiny_model.adapter.families[0] == "gpt2" else {"ff1_gate", "ff1_up", "ff2"}
     assert {matrix for _, matrix in batch.sites} == expected_matrices
     for prompt in range(len(PROMPTS)):
-        reference = autograd_weight_gradients(tiny_model, ids[prompt], targets[prompt])
+        reference = autograd_gradients(tiny_model, ids[prompt], targets[prompt])
         for key, grad in reference.items():
             rebuilt = batch.gradient(prompt, key)
             assert rebuilt.shape == grad.shape

@@ -47,16 +47,17 @@ def test_schema_rejects_a_bad_config():
 
 
 @pytest.mark.slow
-def test_sample_prompts_rule_runs_on_tiny_gpt2(project_copy):
+def test_rules_run_on_tiny_gpt2(project_copy):
     require_shared("data", "counterfact")
-    result = snakemake("--cores", "1", "results/tiny-gpt2/prompts.parquet",
-                       "--config", "overrides=n_prompts=6", cwd=project_copy)
+    config = ["--config", "models=[tiny-gpt2]", "overrides=n_prompts=6"]
+    result = snakemake("--cores", "2", "figures/fig3.pdf", *config, cwd=project_copy)
     assert result.returncode == 0, result.stderr[-3000:]
     table = pd.read_parquet(project_copy / "results/tiny-gpt2/prompts.parquet")
     assert table.sample_index.nunique() == 6
     assert table.groupby("sample_index").is_last.sum().eq(1).all()
     assert (project_copy / "logs/tiny-gpt2/sample_prompts.log").read_text().count("resolved config:") == 1
     assert (project_copy / "logs/tiny-gpt2/benchmarks/sample_prompts.tsv").exists()
-    again = snakemake("--cores", "1", "results/tiny-gpt2/prompts.parquet", "--config", "overrides=n_prompts=6",
-                      cwd=project_copy)
+    assert (project_copy / "figures/fig3.pdf").read_bytes().startswith(b"%PDF")
+    assert (project_copy / "figures/tiny-gpt2/fig3.png").exists()
+    again = snakemake("--cores", "1", "figures/fig3.pdf", *config, cwd=project_copy)
     assert "Nothing to be done" in again.stdout + again.stderr

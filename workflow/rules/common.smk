@@ -2,6 +2,8 @@
 import sys
 from pathlib import Path
 
+from backlens.figures.registry import FIGURES
+
 PYTHON = sys.executable
 # With --sdm conda every rule runs in the pinned environment; otherwise in the current one.
 CONDA_ENV = "../../environment.yml"
@@ -25,3 +27,22 @@ DEFAULT_TARGETS = []
 def per_model(*patterns):
     """Expand result patterns over the configured models."""
     return expand(list(patterns), model=config["models"])
+
+
+# File names of the per-model result tables under results/{model}/.
+RESULT_TABLES = {
+    "prompts": "prompts.parquet",
+    "gradient_ranks": "gradient_ranks.parquet",
+    "vjp_norms": "vjp_norms.parquet",
+    "target_ranks": "target_ranks.parquet",
+    "neuron_updates": "neuron_updates.parquet",
+    "vjp_similarity": "vjp_similarity.parquet",
+    "logit_lens_cells": "logit_lens_cells.parquet",
+    "logit_lens_tokens": "logit_lens_tokens.parquet",
+    "lemma_check": "lemma_check.parquet",
+}
+
+
+def table_paths(names):
+    """{table name: results/{model}/<file>} for rule inputs and outputs."""
+    return {name: f"results/{{model}}/{RESULT_TABLES[name]}" for name in names}

@@ -56,6 +56,7 @@ def neuron_update_rows(
     if not meta:
         return []
     lens_ranks = target_ranks(adapter, torch.stack(changes_for_lens), torch.stack(targets)).tolist()
+    vocab_size = int(adapter.unembedding.shape[0])
     rows = []
     for (case_id, layer, matrix, neuron, order, norm, share, cosines), lens_rank in zip(meta, lens_ranks):
         for position, cosine in enumerate(cosines):
@@ -69,6 +70,7 @@ def neuron_update_rows(
                     "update_norm": norm,
                     "update_share": share,
                     "target_rank_of_update": lens_rank,
+                    "vocab_size": vocab_size,
                     "position": position,
                     "cosine": cosine,
                 }

@@ -1,0 +1,44 @@
+"""Aggregations shared by figures and reports (pure functions of result tables)."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from backlens.data.segments import SEGMENTS
+
+SEGMENT_LABELS = {
+    "first_subject": "first subject token",
+    "middle_subject": "middle subject tokens",
+    "last_subject": "last subject token",
+    "first_subsequent": "first subsequent token",
+    "further": "further tokens",
+    "last": "last token",
+}
+
+
+def segment_means(values: pd.DataFrame, prompts: pd.DataFrame, value: str, by: list[str]) -> pd.DataFrame:
+    """Mean of ``value`` per ROME segment, as in ROME's averages.
+
+    Within each prompt the tokens of a segment are averaged first (a token can belong to
+    two segments, e.g. a one-token subject is first and last subject token); then prompts
+    are averaged. Returns columns ``by + [segment, mean, std, sem, n_prompts]``.
+    """
+    flags = prompts[["case_id", "position", *[f"is_{s}" for s in SEGMENTS]]]
+    merged = values.merge(flags, on=["case_id", "position"], how="inner", validate="many_to_one")
+    parts = []
+    for segment in SEGMENTS:
+        in_segment = merged[merged[f"is_{segment}"]]
+        per_prompt = in_segment.groupby([*by, "case_id"], as_index=False)[value].mean()
+        summary = per_prompt.groupby(by)[value].agg(["mean", "std", "sem", "count"]).reset_index()
+        summary.insert(len(by), "segment", segment)
+        parts.append(summary.rename(columns={"count": "n_prompts"}))
+    return pd.concat(parts, ignore_index=True)
+
+
+def rank_equals_length_share(ranks: pd.DataFrame) -> pd.DataFrame:
+    """Per (model, matrix, layer): share of prompts whose gradient rank equals P, and the
+    layer's depth layer / n_layers."""
+    table = ranks.assign(full=ranks["rank"] == ranks["n_tokens"])
+    n_layers = table.groupby("model").layer.transform("max") + 1
+    table = table.assign(depth=table.layer / n_layers)
+    return table.groupby(["model", "matrix", "layer", "depth"], as_index=False).full.mean()

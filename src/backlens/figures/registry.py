@@ -1,0 +1,82 @@
+"""Every figure of the analysis: the tables it reads, how it is drawn, and its caption."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import matplotlib.pyplot as plt
+import pandas as pd
+
+from backlens.figures import backward_lens as bl
+from backlens.figures import neurons
+from backlens.figures.lens_tables import fig4_logit_lens_tables
+
+
+@dataclass(frozen=True)
+class FigureSpec:
+    tables: tuple[str, ...]
+    draw: Callable[[Mapping[str, pd.DataFrame]], plt.Figure]
+    caption: str
+
+
+FIGURES: dict[str, FigureSpec] = {
+    "fig3": FigureSpec(
+        ("gradient_ranks",),
+        lambda t: bl.fig3_rank_equals_length(t["gradient_ranks"]),
+        "Share of prompts whose FF1/FF2 gradient rank equals the prompt length P, per layer index / number of "
+        "layers. Ranks from the P x P core of the gradient's factors (tolerance P x eps32 of the largest singular value).",
+    ),
+    "fig4": FigureSpec(
+        ("logit_lens_cells", "logit_lens_tokens"),
+        lambda t: fig4_logit_lens_tables(t["logit_lens_cells"], t["logit_lens_tokens"]),
+        "Logit lens of FF1 inputs x_i and FF2 VJPs delta_i per layer (rows) and prompt token (columns): most \\ least "
+        "probable token; colour = rank of target_new / (V-1). Grey: exact-zero VJPs (last layer, before the last token).",
+    ),
+    "fig5": FigureSpec(
+        ("vjp_norms", "prompts"),
+        lambda t: bl.fig5_segment_norms(t["vjp_norms"], t["prompts"]),
+        "Mean L2 norm of the FF2 VJP delta_i per layer and ROME segment (tokens averaged within a prompt, then over prompts).",
+    ),
+    "fig6": FigureSpec(
+        ("target_ranks", "prompts"),
+        lambda t: bl.fig6_target_ranks(t["target_ranks"], t["prompts"]),
+        "Rank of target_new's first token in LL(delta_i) per segment and layer: mean over prompts, band = interquartile "
+        "range; exact-zero VJPs left out. V-1 = least probable, the end a descent step promotes.",
+    ),
+    "fig7": FigureSpec(
+        ("neuron_updates", "prompts"),
+        lambda t: neurons.fig7_alignment(t["neuron_updates"], t["prompts"]),
+        "For the neuron whose key (FF1) or value (FF2) vector changes most in one SGD step (lr 1), the largest |cosine| "
+        "between its change and any spanning vector (x_i for keys, delta_i for values), and its |cosine| with the last "
+        "token's vector; mean over prompts.",
+    ),
+    "fig8": FigureSpec(
+        ("neuron_updates", "prompts"),
+        lambda t: neurons.fig8_aligned_segment(t["neuron_updates"], t["prompts"]),
+        "Segment of the spanning vector best aligned (largest |cosine|) with each of the top-k most-changed neurons' "
+        "one-step changes, as a share per layer.",
+    ),
+    "fig9": FigureSpec(
+        ("neuron_updates",),
+        lambda t: neurons.fig9_update_target_rank(t["neuron_updates"]),
+        "Median rank of target_new in the logit lens of the top-k neurons' one-step changes (0 = most probable): "
+        "value vectors move toward the target, keys toward the prompt's own hidden states.",
+    ),
+    "fig16": FigureSpec(
+        ("vjp_norms", "prompts"),
+        lambda t: bl.fig16_submodule_norms(t["vjp_norms"], t["prompts"]),
+        "Mean VJP norm per layer and segment for each sub-module output: attention, FF1 matrices and FF2 (= MLP output).",
+    ),
+    "fig22": FigureSpec(
+        ("vjp_similarity", "prompts"),
+        lambda t: bl.fig22_token_similarity(t["vjp_similarity"], t["prompts"]),
+        "Mean cosine similarity between FF2 VJPs of two tokens of the same prompt in the same layer, for pairs with the "
+        "last token and other pairs; exact-zero VJPs left out.",
+    ),
+    "fig23": FigureSpec(
+        ("vjp_similarity",),
+        lambda t: bl.fig23_layer_similarity(t["vjp_similarity"]),
+        "Mean cosine similarity between the last token's FF2 VJPs of two layers (layer x layer), over prompts.",
+    ),
+}

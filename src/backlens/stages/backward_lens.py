@@ -1,0 +1,107 @@
+"""Rule ``backward_lens``: one capture pass over the sampled prompts, five tidy tables."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import pandas as pd
+from omegaconf import DictConfig
+from tqdm import tqdm
+
+from backlens.analysis.capture import CapturedBatch, capture_gradient_factors
+from backlens.analysis.gradient_tables import ff2_target_rank_rows, gradient_rank_rows, vjp_norm_rows
+from backlens.analysis.spanning_sets import neuron_update_rows, vjp_similarity_rows
+from backlens.data.prompt_table import prompts_from_table
+from backlens.io import write_json, write_table
+from backlens.models.loading import LoadedModel, load_model
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PromptBatchSource:
+    """The sampled prompts exactly as tokenized by ``sample_prompts``."""
+
+    case_ids: list[int]
+    input_ids: list[list[int]]
+    target_ids: list[int]
+
+    @classmethod
+    def from_table(cls, table: pd.DataFrame) -> PromptBatchSource:
+        ordered = table.sort_values(["sample_index", "position"])
+        per_prompt = prompts_from_table(ordered)
+        ids = ordered.groupby("sample_index", sort=True).token_id.apply(list)
+        return cls(per_prompt.case_id.tolist(), [list(map(int, x)) for x in ids], per_prompt.target_new_id.tolist())
+
+    def batches(self, size: int):
+        for start in range(0, len(self.case_ids), size):
+            stop = start + size
+            yield self.case_ids[start:stop], self.input_ids[start:stop], self.target_ids[start:stop]
+
+
+def read_prompts(path: str, model_name: str) -> PromptBatchSource:
+    table = pd.read_parquet(path)
+    if set(table.model) != {model_name}:
+        raise ValueError(f"{path} was tokenized for {sorted(set(table.model))}, not {model_name!r}; rebuild it")
+    return PromptBatchSource.from_table(table)
+
+
+def capture_batches(loaded: LoadedModel, prompts: PromptBatchSource, batch_size: int, *, submodules: bool = True):
+    """Yield (case_ids, CapturedBatch) over all prompts with a progress bar."""
+    pad_id = loaded.tokenizer.pad_token_id
+    with tqdm(total=len(prompts.case_ids), desc="capture", unit="prompt") as progress:
+        for case_ids, input_ids, target_ids in prompts.batches(batch_size):
+            batch = capture_gradient_factors(
+                loaded.model, loaded.adapter, input_ids, target_ids, pad_id=pad_id, submodules=submodules
+            )
+            yield case_ids, batch
+            progress.update(len(case_ids))
+
+
+def run(cfg: DictConfig) -> None:
+    loaded = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
+    prompts = read_prompts(cfg.paths.prompts, cfg.model.name)
+    settings = cfg.analysis
+    builders: dict[str, Callable[[CapturedBatch, list[int]], list[dict]]] = {
+        "gradient_ranks": gradient_rank_rows,
+        "vjp_norms": vjp_norm_rows,
+        "target_ranks": lambda b, c: ff2_target_rank_rows(b, c, loaded.adapter, normalized=settings.normalized),
+        "neuron_updates": lambda b, c: neuron_update_rows(b, c, loaded.adapter, top_k=settings.top_k_neurons),
+        "vjp_similarity": vjp_similarity_rows,
+    }
+    rows: dict[str, list[dict]] = {name: [] for name in builders}
+    seconds = {"capture": 0.0, **{name: 0.0 for name in builders}}
+    started = time.perf_counter()
+    batches = capture_batches(loaded, prompts, int(settings.batch_size))
+    while True:
+        tick = time.perf_counter()
+        item = next(batches, None)
+        seconds["capture"] += time.perf_counter() - tick
+        if item is None:
+            break
+        case_ids, batch = item
+        for name, build in builders.items():
+            tick = time.perf_counter()
+            rows[name].extend(build(batch, case_ids))
+            seconds[name] += time.perf_counter() - tick
+    for name, table_rows in rows.items():
+        table = pd.DataFrame(table_rows)
+        table.insert(0, "model", cfg.model.name)
+        write_table(table, cfg.paths[name])
+        log.info("wrote %s (%d rows)", cfg.paths[name], len(table))
+    write_json(
+        {
+            "model": cfg.model.name,
+            "model_source": loaded.source,
+            "architecture": loaded.adapter.describe(),
+            "dtype": str(loaded.dtype),
+            "n_prompts": len(prompts.case_ids),
+            "loss": cfg.paper.loss,
+            "rank_tolerance": "singular values of the P x P factor core above P * eps(float32) x the largest",
+            "seconds": {**seconds, "total": time.perf_counter() - started},
+        },
+        cfg.paths.analysis_meta,
+    )
