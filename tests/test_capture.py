@@ -115,3 +115,19 @@ def test_repeated_identical_rows_are_rank_deficient():
 
 def test_zero_gradient_has_rank_zero():
     assert gradient_rank(torch.randn(4, 8), torch.zeros(4, 6)).rank == 0
+
+
+def test_neuron_change_norms_match_the_explicit_update(tiny_model):
+    from backlens.analysis.spanning_sets import change_norms, neuron_change_factors
+
+    ids, targets = encode(tiny_model)
+    batch = capture(tiny_model, ids, targets)
+    for layer, matrix in batch.sites:
+        coefficients, spanning = neuron_change_factors(batch, 1, layer, matrix)
+        explicit = -(coefficients.T @ spanning)
+        # One SGD step changes the weight by -gradient; neurons are its d_ff-indexed rows/columns.
+        gradient = batch.gradient(1, (layer, matrix))
+        site = batch.sites[(layer, matrix)]
+        neuron_axis = gradient.T if (site.layout == "out_in") == (matrix == "ff2") else gradient
+        torch.testing.assert_close(explicit, -neuron_axis, rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(change_norms(coefficients, spanning), explicit.norm(dim=1), rtol=1e-3, atol=1e-6)

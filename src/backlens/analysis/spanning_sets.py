@@ -20,16 +20,23 @@ from backlens.analysis.logit_lens import is_zero_vector, target_ranks
 from backlens.models.adapters import ArchitectureAdapter
 
 
-def neuron_changes(batch: CapturedBatch, prompt: int, layer: int, matrix: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """(changes d_ff x d_model, spanning vectors P x d_model) of one SGD step (lr 1).
+def neuron_change_factors(batch: CapturedBatch, prompt: int, layer: int, matrix: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(coefficients P x d_ff, spanning vectors P x d_model) of one SGD step (lr 1): neuron j
+    changes by -sum_i coefficients[i, j] * spanning[i].
 
-    FF2 neurons are value vectors spanned by the VJPs; FF1 neurons are key vectors spanned
-    by the inputs.
+    FF2 neurons are value vectors spanned by the VJPs (coefficients: FF2 inputs); FF1
+    neurons are key vectors spanned by the inputs (coefficients: FF1 VJPs).
     """
     inputs, vjps = batch.factors(prompt, (layer, matrix))
     if matrix == "ff2":
-        return -(inputs.T @ vjps), vjps
-    return -(vjps.T @ inputs), inputs
+        return inputs, vjps
+    return vjps, inputs
+
+
+def change_norms(coefficients_PxF: torch.Tensor, spanning_PxD: torch.Tensor) -> torch.Tensor:
+    """||change_j|| for every neuron via the P x P Gram matrix, without forming d_ff x d changes."""
+    gram = spanning_PxD @ spanning_PxD.T
+    return ((gram @ coefficients_PxF) * coefficients_PxF).sum(dim=0).clamp_min(0).sqrt()
 
 
 def neuron_update_rows(
@@ -41,17 +48,18 @@ def neuron_update_rows(
     meta, changes_for_lens, targets = [], [], []
     for prompt, case_id in enumerate(case_ids):
         for layer, matrix in batch.sites:
-            changes, spanning = neuron_changes(batch, prompt, layer, matrix)
-            norms = changes.norm(dim=1)
+            coefficients, spanning = neuron_change_factors(batch, prompt, layer, matrix)
+            norms = change_norms(coefficients, spanning)
             total = norms.pow(2).sum()
             if total == 0:
                 continue
             top = norms.topk(min(top_k, norms.numel()))
-            cosines = F.cosine_similarity(changes[top.indices, None, :], spanning[None, :, :], dim=-1)
+            changes = -(coefficients[:, top.indices].T @ spanning)  # (k, d_model)
+            cosines = F.cosine_similarity(changes[:, None, :], spanning[None, :, :], dim=-1)
             cosines = cosines.masked_fill(is_zero_vector(spanning)[None, :], float("nan"))
             for order, (neuron, norm) in enumerate(zip(top.indices.tolist(), top.values.tolist())):
                 meta.append((case_id, layer, matrix, neuron, order, norm, norm**2 / float(total), cosines[order].tolist()))
-                changes_for_lens.append(changes[neuron])
+                changes_for_lens.append(changes[order])
                 targets.append(batch.target_ids[prompt])
     if not meta:
         return []
