@@ -140,3 +140,28 @@ def test_missing_data_without_network_says_how_to_fix(tmp_path):
         resolve_data_file(name="CounterFact", path=None, data_dir=str(tmp_path), candidates=["counterfact.json"],
                           url=(tmp_path / "absent.json").as_uri(), sha256=None, cache_dir=str(tmp_path / "c"),
                           env_hint="BACKLENS_DATA_DIR")
+
+
+def test_atomic_writes_leave_normal_permissions_and_no_temp_files(tmp_path):
+    import os
+
+    import pandas as pd
+
+    from backlens.io import write_table
+
+    write_table(pd.DataFrame({"a": [1]}), tmp_path / "t.parquet")
+    mode = (tmp_path / "t.parquet").stat().st_mode & 0o777
+    umask = os.umask(0)
+    os.umask(umask)
+    assert mode == 0o666 & ~umask
+    assert [p.name for p in tmp_path.iterdir()] == ["t.parquet"]
+
+
+def test_failed_write_leaves_nothing(tmp_path):
+    from backlens.io import atomic_path
+
+    with pytest.raises(RuntimeError):
+        with atomic_path(tmp_path / "out.csv") as tmp:
+            tmp.write_text("partial")
+            raise RuntimeError("killed")
+    assert list(tmp_path.iterdir()) == []

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
-import tempfile
 import urllib.request
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from urllib.parse import urlparse
+
+from backlens.io import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -28,12 +28,8 @@ def sha256_of(path: Path) -> str:
 
 def download_verified(url: str, destination: Path, sha256: str | None) -> Path:
     """Download ``url`` to ``destination`` atomically; refuse a file whose sha256 differs."""
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=destination.parent, prefix=f".{destination.name}.")
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        log.info("downloading %s -> %s", url, destination)
+    log.info("downloading %s -> %s", url, destination)
+    with atomic_path(destination) as tmp:
         with urllib.request.urlopen(url, timeout=60) as response, open(tmp, "wb") as out:
             while chunk := response.read(1 << 20):
                 out.write(chunk)
@@ -42,9 +38,6 @@ def download_verified(url: str, destination: Path, sha256: str | None) -> Path:
             raise DataUnavailableError(f"{url}: sha256 {actual} does not match the expected {sha256}; not using it")
         if not sha256:
             log.warning("%s has no pinned sha256; downloaded file has sha256 %s (pin it in the dataset config)", url, actual)
-        tmp.replace(destination)
-    finally:
-        tmp.unlink(missing_ok=True)
     return destination
 
 
