@@ -53,7 +53,9 @@ def main() -> None:
 
     with initialize_config_dir(config_dir=str(PROJECT_ROOT / "conf"), version_base="1.3"):
         cfg = compose("config", overrides=[f"model={args.model}", f"n_prompts={args.prompts}"])
+    started = time.perf_counter()
     loaded = load_model(cfg.model, device=args.device, dtype="float32")
+    print(f"loaded {args.model} in {time.perf_counter() - started:.1f} s", flush=True)
     if args.prompts_table:
         import pandas as pd
 
@@ -106,8 +108,11 @@ def main() -> None:
         sync()
 
     bare()  # warm-up (allocator, kernels)
-    seconds = {"bare": timed(bare), "capture": timed(capture), "lens": timed(lens)}
-    seconds["naive"] = timed(naive) * len(prompts.case_ids) / min(args.naive_prompts, len(prompts.case_ids))
+    seconds = {}
+    for name, fn in (("bare", bare), ("capture", capture), ("lens", lens), ("naive", naive)):
+        seconds[name] = timed(fn)
+        print(f"  timed {name}: {seconds[name]:.2f} s", flush=True)
+    seconds["naive"] *= len(prompts.case_ids) / min(args.naive_prompts, len(prompts.case_ids))
     print(f"model {args.model} on {loaded.device}, {len(prompts.case_ids)} prompts, "
           f"{sum(map(len, prompts.input_ids))} tokens, batch size {args.batch_size}, {torch.get_num_threads()} threads")
     for name, value in seconds.items():

@@ -131,3 +131,18 @@ def test_neuron_change_norms_match_the_explicit_update(tiny_model):
         neuron_axis = gradient.T if (site.layout == "out_in") == (matrix == "ff2") else gradient
         torch.testing.assert_close(explicit, -neuron_axis, rtol=1e-4, atol=1e-6)
         torch.testing.assert_close(change_norms(coefficients, spanning), explicit.norm(dim=1), rtol=1e-3, atol=1e-6)
+
+
+def test_stacked_ranks_equal_one_at_a_time(tiny_model):
+    from backlens.analysis.ranks import gradient_ranks_stacked
+
+    ids, targets = encode(tiny_model)
+    batch = capture(tiny_model, ids, targets)
+    layers = range(batch.n_layers)
+    inputs = torch.stack([batch.factors(0, (layer, "ff2"))[0] for layer in layers])
+    vjps = torch.stack([batch.factors(0, (layer, "ff2"))[1] for layer in layers])
+    stacked = gradient_ranks_stacked(inputs, vjps)
+    for layer, result in zip(layers, stacked):
+        single = gradient_rank(*batch.factors(0, (layer, "ff2")))
+        assert (result.rank, result.rtol) == (single.rank, single.rtol)
+        assert result.sigma_ratios == pytest.approx(single.sigma_ratios, rel=1e-9, abs=1e-15)

@@ -8,7 +8,7 @@ import torch
 
 from backlens.analysis.capture import CapturedBatch
 from backlens.analysis.logit_lens import target_ranks
-from backlens.analysis.ranks import float32_rtol, gradient_rank
+from backlens.analysis.ranks import float32_rtol, gradient_ranks_stacked
 from backlens.models.adapters import ArchitectureAdapter
 
 
@@ -18,24 +18,31 @@ def gradient_rank_rows(batch: CapturedBatch, case_ids: Sequence[int]) -> list[di
     ``rank`` uses ``rtol`` = P x eps of the factors' dtype (see ``backlens.analysis.ranks``);
     ``rank_float32_tol`` applies matrix_rank's float32 rule for the full matrix to the same
     singular values; ``sigma_min_ratio`` is the P-th singular value over the largest.
+    All layers of one matrix go through one batched factorisation.
     """
+    matrices = sorted({matrix for _, matrix in batch.sites})
     rows = []
     for prompt, case_id in enumerate(case_ids):
-        for (layer, matrix), site in batch.sites.items():
-            inputs, vjps = batch.factors(prompt, (layer, matrix))
-            result = gradient_rank(inputs, vjps)
-            rows.append(
-                {
-                    "case_id": case_id,
-                    "layer": layer,
-                    "matrix": matrix,
-                    "n_tokens": batch.lengths[prompt],
-                    "rank": result.rank,
-                    "rank_float32_tol": result.rank_at(float32_rtol(site.out_features, site.in_features)),
-                    "sigma_min_ratio": result.sigma_ratios[-1],
-                    "rtol": result.rtol,
-                }
-            )
+        length = batch.lengths[prompt]
+        for matrix in matrices:
+            layers = [layer for layer, m in batch.sites if m == matrix]
+            inputs = torch.stack([batch.inputs[(layer, matrix)][prompt, :length] for layer in layers])
+            vjps = torch.stack([batch.vjps[(layer, matrix)][prompt, :length] for layer in layers])
+            site = batch.sites[(layers[0], matrix)]
+            float32_tol = float32_rtol(site.out_features, site.in_features)
+            for layer, result in zip(layers, gradient_ranks_stacked(inputs, vjps)):
+                rows.append(
+                    {
+                        "case_id": case_id,
+                        "layer": layer,
+                        "matrix": matrix,
+                        "n_tokens": length,
+                        "rank": result.rank,
+                        "rank_float32_tol": result.rank_at(float32_tol),
+                        "sigma_min_ratio": result.sigma_ratios[-1],
+                        "rtol": result.rtol,
+                    }
+                )
     return rows
 
 
@@ -45,18 +52,17 @@ def vjp_norm_rows(batch: CapturedBatch, case_ids: Sequence[int]) -> list[dict]:
     Modules: the FF1 matrices and FF2 (whose output is the MLP's output, so its VJP is
     the MLP-output VJP delta_i of the paper), and the attention output.
     """
+    per_module = dict(batch.vjps)
+    per_module.update({key: vjps for key, vjps in batch.submodule_vjps.items() if key[1] == "attention"})
+    keys = list(per_module)
+    norms = torch.stack([per_module[key].norm(dim=-1) for key in keys]).cpu()  # (modules, B, T)
     rows = []
     for prompt, case_id in enumerate(case_ids):
-        length = batch.lengths[prompt]
-        per_module = {key: batch.vjps[key][prompt, :length] for key in batch.sites}
-        for (layer, submodule), vjps in batch.submodule_vjps.items():
-            if submodule == "attention":
-                per_module[(layer, "attention")] = vjps[prompt, :length]
-        for (layer, module), vjps in per_module.items():
-            norms = vjps.norm(dim=-1).tolist()
+        prompt_norms = norms[:, prompt, : batch.lengths[prompt]].tolist()
+        for (layer, module), values in zip(keys, prompt_norms):
             rows.extend(
                 {"case_id": case_id, "layer": layer, "module": module, "position": position, "norm": norm}
-                for position, norm in enumerate(norms)
+                for position, norm in enumerate(values)
             )
     return rows
 

@@ -48,12 +48,33 @@ def float32_rtol(d_out: int, d_in: int) -> float:
 
 
 def core_singular_values(inputs_PxIn: torch.Tensor, vjps_PxOut: torch.Tensor) -> torch.Tensor:
-    """Singular values (descending, float64) of sum_i delta_i x_i^T, from the factors."""
+    """Singular values (descending, float64) of sum_i delta_i x_i^T, from the factors.
+
+    Leading batch dimensions are allowed ((..., P, d) factors give (..., min(P, d)) values),
+    so all layers of a prompt go through one batched QR and SVD.
+    """
     inputs = inputs_PxIn.to(torch.float64)
     vjps = vjps_PxOut.to(torch.float64)
-    r_inputs = torch.linalg.qr(inputs.T, mode="r").R  # (min(P, d_in), P)
-    r_vjps = torch.linalg.qr(vjps.T, mode="r").R  # (min(P, d_out), P)
-    return torch.linalg.svdvals(r_vjps @ r_inputs.T)
+    r_inputs = torch.linalg.qr(inputs.mT, mode="r").R  # (..., min(P, d_in), P)
+    r_vjps = torch.linalg.qr(vjps.mT, mode="r").R  # (..., min(P, d_out), P)
+    return torch.linalg.svdvals(r_vjps @ r_inputs.mT)
+
+
+def result_from_singular_values(sigmas: torch.Tensor, rtol: float) -> RankResult:
+    """Rank at ``rtol`` from descending singular values (one gradient)."""
+    values = sigmas.tolist()
+    largest = values[0] if values else 0.0
+    if largest == 0.0:
+        return RankResult(0, rtol, tuple(0.0 for _ in values))
+    ratios = tuple(value / largest for value in values)
+    return RankResult(sum(ratio > rtol for ratio in ratios), rtol, ratios)
+
+
+def gradient_ranks_stacked(inputs_LxPxIn: torch.Tensor, vjps_LxPxOut: torch.Tensor) -> list[RankResult]:
+    """``gradient_rank`` of L gradients of the same shape (e.g. one matrix in every layer) at once."""
+    rtol = factor_rtol(inputs_LxPxIn.shape[-2], torch.promote_types(inputs_LxPxIn.dtype, vjps_LxPxOut.dtype))
+    sigmas = core_singular_values(inputs_LxPxIn, vjps_LxPxOut).cpu()
+    return [result_from_singular_values(row, rtol) for row in sigmas]
 
 
 def gradient_rank(inputs_PxIn: torch.Tensor, vjps_PxOut: torch.Tensor, rtol: float | None = None) -> RankResult:
@@ -61,9 +82,4 @@ def gradient_rank(inputs_PxIn: torch.Tensor, vjps_PxOut: torch.Tensor, rtol: flo
     ``factor_rtol(P, dtype of the factors)``."""
     if rtol is None:
         rtol = factor_rtol(inputs_PxIn.shape[0], torch.promote_types(inputs_PxIn.dtype, vjps_PxOut.dtype))
-    sigmas = core_singular_values(inputs_PxIn, vjps_PxOut)
-    largest = float(sigmas[0]) if sigmas.numel() else 0.0
-    if largest == 0.0:
-        return RankResult(0, rtol, tuple(0.0 for _ in sigmas.tolist()))
-    ratios = tuple(float(s) / largest for s in sigmas.tolist())
-    return RankResult(sum(r > rtol for r in ratios), rtol, ratios)
+    return result_from_singular_values(core_singular_values(inputs_PxIn, vjps_PxOut).cpu(), rtol)
