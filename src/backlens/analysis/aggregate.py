@@ -16,6 +16,12 @@ SEGMENT_LABELS = {
 }
 
 
+def with_segment_flags(values: pd.DataFrame, prompts: pd.DataFrame) -> pd.DataFrame:
+    """``values`` (keyed by case_id and position) with the prompt table's segment flags."""
+    flags = prompts[["case_id", "position", *[f"is_{s}" for s in SEGMENTS]]]
+    return values.merge(flags, on=["case_id", "position"], how="inner", validate="many_to_one")
+
+
 def segment_means(values: pd.DataFrame, prompts: pd.DataFrame, value: str, by: list[str]) -> pd.DataFrame:
     """Mean of ``value`` per ROME segment, as in ROME's averages.
 
@@ -23,8 +29,7 @@ def segment_means(values: pd.DataFrame, prompts: pd.DataFrame, value: str, by: l
     two segments, e.g. a one-token subject is first and last subject token); then prompts
     are averaged. Returns columns ``by + [segment, mean, std, sem, n_prompts]``.
     """
-    flags = prompts[["case_id", "position", *[f"is_{s}" for s in SEGMENTS]]]
-    merged = values.merge(flags, on=["case_id", "position"], how="inner", validate="many_to_one")
+    merged = with_segment_flags(values, prompts)
     parts = []
     for segment in SEGMENTS:
         in_segment = merged[merged[f"is_{segment}"]]

@@ -6,8 +6,9 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from backlens.analysis.aggregate import SEGMENT_LABELS, rank_equals_length_share, segment_means
+from backlens.analysis.aggregate import SEGMENT_LABELS, rank_equals_length_share, segment_means, with_segment_flags
 from backlens.data.segments import SEGMENTS
+from backlens.figures.common import finish_line_axes
 
 
 def fig3_rank_equals_length(ranks: pd.DataFrame) -> plt.Figure:
@@ -16,13 +17,9 @@ def fig3_rank_equals_length(ranks: pd.DataFrame) -> plt.Figure:
     fig, ax = plt.subplots(figsize=(6, 3.6))
     for (model, matrix), group in share.groupby(["model", "matrix"]):
         ax.plot(group.depth, 100 * group.full, marker="o", markersize=3, label=f"{model} {matrix}")
-    ax.set_xlabel("layer index / number of layers")
-    ax.set_ylabel("% of prompts with rank = P")
     ax.set_ylim(-3, 103)
-    n_prompts = ranks.case_id.nunique()
-    ax.set_title(f"Gradient rank equals prompt length (n={n_prompts} prompts)")
-    ax.legend(fontsize=7)
-    ax.grid(alpha=0.3)
+    finish_line_axes(ax, xlabel="layer index / number of layers", ylabel="% of prompts with rank = P",
+                     title=f"Gradient rank equals prompt length (n={ranks.case_id.nunique()} prompts)")
     return fig
 
 
@@ -57,8 +54,7 @@ def fig6_target_ranks(target_ranks: pd.DataFrame, prompts: pd.DataFrame) -> plt.
     """Rank of target_new's first token in LL(delta_i) per segment and layer (mean, IQR band)."""
     usable = target_ranks[target_ranks["rank"] >= 0]
     vocab_size = int(target_ranks.vocab_size.iloc[0])
-    flags = prompts[["case_id", "position", *[f"is_{s}" for s in SEGMENTS]]]
-    merged = usable.merge(flags, on=["case_id", "position"], validate="many_to_one")
+    merged = with_segment_flags(usable, prompts)
     fig, ax = plt.subplots(figsize=(6.4, 4))
     for segment in SEGMENTS:
         per_prompt = merged[merged[f"is_{segment}"]].groupby(["layer", "case_id"])["rank"].mean()
@@ -67,11 +63,8 @@ def fig6_target_ranks(target_ranks: pd.DataFrame, prompts: pd.DataFrame) -> plt.
         line = ax.plot(stats.index, stats["mean"], label=SEGMENT_LABELS[segment])[0]
         ax.fill_between(stats.index, stats.q25, stats.q75, color=line.get_color(), alpha=0.12)
     ax.axhline(vocab_size - 1, color="black", linestyle=":", linewidth=1, label="least probable (V-1)")
-    ax.set_xlabel("layer")
-    ax.set_ylabel("rank of target in LL(delta)")
-    ax.set_title("Target rank in the FF2 VJP's logit lens (0 = most probable)", fontsize=9)
-    ax.legend(fontsize=7)
-    ax.grid(alpha=0.3)
+    finish_line_axes(ax, xlabel="layer", ylabel="rank of target in LL(delta)",
+                     title="Target rank in the FF2 VJP's logit lens (0 = most probable)")
     return fig
 
 
@@ -86,11 +79,8 @@ def fig22_token_similarity(similarity: pd.DataFrame, prompts: pd.DataFrame) -> p
     for pair, group in tokens.groupby("pair"):
         per_prompt = group.groupby(["layer_a", "case_id"]).cosine.mean().groupby("layer_a")
         ax.plot(per_prompt.mean().index, per_prompt.mean().values, marker="o", markersize=3, label=pair)
-    ax.set_xlabel("layer")
-    ax.set_ylabel("mean cosine between token VJPs")
-    ax.set_title("Similarity of FF2 VJPs of different tokens (same layer)", fontsize=9)
-    ax.legend(fontsize=7)
-    ax.grid(alpha=0.3)
+    finish_line_axes(ax, xlabel="layer", ylabel="mean cosine between token VJPs",
+                     title="Similarity of FF2 VJPs of different tokens (same layer)")
     return fig
 
 

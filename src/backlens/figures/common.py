@@ -24,3 +24,12 @@ def save_figure(fig: "plt.Figure", pdf_path: str | Path, *, png_dpi: int = 110) 
     finally:
         plt.close(fig)
     return pdf_path, png_path
+
+
+def finish_line_axes(ax: "plt.Axes", *, xlabel: str, ylabel: str, title: str) -> None:
+    """Labels, a small title and legend, and a light grid: the look of every line plot here."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)

@@ -12,6 +12,7 @@ import pandas as pd
 
 from backlens.analysis.aggregate import SEGMENT_LABELS
 from backlens.data.segments import PRIMARY_ORDER
+from backlens.figures.common import finish_line_axes
 
 MATRIX_LABELS = {"ff2": "FF2 values (span of delta_i)", "ff1": "FF1 keys (span of x_i)",
                  "ff1_gate": "FF1 gate keys (span of x_i)", "ff1_up": "FF1 up keys (span of x_i)"}
@@ -36,12 +37,9 @@ def fig7_alignment(updates: pd.DataFrame, prompts: pd.DataFrame) -> plt.Figure:
                        label=f"{MATRIX_LABELS.get(matrix, matrix)}: max |cos|")[0]
         last_cos = with_last[with_last.matrix == matrix].groupby("layer").cosine.apply(lambda c: c.abs().mean())
         ax.plot(last_cos, linestyle="--", color=line.get_color(), label=f"{matrix}: |cos| with last token")
-    ax.set_xlabel("layer")
-    ax.set_ylabel("|cosine|")
     ax.set_ylim(0, 1.02)
-    ax.set_title("Most-changed neuron's update vs the spanning set (one SGD step)", fontsize=9)
-    ax.legend(fontsize=6)
-    ax.grid(alpha=0.3)
+    finish_line_axes(ax, xlabel="layer", ylabel="|cosine|",
+                     title="Most-changed neuron's update vs the spanning set (one SGD step)")
     return fig
 
 
@@ -72,9 +70,6 @@ def fig9_update_target_rank(updates: pd.DataFrame) -> plt.Figure:
         ranks = group.groupby("layer").target_rank_of_update.median()
         ax.plot(ranks.index, ranks.values, marker="o", markersize=3, label=MATRIX_LABELS.get(matrix, matrix))
     ax.axhline(vocab_size - 1, color="black", linestyle=":", linewidth=1, label="least probable (V-1)")
-    ax.set_xlabel("layer")
-    ax.set_ylabel("median target rank (0 = most probable)")
-    ax.set_title("Where the top neurons' changes put target_new in the logit lens", fontsize=9)
-    ax.legend(fontsize=7)
-    ax.grid(alpha=0.3)
+    finish_line_axes(ax, xlabel="layer", ylabel="median target rank (0 = most probable)",
+                     title="Where the top neurons' changes put target_new in the logit lens")
     return fig
