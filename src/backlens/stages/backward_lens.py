@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from typing import TypeVar
 
 import pandas as pd
 from omegaconf import DictConfig
@@ -19,6 +20,7 @@ from backlens.io import write_json, write_table
 from backlens.models.loading import LoadedModel, load_model
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -61,6 +63,20 @@ def capture_batches(loaded: LoadedModel, prompts: PromptBatchSource, batch_size:
             progress.update(len(case_ids))
 
 
+def timed(iterable: Iterable[T], seconds: dict[str, float], key: str) -> Iterator[T]:
+    """Iterate, adding the time spent producing each item to ``seconds[key]``."""
+    iterator = iter(iterable)
+    while True:
+        tick = time.perf_counter()
+        try:
+            item = next(iterator)
+        except StopIteration:
+            return
+        finally:
+            seconds[key] += time.perf_counter() - tick
+        yield item
+
+
 def run(cfg: DictConfig) -> None:
     loaded = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
     prompts = read_prompts(cfg.paths.prompts, cfg.model.name)
@@ -75,14 +91,7 @@ def run(cfg: DictConfig) -> None:
     rows: dict[str, list[dict]] = {name: [] for name in builders}
     seconds = {"capture": 0.0, **{name: 0.0 for name in builders}}
     started = time.perf_counter()
-    batches = capture_batches(loaded, prompts, int(settings.batch_size))
-    while True:
-        tick = time.perf_counter()
-        item = next(batches, None)
-        seconds["capture"] += time.perf_counter() - tick
-        if item is None:
-            break
-        case_ids, batch = item
+    for case_ids, batch in timed(capture_batches(loaded, prompts, int(settings.batch_size)), seconds, "capture"):
         for name, build in builders.items():
             tick = time.perf_counter()
             rows[name].extend(build(batch, case_ids))
