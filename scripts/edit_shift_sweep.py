@@ -1,0 +1,16 @@
+"""Forward pass shift sweep over layer and eta (rule edit_shift_sweep)."""
+
+import hydra
+from omegaconf import DictConfig
+
+from backlens.cli import run_stage
+from backlens.stages import editing_sweep
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+def main(cfg: DictConfig) -> None:
+    run_stage(cfg, editing_sweep.run)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,16 @@
+"""Table 7 perplexity from the per-method results (rule edit_table7)."""
+
+import hydra
+from omegaconf import DictConfig
+
+from backlens.cli import run_stage
+from backlens.stages import editing_tables
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+def main(cfg: DictConfig) -> None:
+    run_stage(cfg, editing_tables.run_table7)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Knowledge editing on CounterFact: forward pass shift and the FT / ROME / MEMIT / MEND baselines."""

@@ -1,0 +1,134 @@
+"""Second-moment statistics E[k k^T] of FF2 inputs over a text corpus (ROME/MEMIT's mom2).
+
+Computed once per (model, layers, corpus, n_samples) by the ``edit_covariance`` rule; the
+accumulation is check-pointed after every batch so a killed run resumes.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from backlens.editing.generation import sample_token_ids
+from backlens.io import atomic_path
+from backlens.models.hooks import record_module_io
+from backlens.models.loading import LoadedModel
+
+log = logging.getLogger(__name__)
+
+_SAMPLE_STARTS = ["The", "In", "A", "It", "This", "When", "He", "She", "On", "After", "Many", "There"]
+
+
+def corpus_description(corpus: Mapping) -> str:
+    source = str(corpus["source"])
+    if source == "text_file":
+        return f"text_file:{corpus['path']}"
+    if source == "model_samples":
+        return f"model_samples(top_k={corpus['top_k']},seed={corpus['seed']})"
+    return source
+
+
+def text_file_blocks(tokenizer, path: str | Path, n_blocks: int, block_tokens: int, offset_blocks: int = 0) -> torch.Tensor:
+    """(n_blocks, block_tokens) consecutive token blocks from a local text file."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(
+            f"corpus file {path} does not exist: set editing.corpus.path to a UTF-8 text file, "
+            "or editing.corpus.source=model_samples to sample text from the model itself"
+        )
+    ids = tokenizer(path.read_text(encoding="utf-8"), add_special_tokens=False)["input_ids"]
+    needed = (offset_blocks + n_blocks) * block_tokens
+    if len(ids) < needed:
+        raise ValueError(f"{path}: {len(ids)} tokens, need {needed} for {n_blocks} blocks of {block_tokens}; use a longer file")
+    start = offset_blocks * block_tokens
+    return torch.tensor(ids[start : start + n_blocks * block_tokens]).view(n_blocks, block_tokens)
+
+
+def wikitext_blocks(tokenizer, n_blocks: int, block_tokens: int, offset_blocks: int = 0) -> torch.Tensor:
+    try:
+        import datasets  # noqa: PLC0415 (optional dependency, only for the online corpus)
+
+        rows = datasets.load_dataset("wikitext", "wikitext-103-raw-v1", split="train")
+    except Exception as error:  # noqa: BLE001 (any failure means: not reachable from here)
+        raise RuntimeError(
+            f"WikiText is not reachable ({type(error).__name__}: {error}); offline, use "
+            "editing.corpus.source=model_samples or editing.corpus.source=text_file editing.corpus.path=<file>"
+        ) from error
+    text = "\n".join(r["text"] for r in rows.select(range(min(len(rows), 200_000))))
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    start = offset_blocks * block_tokens
+    return torch.tensor(ids[start : start + n_blocks * block_tokens]).view(-1, block_tokens)[:n_blocks]
+
+
+def corpus_batch(loaded: LoadedModel, corpus: Mapping, batch_index: int, *, held_out: bool = False) -> torch.Tensor:
+    """(batch_size, block_tokens) token ids of one corpus batch; deterministic in ``batch_index``."""
+    size, length = int(corpus["batch_size"]), int(corpus["block_tokens"])
+    # Held-out blocks (perplexity) come after every statistics block, so the two never overlap.
+    offset = batch_index * size + (int(corpus["n_blocks"]) if held_out else 0)
+    source = str(corpus["source"])
+    if source == "text_file":
+        return text_file_blocks(loaded.tokenizer, corpus["path"], size, length, offset)
+    if source == "wikitext":
+        return wikitext_blocks(loaded.tokenizer, size, length, offset)
+    if source != "model_samples":
+        raise ValueError(f"editing.corpus.source={source!r}: use model_samples, text_file or wikitext")
+    starts = [_SAMPLE_STARTS[(offset + i) % len(_SAMPLE_STARTS)] for i in range(size)]
+    new_ids = sample_token_ids(
+        loaded.model, loaded.tokenizer, starts, max_new_tokens=length - 1, top_k=int(corpus["top_k"]),
+        seed=int(corpus["seed"]) + offset,
+    )
+    first = torch.tensor([loaded.tokenizer(s, add_special_tokens=False)["input_ids"][0] for s in starts])[:, None]
+    return torch.cat([first, new_ids], dim=1)
+
+
+@torch.no_grad()
+def accumulate_second_moments(
+    loaded: LoadedModel, layers: Sequence[int], corpus: Mapping, checkpoint: str | Path
+) -> dict[str, object]:
+    """Sum of k k^T (float64) over every corpus token for each layer's FF2 input; resumes from ``checkpoint``."""
+    checkpoint = Path(checkpoint)
+    n_batches = -(-int(corpus["n_blocks"]) // int(corpus["batch_size"]))
+    state = torch.load(checkpoint) if checkpoint.exists() else None
+    if state is not None and (state["layers"] != list(layers) or state["corpus"] != corpus_description(corpus)):
+        log.warning("checkpoint %s is for other layers or corpus; starting over", checkpoint)
+        state = None
+    if state is None:
+        sums = {}
+        for layer in layers:
+            d_ff = loaded.adapter.ff2_site(layer).in_features
+            sums[layer] = torch.zeros(d_ff, d_ff, dtype=torch.float64)
+        state = {"layers": list(layers), "corpus": corpus_description(corpus), "batches_done": 0, "n_tokens": 0, "sums": sums}
+    modules = {str(layer): loaded.adapter.ff2_site(layer).module for layer in layers}
+    for batch_index in tqdm(range(state["batches_done"], n_batches), desc="FF2 second moments", unit="batch",
+                            initial=state["batches_done"], total=n_batches):
+        ids = corpus_batch(loaded, corpus, batch_index).to(loaded.device)
+        with record_module_io(modules, outputs=False) as record:
+            loaded.model(input_ids=ids)
+        for layer in layers:
+            keys_NxIn = record.inputs[str(layer)].reshape(-1, record.inputs[str(layer)].shape[-1]).double().cpu()
+            state["sums"][layer] += keys_NxIn.T @ keys_NxIn
+        state["n_tokens"] += ids.numel()
+        state["batches_done"] = batch_index + 1
+        with atomic_path(checkpoint) as tmp:
+            torch.save(state, tmp)
+    return state
+
+
+def load_second_moment(path: str | Path, layer: int, expected_corpus: str | None = None) -> torch.Tensor:
+    """(d_ff, d_ff) float64 E[k k^T] of layer ``layer`` from a statistics file."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no FF2 statistics at {path}: run `snakemake {path}` (rule edit_covariance) first")
+    stats = torch.load(path)
+    if layer not in stats["mom2"]:
+        raise ValueError(
+            f"{path} holds FF2 statistics for layers {sorted(stats['mom2'])}, not layer {layer}; add it to "
+            "editing.covariance.layers (or the method's layer) and rerun the edit_covariance rule"
+        )
+    if expected_corpus is not None and stats["corpus"] != expected_corpus:
+        raise ValueError(f"{path} was computed on {stats['corpus']}, the config asks for {expected_corpus}; rerun edit_covariance")
+    return stats["mom2"][layer]

@@ -1,0 +1,183 @@
+"""Per-case evaluation of an editor: edit, measure, restore; one JSON line per case (resumable)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from backlens.editing.base import Editor
+from backlens.editing.generation import generation_entropy, sample_texts
+from backlens.editing.requests import EditRequest, continuation, space_sensitive
+from backlens.editing.scoring import score_answers
+from backlens.editing.weights import restored_after
+
+log = logging.getLogger(__name__)
+
+
+def _mean(values: Sequence[float]) -> float | None:
+    return float(sum(values) / len(values)) if values else None
+
+
+def case_metrics(editor: Editor, request: EditRequest, *, batch_size: int) -> dict[str, object]:
+    """MEMIT accuracies and ROME probability comparisons for one (edited) model and case."""
+    pairs = [(request.prompt, request.target_new), (request.prompt, request.target_true)]
+    for prompt in request.paraphrase_prompts:
+        pairs += [(prompt, request.target_new), (prompt, request.target_true)]
+    for neighbour in request.neighborhood_prompts:
+        pairs += [(neighbour.prompt, neighbour.answer), (neighbour.prompt, request.target_new)]
+    scores = score_answers(editor.model, editor.tokenizer, pairs, batch_size=batch_size)
+    rewrite_new, rewrite_true = scores[0], scores[1]
+    n_para = len(request.paraphrase_prompts)
+    para = [(scores[2 + 2 * i], scores[3 + 2 * i]) for i in range(n_para)]
+    base = 2 + 2 * n_para
+    neigh = [(scores[base + 2 * i], scores[base + 2 * i + 1]) for i in range(len(request.neighborhood_prompts))]
+    return {
+        "efficacy": float(rewrite_new.argmax_correct),
+        "paraphrase": _mean([float(new.argmax_correct) for new, _ in para]),
+        "neighborhood": _mean([float(true.argmax_correct) for true, _ in neigh]),
+        "efficacy_success": float(rewrite_new.mean_nll < rewrite_true.mean_nll),
+        "paraphrase_success": _mean([float(new.mean_nll < true.mean_nll) for new, true in para]),
+        "neighborhood_success": _mean([float(true.mean_nll < new.mean_nll) for true, new in neigh]),
+        "p_new": math.exp(-rewrite_new.mean_nll),
+        "p_true": math.exp(-rewrite_true.mean_nll),
+    }
+
+
+@torch.no_grad()
+def perplexity(editor: Editor, blocks_BxT: torch.Tensor, batch_size: int = 8) -> float:
+    """exp(mean next-token NLL) of the model over fixed token blocks."""
+    total_nll, total_tokens = 0.0, 0
+    for start in range(0, len(blocks_BxT), batch_size):
+        ids = blocks_BxT[start : start + batch_size].to(editor.device)
+        logits = editor.model(input_ids=ids).logits[:, :-1].float()
+        nll = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1), reduction="sum")
+        total_nll += float(nll)
+        total_tokens += ids[:, 1:].numel()
+    return math.exp(total_nll / total_tokens)
+
+
+def request_facts(editor: Editor, request: EditRequest) -> dict[str, object]:
+    """Tokenization facts counted in the results (multi-token and space-sensitive targets)."""
+    new = continuation(editor.tokenizer, request.prompt, request.target_new)
+    true = continuation(editor.tokenizer, request.prompt, request.target_true)
+    return {
+        "case_id": request.case_id,
+        "n_target_new_tokens": len(new.target_ids),
+        "n_target_true_tokens": len(true.target_ids),
+        "target_new_merged_with_prompt": new.merged,
+        "target_new_space_sensitive": space_sensitive(editor.tokenizer, request.target_new),
+        "n_paraphrase_prompts": len(request.paraphrase_prompts),
+        "n_neighborhood_prompts": len(request.neighborhood_prompts),
+        "generation_source": request.generation_source,
+    }
+
+
+def evaluate_case(
+    editor: Editor,
+    request: EditRequest,
+    settings: Mapping,
+    *,
+    generate: bool,
+    perplexity_blocks: torch.Tensor | None,
+) -> dict[str, object]:
+    """Edit, measure, restore. ``settings`` is conf/editing's ``evaluation`` block."""
+    batch_size = int(settings["batch_size"])
+    row = request_facts(editor, request)
+    before = case_metrics(editor, request, batch_size=batch_size)
+    row["already_predicted"] = bool(before["efficacy"])
+    row["efficacy_before"] = before["efficacy"]
+    with restored_after(editor.edited_parameters()):
+        started = time.perf_counter()
+        info = editor.apply(request)
+        if editor.device.type == "cuda":
+            torch.cuda.synchronize()
+        row["edit_seconds"] = time.perf_counter() - started
+        row["skipped"] = bool(info.pop("skipped", False))
+        row["edit_info"] = json.dumps(info, sort_keys=True, default=str)
+        row.update(case_metrics(editor, request, batch_size=batch_size))
+        row["generation_entropy"] = None
+        row["generated_texts"] = None
+        if generate:
+            texts = sample_texts(
+                editor.model,
+                editor.tokenizer,
+                list(request.generation_prompts),
+                max_new_tokens=int(settings["generation"]["max_new_tokens"]),
+                top_k=int(settings["generation"]["top_k"]),
+                seed=int(settings["seed"]) + request.case_id,
+            )
+            row["generation_entropy"] = generation_entropy(texts)
+            row["generated_texts"] = json.dumps(texts)
+        row["perplexity"] = None if perplexity_blocks is None else perplexity(editor, perplexity_blocks)
+    return row
+
+
+class CaseLog:
+    """Append-only JSON lines: one finished case per line, so a killed run resumes where it stopped."""
+
+    def __init__(self, path: str | Path, fingerprint: str):
+        self.path = Path(path)
+        self.fingerprint = fingerprint
+
+    def finished(self) -> dict[int, dict]:
+        rows: dict[int, dict] = {}
+        if not self.path.exists():
+            return rows
+        for number, line in enumerate(self.path.read_text(encoding="utf-8").splitlines(), start=1):
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                # Only an interrupted write leaves a broken line: the case is simply redone.
+                log.warning("%s:%d: unreadable line (interrupted write); that case is redone", self.path, number)
+                continue
+            if row.get("config_fingerprint") != self.fingerprint:
+                raise ValueError(
+                    f"{self.path}:{number} (case {row.get('case_id')}) was written with another configuration "
+                    f"({row.get('config_fingerprint')} != {self.fingerprint}); delete {self.path} to start over"
+                )
+            rows[int(row["case_id"])] = row
+        return rows
+
+    def append(self, row: Mapping) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("a", encoding="utf-8") as handle:
+            handle.write(json.dumps({**row, "config_fingerprint": self.fingerprint}, default=str) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+
+
+def evaluate_editor(
+    editor: Editor,
+    requests: Sequence[EditRequest],
+    case_log: CaseLog,
+    settings: Mapping,
+    *,
+    generation_case_ids: set[int],
+    perplexity_case_ids: set[int],
+    perplexity_blocks: torch.Tensor | None,
+    label: str,
+) -> list[dict]:
+    """Evaluate every request not yet in ``case_log``; return all rows in request order."""
+    done = case_log.finished()
+    todo = [r for r in requests if r.case_id not in done]
+    if done:
+        log.info("%s: resuming, %d of %d cases already done", label, len(requests) - len(todo), len(requests))
+    for request in tqdm(todo, desc=f"edit {label}", unit="case"):
+        row = evaluate_case(
+            editor,
+            request,
+            settings,
+            generate=request.case_id in generation_case_ids,
+            perplexity_blocks=perplexity_blocks if request.case_id in perplexity_case_ids else None,
+        )
+        case_log.append(row)
+        done[request.case_id] = {**row, "config_fingerprint": case_log.fingerprint}
+    return [done[r.case_id] for r in requests]

@@ -1,0 +1,88 @@
+"""Training MEND's editor networks on CounterFact cases outside the evaluation range."""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from backlens.editing.base import Editor
+from backlens.editing.mend import added_weight_deltas, build_editors, gradient_factors
+from backlens.editing.requests import EditRequest
+from backlens.editing.training import mean_answer_nll, teacher_forced_batch, trainable_only
+from backlens.io import atomic_path
+
+log = logging.getLogger(__name__)
+
+
+def _normalisation(editor: Editor, sites, requests: Sequence[EditRequest]) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+    """Per layer mean and std of the concatenated (x_i, delta_i) over some training cases."""
+    collected: dict[int, list[torch.Tensor]] = {site.layer: [] for site in sites}
+    for request in requests:
+        for layer, (inputs, vjps) in gradient_factors(editor, sites, request).items():
+            collected[layer].append(torch.cat([inputs, vjps], dim=-1))
+    stats = {}
+    for layer, rows in collected.items():
+        joined = torch.cat(rows)
+        stats[layer] = (joined.mean(0), joined.std(0).clamp(min=1e-8))
+    return stats
+
+
+def train_mend(
+    editor: Editor, requests: Sequence[EditRequest], hparams: Mapping, checkpoint: str | Path, *, seed: int
+) -> dict[str, object]:
+    """Train one editor network per layer; resumes from ``checkpoint``.partial; returns the final state."""
+    layers = [int(layer) for layer in hparams["layers"]]
+    sites = [editor.adapter.ff2_site(layer) for layer in layers]
+    networks = build_editors(editor, layers, int(hparams["rank"]), float(hparams["log_lr_init"]))
+    optimizer = torch.optim.Adam(networks.parameters(), lr=float(hparams["train_lr"]))
+    partial = Path(str(checkpoint) + ".partial")
+    history: list[dict] = []
+    start = 0
+    if partial.exists():
+        state = torch.load(partial)
+        networks.load_state_dict(state["networks"])
+        optimizer.load_state_dict(state["optimizer"])
+        history, start = state["history"], state["step"]
+        log.info("MEND: resuming at step %d", start)
+    else:
+        for layer, (mean, std) in _normalisation(editor, sites, requests[: int(hparams["n_norm_cases"])]).items():
+            networks[str(layer)].mean.copy_(mean)
+            networks[str(layer)].std.copy_(std)
+    order = random.Random(seed).choices(range(len(requests)), k=int(hparams["train_steps"]))
+    for step in tqdm(range(start, len(order)), desc="train MEND", unit="step", initial=start, total=len(order)):
+        request = requests[order[step]]
+        factors = gradient_factors(editor, sites, request)
+        deltas = {site.layer: networks[str(site.layer)].weight_update(site, *factors[site.layer]) for site in sites}
+        edit_pairs = [(p, request.target_new) for p in (request.prompt, *request.paraphrase_prompts)]
+        ids, mask, labels = teacher_forced_batch(editor.tokenizer, edit_pairs, editor.device)
+        local_ids, local_mask, _ = teacher_forced_batch(
+            editor.tokenizer, [(n.prompt, n.answer) for n in request.neighborhood_prompts] or [(request.subject, request.target_true)], editor.device
+        )
+        with trainable_only(editor.model, []):
+            with torch.no_grad():
+                original = torch.log_softmax(editor.model(input_ids=local_ids, attention_mask=local_mask).logits.float(), -1)
+            with added_weight_deltas(sites, deltas):
+                edit_loss = mean_answer_nll(editor.model(input_ids=ids, attention_mask=mask).logits, labels)
+                edited = torch.log_softmax(editor.model(input_ids=local_ids, attention_mask=local_mask).logits.float(), -1)
+            locality = (original.exp() * (original - edited)).sum(-1)[local_mask.bool()].mean()
+            loss = float(hparams["edit_weight"]) * edit_loss + float(hparams["locality_weight"]) * locality
+            optimizer.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(networks.parameters(), float(hparams["grad_clip"]))
+            optimizer.step()
+        history.append({"step": step, "edit_nll": float(edit_loss.detach()), "locality_kl": float(locality.detach()), "case_id": request.case_id})
+        if (step + 1) % int(hparams["checkpoint_every"]) == 0 or step + 1 == len(order):
+            with atomic_path(partial) as tmp:
+                torch.save({"networks": networks.state_dict(), "optimizer": optimizer.state_dict(),
+                            "history": history, "step": step + 1}, tmp)
+    final = {"layers": layers, "rank": int(hparams["rank"]), "networks": networks.state_dict(), "history": history,
+             "train_case_ids": sorted({r.case_id for r in requests})}
+    with atomic_path(checkpoint) as tmp:
+        torch.save(final, tmp)
+    partial.unlink(missing_ok=True)
+    return final

@@ -1,0 +1,53 @@
+"""Helpers for methods that optimise something through a frozen model."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+from transformers import PreTrainedTokenizerBase
+
+from backlens.editing.requests import continuation
+from backlens.editing.scoring import pad_id, padded_batch
+
+
+@contextmanager
+def trainable_only(model: nn.Module, parameters: Iterable[nn.Parameter]) -> Iterator[None]:
+    """Gradients flow only into ``parameters`` during the block; flags restored afterwards."""
+    keep = {id(p) for p in parameters}
+    previous = {name: p.requires_grad for name, p in model.named_parameters()}
+    try:
+        for p in model.parameters():
+            p.requires_grad_(id(p) in keep)
+        yield
+    finally:
+        for name, p in model.named_parameters():
+            p.requires_grad_(previous[name])
+
+
+def teacher_forced_batch(
+    tokenizer: PreTrainedTokenizerBase, pairs: list[tuple[str, str]], device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Inputs for the NLL of each answer after its prompt.
+
+    Returns (B, T) ids, (B, T) attention mask and (B, T) labels holding the answer token to
+    predict at each position (-100 elsewhere).
+    """
+    items = [continuation(tokenizer, prompt, answer) for prompt, answer in pairs]
+    ids, mask = padded_batch([c.prompt_ids + c.target_ids[:-1] for c in items], pad_id(tokenizer), device)
+    labels = torch.full_like(ids, -100)
+    for row, item in enumerate(items):
+        first = len(item.prompt_ids) - 1
+        labels[row, first : first + len(item.target_ids)] = torch.tensor(item.target_ids, device=device)
+    return ids, mask, labels
+
+
+def mean_answer_nll(logits_BxTxV: torch.Tensor, labels_BxT: torch.Tensor) -> torch.Tensor:
+    """Mean over rows of each row's mean answer-token NLL."""
+    log_probs = torch.log_softmax(logits_BxTxV.float(), dim=-1)
+    mask = labels_BxT != -100
+    picked = log_probs.gather(-1, labels_BxT.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    per_row = -(picked * mask).sum(dim=1) / mask.sum(dim=1)
+    return per_row.mean()

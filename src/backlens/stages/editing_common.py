@@ -1,0 +1,55 @@
+"""Shared pieces of the editing stages: case ranges, method configs and the held-out corpus."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from backlens.data.counterfact import load_counterfact_from_config
+from backlens.editing.methods import method_hparams
+from backlens.editing.requests import EditRequest
+
+METHOD_CONFIG_DIR = Path("conf/method")
+
+
+def requests_in_range(cfg: DictConfig, first_case: int, n_cases: int, label: str) -> list[EditRequest]:
+    """EditRequests for CounterFact records [first_case, first_case + n_cases) in file order."""
+    dataset = load_counterfact_from_config(cfg.dataset)
+    if first_case + n_cases > len(dataset):
+        raise ValueError(
+            f"{label}: records {first_case}..{first_case + n_cases - 1} requested but {dataset.path} has "
+            f"{len(dataset)}; lower the case count or the first case"
+        )
+    return [EditRequest.from_record(r) for r in dataset.records[first_case : first_case + n_cases]]
+
+
+def evaluation_requests(cfg: DictConfig) -> list[EditRequest]:
+    return requests_in_range(cfg, int(cfg.editing.first_case), int(cfg.editing.n_cases), "editing.n_cases")
+
+
+def other_method_hparams(cfg: DictConfig, method_name: str, n_layers: int) -> dict:
+    """Hyper-parameters of conf/method/<method_name>.yaml for this model, outside the selected method.
+
+    Interpolations into the root config (paths) are resolved against ``cfg``.
+    """
+    if cfg.method.name == method_name:
+        # The selected method carries the user's command-line overrides.
+        return method_hparams(cfg.method, cfg.model.name, n_layers)
+    path = METHOD_CONFIG_DIR / f"{method_name}.yaml"
+    if not path.exists():
+        raise FileNotFoundError(f"no method config {path}; known: {sorted(p.stem for p in METHOD_CONFIG_DIR.glob('*.yaml'))}")
+    merged = OmegaConf.create(OmegaConf.to_container(cfg, resolve=False))
+    merged.method = OmegaConf.load(path)
+    return method_hparams(merged.method, cfg.model.name, n_layers)
+
+
+def statistics_layers(cfg: DictConfig, n_layers: int) -> list[int]:
+    """FF2 layers whose second moments some configured method needs (ROME's layer, MEMIT's layers)."""
+    layers: set[int] = set()
+    for name in cfg.editing.covariance_methods:
+        hparams = other_method_hparams(cfg, str(name), n_layers)
+        layers.update(int(x) for x in hparams.get("layers", []))
+        if "layer" in hparams:
+            layers.add(int(hparams["layer"]))
+    return sorted(layers)

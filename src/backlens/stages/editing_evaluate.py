@@ -1,0 +1,114 @@
+"""Rule ``edit_evaluate``: one method on the evaluation range, one row per case (resumable)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from backlens.editing.evaluation import CaseLog, evaluate_editor
+from backlens.editing.methods import build_editor
+from backlens.io import write_json, write_table
+from backlens.models.loading import load_model
+from backlens.stages.editing_common import evaluation_requests
+
+log = logging.getLogger(__name__)
+
+SUMMARY_COLUMNS = [
+    "efficacy", "paraphrase", "neighborhood", "efficacy_success", "paraphrase_success",
+    "neighborhood_success", "generation_entropy", "perplexity", "edit_seconds",
+]
+
+
+def case_log_path(cases_path: str | Path) -> Path:
+    """The JSON-lines progress file kept beside the final table."""
+    return Path(cases_path).with_suffix(".jsonl")
+
+
+def fingerprint(cfg: DictConfig, hparams: dict) -> str:
+    """Changes whenever something that alters a case's numbers changes."""
+    settings = {
+        "model": cfg.model.name,
+        "dtype": cfg.dtype,
+        "method": cfg.method.kind,
+        "hparams": {k: v for k, v in hparams.items() if k not in ("stats_path", "checkpoint")},
+        "evaluation": OmegaConf.to_container(cfg.editing.evaluation, resolve=True),
+        "n_generation_cases": int(cfg.editing.n_generation_cases),
+        "n_perplexity_cases": int(cfg.editing.n_perplexity_cases),
+        "corpus": OmegaConf.to_container(cfg.editing.corpus, resolve=True),
+    }
+    return hashlib.sha1(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def summarise(cases: pd.DataFrame, hparams: dict, cfg: DictConfig, setup_seconds: float) -> dict:
+    summary = {
+        "model": cfg.model.name,
+        "method": cfg.method.name,
+        "kind": cfg.method.kind,
+        "label": str(cfg.method.label).format(**hparams),
+        "paper_row": cfg.method.paper_row,
+        "hparams": hparams,
+        "n_cases": len(cases),
+        "n_skipped_already_predicted": int(cases["skipped"].sum()),
+        "n_already_predicted_before_edit": int(cases["already_predicted"].sum()),
+        "n_multi_token_target_new": int((cases["n_target_new_tokens"] > 1).sum()),
+        "n_target_new_merged_with_prompt": int(cases["target_new_merged_with_prompt"].sum()),
+        "n_target_new_space_sensitive": int(cases["target_new_space_sensitive"].sum()),
+        "n_cases_without_paraphrase": int((cases["n_paraphrase_prompts"] == 0).sum()),
+        "n_cases_without_neighborhood": int((cases["n_neighborhood_prompts"] == 0).sum()),
+        "generation_sources": sorted(cases["generation_source"].unique()),
+        "n_generation_cases": int(cases["generation_entropy"].notna().sum()),
+        "n_perplexity_cases": int(cases["perplexity"].notna().sum()),
+        "setup_seconds": setup_seconds,
+        "mean_edit_seconds": float(cases["edit_seconds"].mean()),
+    }
+    for column in SUMMARY_COLUMNS:
+        values = cases[column].dropna().astype(float)
+        summary[f"{column}_mean"] = float(values.mean()) if len(values) else None
+        summary[f"{column}_std"] = float(values.std(ddof=0)) if len(values) else None
+    return summary
+
+
+def run(cfg: DictConfig) -> None:
+    requests = evaluation_requests(cfg)
+    loaded = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
+    torch.manual_seed(int(cfg.seed))
+    started = time.perf_counter()
+    editor, hparams = build_editor(loaded, cfg.method)
+    setup_seconds = time.perf_counter() - started
+    n_gen, n_ppl = int(cfg.editing.n_generation_cases), int(cfg.editing.n_perplexity_cases)
+    heldout = None
+    if n_ppl > 0:
+        heldout_path = Path(cfg.paths.editing_heldout)
+        if not heldout_path.exists():
+            raise FileNotFoundError(f"no held-out corpus at {heldout_path}: run the edit_covariance rule, or set editing.n_perplexity_cases=0")
+        heldout = torch.load(heldout_path)["blocks"]
+    case_log = CaseLog(case_log_path(cfg.paths.editing_cases), fingerprint(cfg, hparams))
+    rows = evaluate_editor(
+        editor,
+        requests,
+        case_log,
+        cfg.editing.evaluation,
+        generation_case_ids={r.case_id for r in requests[:n_gen]},
+        perplexity_case_ids={r.case_id for r in requests[:n_ppl]},
+        perplexity_blocks=heldout,
+        label=str(cfg.method.name),
+    )
+    cases = pd.DataFrame(rows)
+    cases.insert(0, "method", cfg.method.name)
+    cases.insert(0, "model", cfg.model.name)
+    write_table(cases, cfg.paths.editing_cases)
+    summary = summarise(cases, hparams, cfg, setup_seconds)
+    write_json(summary, cfg.paths.editing_summary)
+    log.info(
+        "%s on %s: %d cases, per-edit time %.3f s (setup %.1f s); efficacy %.3f paraphrase %s neighborhood %s",
+        cfg.method.name, cfg.model.name, len(cases), summary["mean_edit_seconds"], setup_seconds,
+        summary["efficacy_mean"], summary["paraphrase_mean"], summary["neighborhood_mean"],
+    )
+    print(f"per-edit time {cfg.method.name}: {summary['mean_edit_seconds']:.4f} s")

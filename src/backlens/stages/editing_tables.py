@@ -1,0 +1,139 @@
+"""Rules ``edit_table1`` and ``edit_table7``: Table 1 (accuracies, entropy) and Table 7 (perplexity)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pandas as pd
+from omegaconf import DictConfig
+
+from backlens.io import write_table, write_text
+
+log = logging.getLogger(__name__)
+
+# (column, scale to percent/points, source column in the per-case table)
+TABLE1_METRICS = [
+    ("efficacy", 100.0, "efficacy"),
+    ("paraphrase", 100.0, "paraphrase"),
+    ("neighborhood", 100.0, "neighborhood"),
+    ("ngram_entropy", 100.0, "generation_entropy"),
+    ("efficacy_success", 100.0, "efficacy_success"),
+    ("paraphrase_success", 100.0, "paraphrase_success"),
+    ("neighborhood_success", 100.0, "neighborhood_success"),
+    ("edit_seconds", 1.0, "edit_seconds"),
+]
+PAPER_COLUMNS = ["efficacy", "paraphrase", "neighborhood", "ngram_entropy"]
+
+
+def method_results(cfg: DictConfig) -> list[tuple[dict, pd.DataFrame]]:
+    """(summary, cases) of every Table 1 method, in the configured order."""
+    results = []
+    base = Path(cfg.paths.editing)
+    for name in cfg.editing.table1_methods:
+        summary_path, cases_path = base / str(name) / "summary.json", base / str(name) / "cases.parquet"
+        if not summary_path.exists() or not cases_path.exists():
+            raise FileNotFoundError(f"no results for method {name} at {cases_path}: run `snakemake {cases_path}` first")
+        results.append((json.loads(summary_path.read_text()), pd.read_parquet(cases_path)))
+    return results
+
+
+def paper_row(cfg: DictConfig, key: str, table: str) -> dict | None:
+    """The paper's numbers for this row, when our model is the paper's model."""
+    paper = cfg.paper[table]
+    if cfg.model.name != paper.model or key not in paper.rows:
+        return None
+    values = paper.rows[key]
+    return dict(zip(PAPER_COLUMNS, values)) if table == "table1" else {"perplexity": float(values)}
+
+
+def table1_frame(cfg: DictConfig) -> pd.DataFrame:
+    rows = []
+    for summary, cases in method_results(cfg):
+        row = {"model": summary["model"], "method": summary["method"], "label": summary["label"],
+               "n_cases": len(cases), "n_generation_cases": int(cases["generation_entropy"].notna().sum()),
+               "n_skipped_already_predicted": int(cases["skipped"].sum()),
+               "n_already_predicted_before_edit": int(cases["already_predicted"].sum()),
+               "n_multi_token_target_new": int((cases["n_target_new_tokens"] > 1).sum()),
+               "generation_source": ",".join(sorted(cases["generation_source"].unique()))}
+        for column, scale, source in TABLE1_METRICS:
+            values = cases[source].dropna().astype(float) * scale
+            row[f"{column}_mean"] = float(values.mean()) if len(values) else float("nan")
+            row[f"{column}_std"] = float(values.std(ddof=0)) if len(values) else float("nan")
+        parts = [row["efficacy_success_mean"], row["paraphrase_success_mean"], row["neighborhood_success_mean"]]
+        row["score"] = float(len(parts) / sum(1 / p for p in parts)) if all(p > 0 for p in parts) else 0.0
+        paper = paper_row(cfg, str(summary["paper_row"]), "table1") or {}
+        for column in PAPER_COLUMNS:
+            row[f"paper_{column}"] = paper.get(column, float("nan"))
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _cell(mean: float, std: float, digits: int = 1) -> str:
+    return "n/a" if pd.isna(mean) else f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def render(frame: pd.DataFrame, columns: list[tuple[str, str, int]], paper: bool) -> tuple[str, str]:
+    """Markdown and LaTeX of ``frame``: (header, column stem, digits) cells as mean ± std."""
+    headers = ["Method"] + [h for h, _, _ in columns] + (["Paper (" + ", ".join(PAPER_COLUMNS) + ")"] if paper else [])
+    body = []
+    for _, row in frame.iterrows():
+        cells = [row["label"]] + [_cell(row[f"{stem}_mean"], row[f"{stem}_std"], d) if f"{stem}_mean" in row else f"{row[stem]:.{d}f}"
+                                  for _, stem, d in columns]
+        if paper:
+            cells.append(" / ".join("n/a" if pd.isna(row[f"paper_{c}"]) else f"{row[f'paper_{c}']:g}" for c in PAPER_COLUMNS))
+        body.append(cells)
+    markdown = "| " + " | ".join(headers) + " |\n|" + "---|" * len(headers) + "\n"
+    markdown += "".join("| " + " | ".join(cells) + " |\n" for cells in body)
+    latex = "\\begin{tabular}{l" + "r" * (len(headers) - 1) + "}\n\\toprule\n" + " & ".join(headers) + " \\\\\n\\midrule\n"
+    latex += "".join(" & ".join(c.replace("±", "$\\pm$").replace("_", "\\_") for c in cells) + " \\\\\n" for cells in body)
+    latex += "\\bottomrule\n\\end{tabular}\n"
+    return markdown, latex
+
+
+def run_table1(cfg: DictConfig) -> None:
+    frame = table1_frame(cfg)
+    paper = cfg.model.name == cfg.paper.table1.model
+    columns = [("Efficacy", "efficacy", 1), ("Paraphrase", "paraphrase", 1), ("Neighborhood", "neighborhood", 1),
+               ("N-gram entropy", "ngram_entropy", 1), ("ES", "efficacy_success", 1), ("PS", "paraphrase_success", 1),
+               ("NS", "neighborhood_success", 1), ("Score", "score", 1), ("Edit s", "edit_seconds", 3)]
+    markdown, latex = render(frame, columns, paper)
+    first = frame.iloc[0]
+    note = (
+        f"\n{cfg.model.name}, CounterFact cases {cfg.editing.first_case}..{int(cfg.editing.first_case) + int(first['n_cases']) - 1}"
+        f" ({first['n_cases']} edits per method, weights restored after each); accuracies and ES/PS/NS in %, mean ± std over cases; "
+        f"n-gram entropy (x100) over the first {first['n_generation_cases']} cases, generated from: {first['generation_source']}. "
+        "Edit s: seconds per edit. Skipped (shift, already predicted): "
+        + ", ".join(f"{r.method}={r.n_skipped_already_predicted}" for r in frame.itertuples() if r.n_skipped_already_predicted)
+        + ".\n"
+    )
+    table1 = Path(cfg.paths.table1)
+    write_table(frame, table1)
+    write_text(markdown + note, table1.with_suffix(".md"))
+    write_text(latex, table1.with_suffix(".tex"))
+    for row in frame.itertuples():
+        print(f"per-edit time {row.method}: {row.edit_seconds_mean:.4f} s")
+    log.info("Table 1:\n%s", markdown)
+
+
+def run_table7(cfg: DictConfig) -> None:
+    rows = []
+    for summary, cases in method_results(cfg):
+        values = cases["perplexity"].dropna().astype(float)
+        if values.empty:
+            raise ValueError(f"method {summary['method']}: no perplexity measured; set editing.n_perplexity_cases > 0 and rerun it")
+        paper = paper_row(cfg, str(summary["paper_row"]), "table7_wikitext_perplexity") or {}
+        rows.append({"model": summary["model"], "method": summary["method"], "label": summary["label"],
+                     "n_edits": len(values), "perplexity_mean": float(values.mean()),
+                     "perplexity_std": float(values.std(ddof=0)), "paper_perplexity": paper.get("perplexity", float("nan"))})
+    frame = pd.DataFrame(rows)
+    columns = [("Perplexity", "perplexity", 2)]
+    markdown, latex = render(frame.rename(columns={"paper_perplexity": "paper_ppl"}), columns, paper=False)
+    if cfg.model.name == cfg.paper.table7_wikitext_perplexity.model:
+        markdown += "\nPaper (WikiText): " + ", ".join(f"{r.method}={r.paper_perplexity:g}" for r in frame.itertuples()) + "\n"
+    table7 = Path(cfg.paths.table7)
+    write_table(frame, table7)
+    write_text(markdown + f"\nCorpus: editing.corpus.source={cfg.editing.corpus.source} (held-out blocks); "
+               f"{frame['n_edits'].iloc[0]} edits per method.\n", table7.with_suffix(".md"))
+    write_text(latex, table7.with_suffix(".tex"))

@@ -1,0 +1,107 @@
+"""Editing metrics on hand-built cases, resumable per-case logs, and the Table 1 stage."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pandas as pd
+import pytest
+import torch
+
+from backlens.editing.base import NoEdit
+from backlens.editing.evaluation import CaseLog, evaluate_editor
+from backlens.editing.generation import generation_entropy, ngram_entropy, sample_texts
+from backlens.editing.requests import continuation
+from backlens.editing.scoring import score_answers
+from backlens.editing.shift import ForwardPassShift
+from backlens.stages import editing_evaluate, editing_tables
+from conftest import compose_config, require_shared
+from test_editing_methods import EVALUATION, REQUEST
+
+
+def test_ngram_entropy_matches_hand_computed_values():
+    # bigrams of "a b a b": (a b) twice, (b a) once -> H = -(2/3 log2 2/3 + 1/3 log2 1/3)
+    assert ngram_entropy("a b a b", 2) == pytest.approx(-(2 / 3 * math.log2(2 / 3) + 1 / 3 * math.log2(1 / 3)))
+    assert ngram_entropy("x x x x", 3) == 0.0
+    # four distinct trigrams (2 bits) and five distinct bigrams (log2 5 bits)
+    text = "one two three four five six"
+    assert generation_entropy([text]) == pytest.approx((2 / 3 * math.log2(5) + 4 / 3 * 2.0) / 2)
+
+
+def test_scores_agree_with_a_hand_computed_forward_pass(tiny_model):
+    model, tokenizer = tiny_model.model, tiny_model.tokenizer
+    prompt = "The capital of France is"
+    ids = tokenizer(prompt)["input_ids"]
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([ids])).logits[0, -1]
+    greedy = tokenizer.decode([int(logits.argmax())])
+    runner_up = tokenizer.decode([int(logits.topk(2).indices[1])])
+    greedy_score, other_score = score_answers(model, tokenizer, [(prompt, greedy), (prompt, runner_up)])
+    greedy_item = continuation(tokenizer, prompt, greedy)
+    if len(greedy_item.target_ids) == 1 and greedy_item.target_ids[0] == int(logits.argmax()):
+        assert greedy_score.argmax_correct
+        expected = -torch.log_softmax(logits, -1)[int(logits.argmax())]
+        assert greedy_score.mean_nll == pytest.approx(float(expected), rel=1e-5)
+    assert greedy_score.mean_nll <= other_score.mean_nll + 1e-6
+
+
+def test_multi_token_targets_are_scored_on_every_token(tiny_gpt2):
+    tokenizer = tiny_gpt2.tokenizer
+    item = continuation(tokenizer, "He lives in", "Rio de Janeiro")
+    assert len(item.target_ids) > 1 and not item.merged
+    (score,) = score_answers(tiny_gpt2.model, tokenizer, [("He lives in", "Rio de Janeiro")])
+    assert score.n_tokens == len(item.target_ids)
+
+
+def test_sampling_is_seeded_and_batch_independent(tiny_model):
+    prompts = ["The mother tongue of", "A long prompt that is padded on the left side"]
+    first = sample_texts(tiny_model.model, tiny_model.tokenizer, prompts, max_new_tokens=5, top_k=5, seed=3)
+    again = sample_texts(tiny_model.model, tiny_model.tokenizer, prompts, max_new_tokens=5, top_k=5, seed=3)
+    assert first == again and all(t.startswith(p) for t, p in zip(first, prompts))
+
+
+def _requests():
+    from dataclasses import replace
+
+    return [replace(REQUEST, case_id=i, target_new=t) for i, t in enumerate(["English", "Paris", "Rio de Janeiro"])]
+
+
+def _strip_times(rows):
+    return [{k: v for k, v in r.items() if k != "edit_seconds"} for r in rows]
+
+
+def test_an_interrupted_run_resumes_to_the_same_rows(tiny_model, tmp_path):
+    editor = ForwardPassShift(tiny_model, {"layer": 1, "eta": 5.0, "skip_if_predicted": True})
+    requests = _requests()
+    options = dict(generation_case_ids={0}, perplexity_case_ids={1},
+                   perplexity_blocks=torch.arange(1, 33).view(2, 16), label="shift")
+    complete = evaluate_editor(editor, requests, CaseLog(tmp_path / "full.jsonl", "f"), EVALUATION, **options)
+    interrupted_log = CaseLog(tmp_path / "killed.jsonl", "f")
+    evaluate_editor(editor, requests[:2], interrupted_log, EVALUATION, **options)
+    with interrupted_log.path.open("a") as handle:
+        handle.write('{"case_id": 2, "efficacy": ')  # a write cut off by the kill
+    resumed = evaluate_editor(editor, requests, interrupted_log, EVALUATION, **options)
+    assert _strip_times(resumed) == _strip_times(complete)
+    assert complete[0]["generation_entropy"] is not None and complete[1]["perplexity"] is not None
+    with pytest.raises(ValueError, match="another configuration"):
+        CaseLog(tmp_path / "full.jsonl", "other").finished()
+
+
+def test_evaluate_and_table1_stages_on_tiny_gpt2(tmp_path):
+    require_shared("data", "counterfact")
+    base = [f"paths.results={tmp_path}", "model=tiny-gpt2", "editing.n_cases=3", "editing.n_generation_cases=1",
+            "editing.n_perplexity_cases=0", "editing.table1_methods=[none,shift]", "editing.evaluation.generation.max_new_tokens=4"]
+    for method in ("none", "shift"):
+        editing_evaluate.run(compose_config(*base, f"method={method}"))
+    cfg = compose_config(*base)
+    editing_tables.run_table1(cfg)
+    table = pd.read_csv(cfg.paths.table1)
+    assert list(table["method"]) == ["none", "shift"] and (table["n_cases"] == 3).all()
+    assert table["efficacy_mean"].between(0, 100).all()
+    markdown = (tmp_path / "tables" / "table1.md").read_text()
+    assert "Forward pass shift" in markdown and "±" in markdown
+    assert (tmp_path / "tables" / "table1.tex").read_text().startswith("\\begin{tabular}")
+    summary = json.loads((tmp_path / "editing" / "shift" / "summary.json").read_text())
+    assert summary["generation_sources"] == ["edit_and_paraphrase_prompts"]
+    assert summary["n_cases"] == 3 and summary["mean_edit_seconds"] > 0
