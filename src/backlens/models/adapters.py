@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import ClassVar, Literal
+from typing import ClassVar, Literal, Protocol
 
 import torch
 from torch import nn
@@ -47,6 +47,27 @@ class LinearSite:
         if self.layout == "in_out":
             return inputs_PxIn.T @ vjps_PxOut
         return vjps_PxOut.T @ inputs_PxIn
+
+
+class KeyValueSource(Protocol):
+    """What a block's attention needs from a cache: ``update`` returns the keys/values to attend to.
+
+    Given the new positions' keys/values (B, heads, S, head_dim) of layer ``layer_idx`` it
+    returns (B, heads, first_position + S, head_dim): earlier positions' followed by the new.
+    """
+
+    def update(
+        self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args: object, **kwargs: object
+    ) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+
+def causal_attention_mask(n_new: int, first_position: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """Additive (1, 1, n_new, first_position + n_new) mask: query i sees keys 0 .. first_position + i."""
+    query_positions = torch.arange(first_position, first_position + n_new, device=device)[:, None]
+    key_positions = torch.arange(first_position + n_new, device=device)[None, :]
+    blocked = key_positions > query_positions
+    mask = torch.zeros(blocked.shape, dtype=dtype, device=device)
+    return mask.masked_fill(blocked, torch.finfo(dtype).min)[None, None]
 
 
 class ArchitectureAdapter(ABC):
@@ -115,6 +136,51 @@ class ArchitectureAdapter(ABC):
             logits = torch.tanh(logits / softcap) * softcap
         return logits
 
+    def token_embeddings(self, input_ids_BxT: torch.Tensor) -> torch.Tensor:
+        """(B, T, d) token embeddings, before any position information (where ROME adds its noise)."""
+        return self.model.get_input_embeddings()(input_ids_BxT)
+
+    def residual_input(self, token_embeddings_BxSxd: torch.Tensor, first_position: int = 0) -> torch.Tensor:
+        """The residual stream entering block 0 at positions first_position .. first_position + S - 1."""
+        return token_embeddings_BxSxd
+
+    def _block_kwargs(self, hidden_BxSxd: torch.Tensor, position_ids_1xS: torch.Tensor) -> dict[str, object]:
+        """Extra keyword arguments every block of this family needs (e.g. rotary embeddings)."""
+        return {}
+
+    @torch.no_grad()
+    def run_layers(
+        self,
+        hidden_BxSxd: torch.Tensor,
+        start: int,
+        end: int,
+        *,
+        first_position: int = 0,
+        key_values: KeyValueSource | None = None,
+    ) -> torch.Tensor:
+        """Run blocks ``start .. end - 1`` on the residual stream of positions first_position.. (B, S, d).
+
+        Earlier positions enter only through ``key_values`` (their keys and values per layer),
+        so a suffix of the prompt can be recomputed from a cached prefix.
+        """
+        if not 0 <= start <= end <= self.n_layers:
+            raise ValueError(f"run_layers: need 0 <= start <= end <= {self.n_layers}, got start={start}, end={end}")
+        if first_position > 0 and key_values is None:
+            raise ValueError(
+                f"run_layers: first_position={first_position} needs key_values with the earlier positions' keys/values"
+            )
+        n_new = hidden_BxSxd.shape[1]
+        mask = causal_attention_mask(n_new, first_position, hidden_BxSxd.dtype, hidden_BxSxd.device)
+        position_ids = torch.arange(first_position, first_position + n_new, device=hidden_BxSxd.device)[None]
+        extra = self._block_kwargs(hidden_BxSxd, position_ids)
+        hidden = hidden_BxSxd
+        for layer in range(start, end):
+            output = self.blocks[layer](
+                hidden, attention_mask=mask, past_key_values=key_values, use_cache=key_values is not None, **extra
+            )
+            hidden = output[0] if isinstance(output, tuple) else output
+        return hidden
+
     def describe(self) -> dict[str, object]:
         """Facts worth logging next to results: family, layers, norm type and eps."""
         norm = self.final_norm
@@ -154,6 +220,13 @@ class GPT2Adapter(ArchitectureAdapter):
     def final_norm(self) -> nn.Module:
         return self.model.transformer.ln_f
 
+    def residual_input(self, token_embeddings_BxSxd: torch.Tensor, first_position: int = 0) -> torch.Tensor:
+        # GPT-2 adds learned absolute position embeddings before block 0.
+        positions = torch.arange(
+            first_position, first_position + token_embeddings_BxSxd.shape[1], device=token_embeddings_BxSxd.device
+        )
+        return token_embeddings_BxSxd + self.model.transformer.wpe(positions)[None]
+
 
 class GatedMLPAdapter(ArchitectureAdapter):
     """Llama / Gemma / Mistral / Qwen2: ``nn.Linear`` gate_proj, up_proj, down_proj (out, in)."""
@@ -183,6 +256,20 @@ class GatedMLPAdapter(ArchitectureAdapter):
     @property
     def final_norm(self) -> nn.Module:
         return self.model.model.norm
+
+    # Families whose blocks take one rotary embedding and a plain causal mask; Gemma's
+    # local/global layers need per-layer-type rotary tables and sliding-window masks.
+    _LAYER_RANGE_FAMILIES: ClassVar[tuple[str, ...]] = ("llama", "mistral", "qwen2")
+
+    def _block_kwargs(self, hidden_BxSxd: torch.Tensor, position_ids_1xS: torch.Tensor) -> dict[str, object]:
+        config = self.model.config
+        if config.model_type not in self._LAYER_RANGE_FAMILIES or getattr(config, "sliding_window", None):
+            raise NotImplementedError(
+                f"run_layers supports {', '.join(self._LAYER_RANGE_FAMILIES)} without sliding windows, not "
+                f"model_type={config.model_type!r}; extend GatedMLPAdapter._block_kwargs for it"
+            )
+        position_embeddings = self.model.model.rotary_emb(hidden_BxSxd, position_ids=position_ids_1xS)
+        return {"position_embeddings": position_embeddings, "position_ids": position_ids_1xS}
 
 
 _ADAPTERS: tuple[type[ArchitectureAdapter], ...] = (GPT2Adapter, GatedMLPAdapter)

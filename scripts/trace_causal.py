@@ -1,0 +1,16 @@
+"""ROME causal tracing over the correctly answered known facts (rule causal_tracing)."""
+
+import hydra
+from omegaconf import DictConfig
+
+from backlens.cli import run_stage
+from backlens.stages import causal_tracing
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+def main(cfg: DictConfig) -> None:
+    run_stage(cfg, causal_tracing.run)
+
+
+if __name__ == "__main__":
+    main()
