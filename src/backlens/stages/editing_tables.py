@@ -105,8 +105,8 @@ def run_table1(cfg: DictConfig) -> None:
         f" ({first['n_cases']} edits per method, weights restored after each); accuracies and ES/PS/NS in %, mean ± std over cases; "
         f"n-gram entropy (x100) over the first {first['n_generation_cases']} cases, generated from: {first['generation_source']}. "
         "Edit s: seconds per edit. Skipped (shift, already predicted): "
-        + ", ".join(f"{r.method}={r.n_skipped_already_predicted}" for r in frame.itertuples() if r.n_skipped_already_predicted)
-        + ".\n"
+        + (", ".join(f"{r.method}={r.n_skipped_already_predicted}" for r in frame.itertuples() if r.n_skipped_already_predicted) or "none")
+        + f"; multi-token target_new: {first['n_multi_token_target_new']} of {first['n_cases']}.\n"
     )
     table1 = Path(cfg.paths.table1)
     write_table(frame, table1)
