@@ -11,7 +11,8 @@ from transformers import PreTrainedTokenizerBase
 from backlens.editing.base import Editor
 from backlens.editing.generation import sample_texts
 from backlens.editing.requests import EditRequest, subject_last_index
-from backlens.editing.scoring import pad_id, padded_batch
+from backlens.analysis.capture import pad_batch
+from backlens.editing.scoring import pad_id
 from backlens.editing.training import mean_answer_nll, teacher_forced_batch, trainable_only
 from backlens.models.hooks import record_module_io, replace_outputs
 
@@ -28,7 +29,7 @@ def context_templates(editor: Editor, n_generated: int, n_tokens: int, seed: int
 
 def _lookup_batch(tokenizer: PreTrainedTokenizerBase, texts: list[str], subject: str, device: torch.device):
     encoded = [tuple(tokenizer(t)["input_ids"]) for t in texts]
-    ids, mask = padded_batch(encoded, pad_id(tokenizer), device)
+    ids, mask = pad_batch(encoded, pad_id(tokenizer), device)
     lookup = [subject_last_index(tokenizer, t, subject) for t in texts]
     return ids, mask, lookup
 

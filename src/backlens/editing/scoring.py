@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from backlens.analysis.capture import pad_batch
 from backlens.editing.requests import continuation
 
 
@@ -24,17 +25,6 @@ class AnswerScore:
     argmax_correct: bool
     n_tokens: int
     merged: bool
-
-
-def padded_batch(sequences: list[tuple[int, ...]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-padded (B, T) ids and attention mask."""
-    width = max(len(s) for s in sequences)
-    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(sequences), width), dtype=torch.long)
-    for row, sequence in enumerate(sequences):
-        ids[row, : len(sequence)] = torch.tensor(sequence, dtype=torch.long)
-        mask[row, : len(sequence)] = 1
-    return ids.to(device), mask.to(device)
 
 
 def pad_id(tokenizer: PreTrainedTokenizerBase) -> int:
@@ -58,7 +48,7 @@ def score_answers(
     for start in range(0, len(pairs), batch_size):
         chunk = [continuation(tokenizer, prompt, answer) for prompt, answer in pairs[start : start + batch_size]]
         sequences = [c.prompt_ids + c.target_ids for c in chunk]
-        ids, mask = padded_batch(sequences, pad_id(tokenizer), device)
+        ids, mask = pad_batch(sequences, pad_id(tokenizer), device)
         log_probs_BxTxV = torch.log_softmax(model(input_ids=ids, attention_mask=mask).logits.float(), dim=-1)
         for row, item in enumerate(chunk):
             first = len(item.prompt_ids) - 1

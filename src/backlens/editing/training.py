@@ -10,7 +10,8 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from backlens.editing.requests import continuation
-from backlens.editing.scoring import pad_id, padded_batch
+from backlens.analysis.capture import pad_batch
+from backlens.editing.scoring import pad_id
 
 
 @contextmanager
@@ -36,7 +37,7 @@ def teacher_forced_batch(
     predict at each position (-100 elsewhere).
     """
     items = [continuation(tokenizer, prompt, answer) for prompt, answer in pairs]
-    ids, mask = padded_batch([c.prompt_ids + c.target_ids[:-1] for c in items], pad_id(tokenizer), device)
+    ids, mask = pad_batch([c.prompt_ids + c.target_ids[:-1] for c in items], pad_id(tokenizer), device)
     labels = torch.full_like(ids, -100)
     for row, item in enumerate(items):
         first = len(item.prompt_ids) - 1
