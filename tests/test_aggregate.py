@@ -54,3 +54,21 @@ def test_rank_by_logits_survives_softmax_underflow():
     assert probabilities[0, 2] == probabilities[0, 3] == 0  # float32 underflow ties them
     assert rank_from_top(logits, torch.tensor([2])).item() == 3
     assert rank_from_top(logits, torch.tensor([3])).item() == 2
+
+
+def test_fig3_compares_models_from_several_tables(tmp_path):
+    from backlens.stages import render_figure
+    from conftest import compose_config
+
+    paths = []
+    for model, n_layers in (("small", 4), ("large", 8)):
+        rows = [{"model": model, "case_id": c, "layer": layer, "matrix": m, "n_tokens": 5,
+                 "rank": 1 if layer == n_layers - 1 else 5} for c in range(3) for layer in range(n_layers)
+                for m in ("ff1", "ff2")]
+        paths.append(tmp_path / f"{model}.parquet")
+        pd.DataFrame(rows).to_parquet(paths[-1])
+    assert len(render_figure.read_tables([str(p) for p in paths]).model.unique()) == 2
+    cfg = compose_config("figure=fig3", f"paths.figure={tmp_path}/fig3.pdf",
+                         f"paths.gradient_ranks=[{paths[0]},{paths[1]}]")
+    render_figure.run(cfg)
+    assert (tmp_path / "fig3.pdf").read_bytes().startswith(b"%PDF")

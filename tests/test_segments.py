@@ -114,3 +114,13 @@ def test_prompt_table_rows(gpt2_tokenizer):
     assert set(obama.target_new_id) == {6342}
     assert obama.is_last.tolist() == [False, False, False, True]
     assert table.groupby("case_id").n_tokens.first().to_dict() == {0: 9, 1: 4}
+
+
+def test_prompt_table_names_the_case_that_cannot_be_segmented(gpt2_tokenizer):
+    from backlens.data.counterfact import CounterFactRecord
+
+    record = CounterFactRecord(case_id=42, prompt_template="{} grew up in", subject="Obama", target_new="Paris",
+                               target_true="Hawaii", source_form="rome")
+    broken = CounterFactRecord(**{**record.__dict__, "prompt_template": "He grew up in {}", "subject": ""})
+    with pytest.raises(SegmentationError, match="case 42"):
+        prompt_table([record, broken], gpt2_tokenizer)

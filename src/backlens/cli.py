@@ -8,6 +8,7 @@ from collections.abc import Callable
 
 from omegaconf import DictConfig, OmegaConf
 
+from backlens.data.segments import SegmentationError
 from backlens.data.sources import DataUnavailableError
 from backlens.data.validation import InvalidRecordError
 from backlens.models.loading import ModelUnavailableError
@@ -15,7 +16,7 @@ from backlens.models.loading import ModelUnavailableError
 log = logging.getLogger("backlens")
 
 # Errors whose message already says what is wrong and how to fix it: print one line, no traceback.
-USER_ERRORS = (ModelUnavailableError, DataUnavailableError, InvalidRecordError)
+USER_ERRORS = (ModelUnavailableError, DataUnavailableError, InvalidRecordError, SegmentationError)
 
 
 def run_stage(cfg: DictConfig, stage: Callable[[DictConfig], None]) -> None:

@@ -9,6 +9,7 @@ DEFAULT_TARGETS.extend(
         *[f"figures/{{model}}/{name}.pdf" for name in FIGURE_TABLES],
     )
 )
+DEFAULT_TARGETS.append("figures/across_models/fig3.pdf")
 
 
 rule backward_lens:
@@ -88,6 +89,29 @@ rule figure:
         command=lambda wc, input, output: hydra_call(
             "render_figure", wc, figure=output.pdf, **input
         ) + f" figure={wc.figure}",
+    shell:
+        "{params.command} > {log} 2>&1"
+
+
+rule figure_across_models:
+    """Fig 3 with one line per matrix and model (paper Figs 19-21) over all configured models."""
+    input:
+        gradient_ranks=per_model("results/{model}/gradient_ranks.parquet"),
+    output:
+        pdf="figures/across_models/fig3.pdf",
+        png="figures/across_models/fig3.png",
+    conda:
+        CONDA_ENV
+    log:
+        "logs/across_models/fig3.log",
+    benchmark:
+        "logs/across_models/benchmarks/fig3.tsv"
+    params:
+        command=lambda wc, input, output: (
+            f"{PYTHON} scripts/render_figure.py figure=fig3 paths.figure={output.pdf} "
+            f"'paths.gradient_ranks=[{','.join(input.gradient_ranks)}]' run_name=across_models "
+            f"{config['overrides']}"
+        ),
     shell:
         "{params.command} > {log} 2>&1"
 

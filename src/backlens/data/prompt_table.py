@@ -9,7 +9,7 @@ import pandas as pd
 from transformers import PreTrainedTokenizerBase
 
 from backlens.data.counterfact import SUBJECT_SLOT, CounterFactRecord
-from backlens.data.segments import SEGMENTS, SegmentedPrompt, first_target_token, segment_prompt
+from backlens.data.segments import SEGMENTS, SegmentationError, SegmentedPrompt, first_target_token, segment_prompt
 
 CASE_COLUMNS = ("case_id", "prompt", "subject", "target_new", "target_true", "target_new_id", "n_tokens")
 
@@ -32,8 +32,14 @@ def prompt_table(records: Sequence[CounterFactRecord], tokenizer: PreTrainedToke
     """One row per (case, token position): ids, text, offsets, primary segment and ROME flags."""
     rows = []
     for sample_index, record in enumerate(records):
-        segmented = segment_record(tokenizer, record)
-        target_id = first_target_token(tokenizer, record.prompt, record.target_new)
+        try:
+            segmented = segment_record(tokenizer, record)
+            target_id = first_target_token(tokenizer, record.prompt, record.target_new)
+        except SegmentationError as error:
+            raise SegmentationError(
+                f"case {record.case_id} ({record.source_form} form): {error}; fix the record or sample other cases "
+                "(seed=...)"
+            ) from error
         for position in range(len(segmented)):
             row = {
                 "sample_index": sample_index,
