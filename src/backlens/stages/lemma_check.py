@@ -74,11 +74,12 @@ def run(cfg: DictConfig) -> None:
     prompts = read_prompts(cfg.paths.prompts, cfg.model.name)
     n_crosscheck = int(cfg.analysis.lemma.n_crosscheck)
     rows: list[dict] = []
+    index = 0  # position in sample order, which the batches follow
     for case_ids, batch in capture_batches(loaded, prompts, int(cfg.analysis.batch_size), submodules=False):
         for prompt, case_id in enumerate(case_ids):
-            index = prompts.case_ids.index(case_id)
             rows.extend(lemma_rows(loaded, batch, prompt, case_id, prompts.input_ids[index],
                                    prompts.target_ids[index], crosscheck=index < n_crosscheck))
+            index += 1
     table = pd.DataFrame(rows)
     table.insert(0, "model", cfg.model.name)
     table.insert(1, "dtype", str(loaded.dtype).removeprefix("torch."))
