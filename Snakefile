@@ -8,6 +8,9 @@ min_version("9.0")
 configfile: "workflow/config.yaml"
 
 
+report: "workflow/report/workflow.rst"
+
+
 validate(config, "workflow/schemas/config.schema.yaml")
 
 
@@ -17,9 +20,16 @@ include: "workflow/rules/analysis.smk"
 include: "workflow/rules/tracing.smk"
 include: "workflow/rules/figures.smk"
 include: "workflow/rules/editing.smk"
+include: "workflow/rules/compare.smk"
+
+
+onstart:
+    # Before any job: every model the default target needs must be loadable (offline, a hub
+    # model fails here with the model error instead of deep inside a rule).
+    check_models(models_of(default_targets()))
 
 
 rule all:
     default_target: True
     input:
-        DEFAULT_TARGETS,
+        default_targets(),

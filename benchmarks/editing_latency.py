@@ -24,7 +24,7 @@ from backlens.editing.methods import build_editor
 from backlens.editing.weights import restored_after
 from backlens.io import write_table
 from backlens.models.loading import load_model
-from backlens.stages.editing_common import evaluation_requests
+from backlens.stages.editing_common import evaluation_requests, user_method_overrides
 
 METHODS = ["shift", "ft", "ft_mlp0", "rome", "memit", "mend"]
 
@@ -45,7 +45,7 @@ def main() -> None:
     requests = evaluation_requests(base)
     rows = []
     for method, cfg in configs.items():
-        editor, _ = build_editor(loaded, cfg.method)
+        editor, _ = build_editor(loaded, cfg.method, extra=user_method_overrides(cfg, cfg.method.name))
         times = []
         for request in requests:
             with restored_after(editor.edited_parameters()):

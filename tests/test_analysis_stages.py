@@ -89,3 +89,22 @@ def test_every_figure_renders_from_the_tables(analysed, figure, tmp_path):
 def test_unknown_figure_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="not registered"):
         render_figure.run(compose_config("figure=fig99", f"paths.figure={tmp_path}/x.pdf"))
+
+
+def test_shards_merge_to_the_tables_of_one_job(analysed, tmp_path):
+    """Shards cut at batch boundaries give exactly the single job's tables, whatever their size."""
+    base = [f"model={analysed.model.name}", "n_prompts=6", f"paths.prompts={analysed.paths.prompts}", "analysis.batch_size=2"]
+    single = compose_config(*base, f"paths.results={tmp_path}/single")
+    backward_lens.run(single)
+    for name, cuts in (("twos", [(0, 2), (2, 4), (4, 6)]), ("uneven", [(0, 4), (4, 6)])):
+        metas = []
+        for start, stop in cuts:
+            shard = compose_config(*base, f"paths.results={tmp_path}/{name}/{start}-{stop}", f"analysis.shard=[{start},{stop}]")
+            backward_lens.run(shard)
+            metas.append(shard.paths.analysis_meta)
+        merged = compose_config(*base, f"paths.results={tmp_path}/{name}", f"paths.analysis_shards=[{','.join(metas)}]")
+        backward_lens.merge(merged)
+        for table in backward_lens.TABLES:
+            pd.testing.assert_frame_equal(read(merged, table), read(single, table))
+    with pytest.raises(ValueError, match="multiples of analysis.batch_size"):
+        backward_lens.run(compose_config(*base, f"paths.results={tmp_path}/bad", "analysis.shard=[1,3]"))

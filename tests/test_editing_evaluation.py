@@ -105,3 +105,28 @@ def test_evaluate_and_table1_stages_on_tiny_gpt2(tmp_path):
     summary = json.loads((tmp_path / "editing" / "shift" / "summary.json").read_text())
     assert summary["generation_sources"] == ["edit_and_paraphrase_prompts"]
     assert summary["n_cases"] == 3 and summary["mean_edit_seconds"] > 0
+
+
+def test_shards_merge_to_the_rows_of_one_job_whatever_the_shard_size(tmp_path):
+    require_shared("data", "counterfact")
+    base = ["model=tiny-gpt2", "method=shift", "editing.n_cases=3", "editing.n_generation_cases=2",
+            "editing.n_perplexity_cases=0", "editing.evaluation.generation.max_new_tokens=4", "++methods.shift.eta=2.0"]
+    whole = compose_config(*base, f"paths.results={tmp_path}/whole")
+    editing_evaluate.run(whole)
+    for name, cuts in (("ones", [(0, 1), (1, 2), (2, 3)]), ("uneven", [(0, 2), (2, 3)])):
+        shard_paths = []
+        for start, stop in cuts:
+            path = tmp_path / name / f"{start}-{stop}.parquet"
+            editing_evaluate.run(compose_config(*base, f"paths.results={tmp_path}/{name}",
+                                                f"editing.shard=[{start},{stop}]", f"paths.editing_cases={path}"))
+            shard_paths.append(str(path))
+        merged = compose_config(*base, f"paths.results={tmp_path}/{name}", f"paths.editing_shards=[{','.join(shard_paths)}]")
+        editing_evaluate.merge(merged)
+        timing = ["edit_seconds", "config_fingerprint"]
+        pd.testing.assert_frame_equal(pd.read_parquet(merged.paths.editing_cases).drop(columns=timing),
+                                      pd.read_parquet(whole.paths.editing_cases).drop(columns=timing))
+        summary = json.loads((tmp_path / name / "editing" / "shift" / "summary.json").read_text())
+        assert summary["hparams"]["eta"] == 2.0 and summary["n_generation_cases"] == 2
+    with pytest.raises(ValueError, match="do not cover"):
+        editing_evaluate.merge(compose_config(*base, f"paths.results={tmp_path}/ones",
+                                              f"paths.editing_shards=[{tmp_path}/ones/0-1.parquet,{tmp_path}/ones/2-3.parquet]"))

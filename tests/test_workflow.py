@@ -22,7 +22,7 @@ def snakemake(*args, cwd=PROJECT_ROOT, timeout=600):
 @pytest.fixture()
 def project_copy(tmp_path):
     """The workflow files in a scratch directory, so a test run writes nothing into the checkout."""
-    for name in ("Snakefile", "workflow", "conf", "scripts", "environment.yml"):
+    for name in ("Snakefile", "workflow", "conf", "scripts", "profiles", "environment.yml"):
         source = PROJECT_ROOT / name
         (shutil.copytree if source.is_dir() else shutil.copy)(source, tmp_path / name)
     return tmp_path
@@ -49,15 +49,63 @@ def test_schema_rejects_a_bad_config():
 @pytest.mark.slow
 def test_rules_run_on_tiny_gpt2(project_copy):
     require_shared("data", "counterfact")
-    config = ["--config", "models=[tiny-gpt2]", "overrides=n_prompts=6"]
-    result = snakemake("--cores", "2", "figures/fig3.pdf", *config, cwd=project_copy)
+    config = ["--config", "models=[tiny-gpt2]", "overrides=n_prompts=6,4", "outputs=fig3"]
+    result = snakemake("--cores", "2", *config, cwd=project_copy)
     assert result.returncode == 0, result.stderr[-3000:]
-    table = pd.read_parquet(project_copy / "results/tiny-gpt2/prompts.parquet")
-    assert table.sample_index.nunique() == 6
-    assert table.groupby("sample_index").is_last.sum().eq(1).all()
-    assert (project_copy / "logs/tiny-gpt2/sample_prompts.log").read_text().count("resolved config:") == 1
-    assert (project_copy / "logs/tiny-gpt2/benchmarks/sample_prompts.tsv").exists()
-    assert (project_copy / "figures/fig3.pdf").read_bytes().startswith(b"%PDF")
-    assert (project_copy / "figures/tiny-gpt2/fig3.png").exists()
-    again = snakemake("--cores", "1", "figures/fig3.pdf", *config, cwd=project_copy)
+    # One result directory per value of the sweep, named after its overrides, and a comparison.
+    for n_prompts in (6, 4):
+        run = f"tiny-gpt2__n_prompts={n_prompts}"
+        table = pd.read_parquet(project_copy / f"results/{run}/prompts.parquet")
+        assert table.sample_index.nunique() == n_prompts
+        assert table.groupby("sample_index").is_last.sum().eq(1).all()
+        assert (project_copy / f"logs/{run}/sample_prompts.log").read_text().count("resolved config:") == 1
+        assert (project_copy / f"logs/{run}/benchmarks/sample_prompts.tsv").exists()
+        assert (project_copy / f"figures/{run}/fig3.png").exists()
+    assert (project_copy / "figures/compare/tiny-gpt2__n_prompts=6,4/fig3.pdf").read_bytes().startswith(b"%PDF")
+    again = snakemake("--cores", "1", *config, cwd=project_copy)
     assert "Nothing to be done" in again.stdout + again.stderr
+    headline = snakemake("--cores", "1", "figures/fig3.pdf", "--config", "models=[tiny-gpt2]", "overrides=n_prompts=6",
+                         cwd=project_copy)
+    assert headline.returncode == 0, headline.stderr[-3000:]
+    assert "sample_prompts" not in headline.stderr  # reuses the sweep's run directory
+    assert (project_copy / "figures/fig3.pdf").read_bytes().startswith(b"%PDF")
+
+
+def dry_run_jobs(*args, cwd=PROJECT_ROOT):
+    result = snakemake("-n", *args, cwd=cwd)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    return result.stdout + result.stderr
+
+
+def test_a_sweep_builds_one_directory_per_value_and_shares_the_statistics(project_copy):
+    text = dry_run_jobs("--config", "overrides=methods.shift.eta=0.1,0.3", "outputs=edit_shift", cwd=project_copy)
+    for eta in ("0.1", "0.3"):
+        assert f"results/smollm2-135m__methods.shift.eta={eta}/editing/shift/shards/0-25.parquet" in text
+        assert f"results/smollm2-135m__methods.shift.eta={eta}/editing/ff2_mom2.pt" not in text
+    assert "results/smollm2-135m/editing/ff2_mom2.pt" in text  # statistics of the plain run, shared
+    assert "figures/compare/smollm2-135m__methods.shift.eta=0.1,0.3/editing_shift.pdf" in text
+    assert "++methods.shift.eta=0.1" in dry_run_jobs("-p", "--config", "overrides=methods.shift.eta=0.1",
+                                                     "outputs=edit_shift", cwd=project_copy)
+
+
+def test_shard_jobs_follow_the_shard_size(project_copy):
+    text = dry_run_jobs("results/smollm2-135m/editing/rome/cases.parquet", "--config", "editing_shard_size=20",
+                        cwd=project_copy)
+    assert all(f"rome/shards/{cut}.parquet" in text for cut in ("0-20", "20-40", "40-50"))
+
+
+def test_the_paper_experiment_resolves_offline_also_with_the_slurm_profile(project_copy):
+    text = dry_run_jobs("--profile", "profiles/slurm", "--config", "experiment=paper", cwd=project_copy)
+    assert "results/gpt2-xl__experiment=paper/tables/table1.md" in text
+    assert "figures/gpt2__experiment=paper/fig4.pdf" in text
+    assert "figures/compare/gpt2,gpt2-medium,gpt2-large,gpt2-xl__experiment=paper/fig6.pdf" in text
+    assert " device=cuda " in text and "__device=cuda" not in text  # passed to the scripts, not in the names
+
+
+def test_the_paper_experiment_fails_at_once_without_the_hub(project_copy):
+    env_offline = {"HF_HUB_OFFLINE": "1"}
+    result = subprocess.run([SNAKEMAKE, "--cores", "1", "--config", "experiment=paper"], cwd=project_copy,
+                            env=dict(os.environ, **env_offline), capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0
+    assert "error: model 'gpt2-xl' (hub id 'gpt2-xl') is not in the local cache" in result.stderr
+    assert not (project_copy / "results").exists()

@@ -3,31 +3,54 @@
 # Each figure's tables come from the figure registry itself, the one source of truth.
 FIGURE_TABLES = {name: list(spec.tables) for name, spec in FIGURES.items()}
 
-DEFAULT_TARGETS.extend(
-    per_model(
-        "results/{model}/analysis.md",
-        *[f"figures/{{model}}/{name}.pdf" for name in FIGURE_TABLES],
-    )
-)
-DEFAULT_TARGETS.append("figures/across_models/fig3.pdf")
+register_outputs("analysis_report", "results/{run}/analysis.md")
+for name in FIGURE_TABLES:
+    register_outputs(name, f"figures/{{run}}/{name}.pdf")
+# Across the runs of a sweep or a model list: Fig 3 (paper Figs 19-21) and Fig 6 (Fig 18).
+register_comparison("fig3", "figures/compare/{sweep}/fig3.pdf")
+register_comparison("fig6", "figures/compare/{sweep}/fig6.pdf")
+
+
+rule backward_lens_shard:
+    """Capture inputs and VJPs of every MLP matrix for prompts [start, stop) in one forward+backward pass per batch."""
+    input:
+        prompts="results/{run}/prompts.parquet",
+    output:
+        **{name: f"results/{{run}}/analysis_shards/{{start}}-{{stop}}/{name}.parquet" for name in ANALYSIS_TABLES},
+        meta="results/{run}/analysis_shards/{start}-{stop}/meta.json",
+    conda:
+        CONDA_ENV
+    resources:
+        gpu=1,
+    log:
+        "logs/{run}/backward_lens_{start}-{stop}.log",
+    benchmark:
+        "logs/{run}/benchmarks/backward_lens_{start}-{stop}.tsv"
+    params:
+        command=lambda wc, input, output: hydra_call(
+            "backward_lens", wc, f"analysis.shard=[{wc.start},{wc.stop}]", prompts=input.prompts,
+            analysis_meta=output.meta, **{k: v for k, v in output.items() if k != "meta"},
+        ),
+    shell:
+        "{params.command} > {log} 2>&1"
 
 
 rule backward_lens:
-    """Capture inputs and VJPs of every MLP matrix in one forward+backward pass; write five tables."""
+    """Join the shards into five tables: ranks, VJP norms, target ranks, neuron updates, VJP similarity."""
     input:
-        prompts="results/{model}/prompts.parquet",
+        analysis_shards,
     output:
-        **table_paths(["gradient_ranks", "vjp_norms", "target_ranks", "neuron_updates", "vjp_similarity"]),
-        meta="results/{model}/backward_lens.meta.json",
+        **table_paths(ANALYSIS_TABLES),
+        meta="results/{run}/backward_lens.meta.json",
     conda:
         CONDA_ENV
     log:
-        "logs/{model}/backward_lens.log",
+        "logs/{run}/backward_lens.log",
     benchmark:
-        "logs/{model}/benchmarks/backward_lens.tsv"
+        "logs/{run}/benchmarks/backward_lens.tsv"
     params:
         command=lambda wc, input, output: hydra_call(
-            "backward_lens", wc, prompts=input.prompts, analysis_meta=output.meta,
+            "backward_lens_merge", wc, analysis_shards=list(input), analysis_meta=output.meta,
             **{k: v for k, v in output.items() if k != "meta"},
         ),
     shell:
@@ -37,15 +60,17 @@ rule backward_lens:
 rule lemma_check:
     """Lemma 4.1 reconstruction vs autograd per prompt, layer and matrix; rank cross-check."""
     input:
-        prompts="results/{model}/prompts.parquet",
+        prompts="results/{run}/prompts.parquet",
     output:
-        lemma_check="results/{model}/lemma_check.parquet",
+        lemma_check="results/{run}/lemma_check.parquet",
     conda:
         CONDA_ENV
+    resources:
+        gpu=1,
     log:
-        "logs/{model}/lemma_check.log",
+        "logs/{run}/lemma_check.log",
     benchmark:
-        "logs/{model}/benchmarks/lemma_check.tsv"
+        "logs/{run}/benchmarks/lemma_check.tsv"
     params:
         command=lambda wc, input, output: hydra_call(
             "lemma_check", wc, prompts=input.prompts, lemma_check=output.lemma_check
@@ -60,10 +85,12 @@ rule logit_lens_examples:
         **table_paths(["logit_lens_cells", "logit_lens_tokens"]),
     conda:
         CONDA_ENV
+    resources:
+        gpu=1,
     log:
-        "logs/{model}/logit_lens_examples.log",
+        "logs/{run}/logit_lens_examples.log",
     benchmark:
-        "logs/{model}/benchmarks/logit_lens_examples.tsv"
+        "logs/{run}/benchmarks/logit_lens_examples.tsv"
     params:
         command=lambda wc, output: hydra_call("logit_lens_examples", wc, **output),
     shell:
@@ -75,59 +102,35 @@ rule figure:
     input:
         unpack(lambda wc: table_paths(FIGURE_TABLES[wc.figure])),
     output:
-        pdf="figures/{model}/{figure}.pdf",
-        png="figures/{model}/{figure}.png",
+        pdf="figures/{run}/{figure}.pdf",
+        png=report("figures/{run}/{figure}.png", caption="../report/caption.rst", category="{run}", subcategory="Backward Lens"),
     wildcard_constraints:
         figure="|".join(FIGURE_TABLES),
     conda:
         CONDA_ENV
     log:
-        "logs/{model}/figures/{figure}.log",
+        "logs/{run}/figures/{figure}.log",
     benchmark:
-        "logs/{model}/benchmarks/figure_{figure}.tsv"
+        "logs/{run}/benchmarks/figure_{figure}.tsv"
     params:
-        command=lambda wc, input, output: hydra_call(
-            "render_figure", wc, figure=output.pdf, **input
-        ) + f" figure={wc.figure}",
-    shell:
-        "{params.command} > {log} 2>&1"
-
-
-rule figure_across_models:
-    """Fig 3 with one line per matrix and model (paper Figs 19-21) over all configured models."""
-    input:
-        gradient_ranks=per_model("results/{model}/gradient_ranks.parquet"),
-    output:
-        pdf="figures/across_models/fig3.pdf",
-        png="figures/across_models/fig3.png",
-    conda:
-        CONDA_ENV
-    log:
-        "logs/across_models/fig3.log",
-    benchmark:
-        "logs/across_models/benchmarks/fig3.tsv"
-    params:
-        command=lambda wc, input, output: (
-            f"{PYTHON} scripts/render_figure.py figure=fig3 paths.figure={output.pdf} "
-            f"'paths.gradient_ranks=[{','.join(input.gradient_ranks)}]' run_name=across_models "
-            f"{config['overrides']}"
-        ),
+        command=lambda wc, input, output: hydra_call("render_figure", wc, f"figure={wc.figure}", figure=output.pdf, **input),
+        caption=lambda wc: caption_for(wc.figure),
     shell:
         "{params.command} > {log} 2>&1"
 
 
 rule analysis_report:
-    """results/{model}/analysis.md: measured numbers beside the paper's claims."""
+    """results/{run}/analysis.md: measured numbers beside the paper's claims."""
     input:
         **table_paths(["prompts", "lemma_check", "gradient_ranks", "vjp_norms", "target_ranks"]),
     output:
-        report="results/{model}/analysis.md",
+        report="results/{run}/analysis.md",
     conda:
         CONDA_ENV
     log:
-        "logs/{model}/analysis_report.log",
+        "logs/{run}/analysis_report.log",
     benchmark:
-        "logs/{model}/benchmarks/analysis_report.tsv"
+        "logs/{run}/benchmarks/analysis_report.tsv"
     params:
         command=lambda wc, input, output: hydra_call("analysis_report", wc, analysis_report=output.report, **input),
     shell:

@@ -1,35 +1,182 @@
-# Helpers shared by the rules: how a rule calls its Hydra script, and the default targets.
+# Helpers shared by the rules: runs (result directories named after their overrides), how a rule
+# calls its Hydra script, output groups, experiments and the default target.
+import functools
+import json
+import shlex
 import sys
 from pathlib import Path
 
+import yaml
+
+from backlens.figures.captions import caption_for
 from backlens.figures.registry import FIGURES
+from backlens.runs import Run, expand_sweep, override_key, parse_run, runs_of_label, split_overrides, sweep_label
 
 PYTHON = sys.executable
 # With --sdm conda every rule runs in the pinned environment; otherwise in the current one.
 CONDA_ENV = "../../environment.yml"
 MODEL_CONFIGS = sorted(p.stem for p in Path("conf/model").glob("*.yaml"))
+EXPERIMENT = yaml.safe_load(Path(f"workflow/experiments/{config['experiment']}.yaml").read_text())
+# Overrides of the user (--config overrides=...) and of the experiment, split into those that name
+# the result directory and those that only say where it runs (device).
+NAMED_OVERRIDES, PLACEMENT_OVERRIDES = split_overrides(f"{EXPERIMENT.get('overrides', '')} {config['overrides']}")
+USER_MODELS = next((o.split("=", 1)[1].split(",") for o in NAMED_OVERRIDES if override_key(o) == "model"), None)
 
 
 wildcard_constraints:
-    model="|".join(MODEL_CONFIGS),
+    run=rf"(?:{'|'.join(MODEL_CONFIGS)})(?:__[^/]+)?",
+    sweep=r"[^/]+",
 
 
-def hydra_call(script, wildcards, **paths):
-    """Shell command running scripts/<script>.py with the model, output paths and user overrides."""
-    path_overrides = " ".join(f"paths.{key}={value}" for key, value in paths.items())
-    return f"{PYTHON} scripts/{script}.py model={wildcards.model} {path_overrides} {config['overrides']}"
+def models_of(targets):
+    """Models of the runs under results/<run>/ and figures/<run>/, and of the compared runs."""
+    models = set()
+    for target in targets:
+        parts = Path(target).parts
+        if parts[:2] == ("figures", "compare"):
+            models.update(r.model for r in runs_of_label(parts[2]))
+        elif len(parts) > 2 and parts[0] in ("results", "figures"):
+            models.add(parse_run(parts[1]).model)
+    return sorted(models)
 
 
-# Each rules file appends the outputs it contributes to the default target `all`.
-DEFAULT_TARGETS = []
+def check_models(models):
+    """Stop the workflow with one line per unreachable model (ModelUnavailableError's message)."""
+    from backlens.models.loading import ModelUnavailableError, check_available
+
+    problems = []
+    for name in models:
+        try:
+            check_available(yaml.safe_load(Path(f"conf/model/{name}.yaml").read_text()))
+        except ModelUnavailableError as error:
+            problems.append(f"error: {error}")
+    if problems:
+        sys.exit("\n".join(problems))
 
 
-def per_model(*patterns):
-    """Expand result patterns over the configured models."""
-    return expand(list(patterns), model=config["models"])
+def hydra_override(override):
+    # methods.<name>.* keys do not exist until set: Hydra needs ++ to add them.
+    return f"++{override}" if override.startswith("methods.") else override
 
 
-# File names of the per-model result tables under results/{model}/.
+def hydra_call(script, wildcards, *settings, **paths):
+    """Shell command running scripts/<script>.py for the run in ``wildcards.run``: its model and
+    overrides, extra ``settings`` (e.g. "method=rome") and ``paths.<key>=<value>`` for each path
+    (a list of paths becomes a Hydra list)."""
+    run = parse_run(wildcards.run)
+    # Run names may hold = , [ ]: Hydra reads them only as quoted strings.
+    words = [f"model={run.model}", f'run_name="{run.name}"']
+    for key, value in paths.items():
+        words.append(f"paths.{key}={json.dumps(list(value))}" if isinstance(value, (list, tuple)) else f'paths.{key}="{value}"')
+    words += [hydra_override(o) for o in (*run.overrides, *PLACEMENT_OVERRIDES)]
+    words += list(settings)
+    # Parallel jobs of one script (methods, shards) keep their Hydra run directories apart.
+    job = "_".join([script, *(str(value) for key, value in wildcards.items() if key != "run")])
+    words.append(f'hydra.run.dir="logs/hydra/{run.name}/{job}"')
+    return f"{PYTHON} scripts/{script}.py " + " ".join(shlex.quote(w) for w in words)
+
+
+def shared_run(wildcards, prefixes):
+    """Directory of an artefact shared by every run that agrees on the overrides starting with
+    ``prefixes`` (covariance statistics, MEND's editor): a sweep over eta reuses them."""
+    return parse_run(wildcards.run).keeping(prefixes).name
+
+
+@functools.lru_cache(maxsize=None)
+def run_config(run_name):
+    """The run's resolved Hydra config (for case counts the shard jobs are cut from)."""
+    from hydra import compose, initialize_config_dir
+
+    run = parse_run(run_name)
+    overrides = [f"model={run.model}", *(hydra_override(o) for o in run.overrides)]
+    with initialize_config_dir(config_dir=str(Path("conf").resolve()), version_base="1.3"):
+        return compose(config_name="config", overrides=overrides)
+
+
+def shards(n_items, size):
+    """[start, stop) pieces of range(n_items), ``size`` items each (the last may be shorter)."""
+    return [(start, min(start + size, n_items)) for start in range(0, n_items, size)]
+
+
+# --- Output groups and the default target -------------------------------------------------
+# Each rules file registers its final outputs under a group name; `{run}` stands for the run.
+OUTPUT_GROUPS = {}
+# Figures comparing the runs of a sweep, per group: `{sweep}` stands for the sweep label.
+COMPARISONS = {}
+GROUP_ALIASES = {
+    "analysis": ["analysis_report", *FIGURES],
+    "editing": ["table1", "table7", "fig26"],
+}
+
+
+# Output file stem (fig4, table1, tracing_avg) -> its group.
+OUTPUT_OF = {}
+
+
+# Groups built only when asked for by name (outputs=...), not by the default target.
+ON_REQUEST_GROUPS = set()
+
+
+def register_outputs(group, *patterns, on_request=False):
+    OUTPUT_GROUPS.setdefault(group, []).extend(patterns)
+    if on_request:
+        ON_REQUEST_GROUPS.add(group)
+    OUTPUT_OF.update((Path(p).stem, group) for p in patterns)
+
+
+def register_comparison(group, *patterns):
+    COMPARISONS.setdefault(group, []).extend(patterns)
+
+
+def selected_groups():
+    """Groups named by --config outputs="..." (aliases expanded), or the experiment's, or all."""
+    names = config["outputs"].split() or list(
+        EXPERIMENT.get("outputs") or [g for g in OUTPUT_GROUPS if g not in ON_REQUEST_GROUPS]
+    )
+    groups = [g for name in names for g in GROUP_ALIASES.get(name, [name])]
+    unknown = sorted(set(groups) - set(OUTPUT_GROUPS))
+    if unknown:
+        raise ValueError(f"outputs: unknown group(s) {unknown}; known: {sorted(OUTPUT_GROUPS)} and {sorted(GROUP_ALIASES)}")
+    return groups
+
+
+def group_models(group):
+    """Models of a group: model=... in the overrides, else the experiment's mapping, else config models."""
+    if USER_MODELS:
+        return USER_MODELS
+    return (EXPERIMENT.get("outputs") or {}).get(group) or config["models"]
+
+
+def headline_run(name):
+    """The run whose copy of a figure or table goes to figures/<name>.pdf or results/tables/."""
+    return expand_sweep(group_models(OUTPUT_OF.get(name, name)), NAMED_OVERRIDES)[0].name
+
+
+def default_targets():
+    targets = []
+    for group in selected_groups():
+        models = group_models(group)
+        runs = expand_sweep(models, NAMED_OVERRIDES)
+        targets += expand(OUTPUT_GROUPS[group], run=[r.name for r in runs])
+        if len(runs) > 1:
+            label = sweep_label(models, NAMED_OVERRIDES)
+            targets += expand(COMPARISONS.get(group, []), sweep=label)
+    for group, models in (EXPERIMENT.get("comparisons") or {}).items():
+        targets += expand(COMPARISONS[group], sweep=sweep_label(models, NAMED_OVERRIDES))
+    return list(dict.fromkeys(targets))
+
+
+def sweep_inputs(pattern):
+    """Input function: ``pattern`` (with {run}) for every run of the {sweep} wildcard."""
+    return lambda wc: [pattern.format(run=r.name) for r in runs_of_label(wc.sweep)]
+
+
+def quoted_list(paths):
+    """A Hydra list override value whose items may contain = and , (run names do)."""
+    return shlex.quote(json.dumps(list(paths)))
+
+
+# File names of the per-run result tables under results/{run}/.
 RESULT_TABLES = {
     "prompts": "prompts.parquet",
     "gradient_ranks": "gradient_ranks.parquet",
@@ -43,6 +190,53 @@ RESULT_TABLES = {
 }
 
 
+ANALYSIS_TABLES = ["gradient_ranks", "vjp_norms", "target_ranks", "neuron_updates", "vjp_similarity"]
+
+
+def analysis_shards(wc):
+    """Meta files of the backward_lens shards, cut from the run's n_prompts at analysis_shard_size."""
+    n_prompts = int(run_config(wc.run).n_prompts)
+    return [f"results/{wc.run}/analysis_shards/{a}-{b}/meta.json" for a, b in shards(n_prompts, config["analysis_shard_size"])]
+
+
+def tracing_shard_files(wc, *kinds):
+    """A run's trace_shard files of the given kinds (TRACE_SHARD_FILES in tracing.smk), cut from
+    its tracing.n_facts; shards past the facts the screening chose come out empty."""
+    return [
+        f"{TRACE_DIR}/shards/{TRACE_SHARD_FILES[kind]}".format(run=wc.run, start=a, stop=b)
+        for a, b in shards(int(run_config(wc.run).tracing.n_facts), config["tracing_shard_size"])
+        for kind in kinds
+    ]
+
+
 def table_paths(names):
-    """{table name: results/{model}/<file>} for rule inputs and outputs."""
-    return {name: f"results/{{model}}/{RESULT_TABLES[name]}" for name in names}
+    """{table name: results/{run}/<file>} for rule inputs and outputs."""
+    return {name: f"results/{{run}}/{RESULT_TABLES[name]}" for name in names}
+
+
+# --- Editing: artefacts shared between runs, shard jobs, comparisons ------------------------
+# Overrides the statistics (and held-out text) or MEND's editor depend on; a run differing only in
+# others (e.g. methods.shift.eta) reuses the artefacts of the run with just these overrides.
+STATS_KEYS = ("model.", "dtype", "seed", "experiment", "editing.corpus", "editing.covariance_methods",
+              "methods.rome", "methods.memit")
+MEND_KEYS = ("model.", "dtype", "seed", "experiment", "dataset", "editing.mend_training", "methods.mend")
+
+
+def shared_statistics(wc):
+    run = shared_run(wc, STATS_KEYS)
+    return {"editing_stats": f"results/{run}/editing/ff2_mom2.pt", "editing_heldout": f"results/{run}/editing/heldout_tokens.pt"}
+
+
+def shared_mend(wc):
+    return {"editing_mend": f"results/{shared_run(wc, MEND_KEYS)}/editing/mend_editor.pt"} if wc.method == "mend" else {}
+
+
+def editing_shards(wc):
+    """The shard tables of one method, cut from the run's editing.n_cases."""
+    size = config["editing_shard_size"]
+    n_cases = int(run_config(wc.run).editing.n_cases)
+    return [f"results/{wc.run}/editing/{wc.method}/shards/{a}-{b}.parquet" for a, b in shards(n_cases, size)]
+
+
+def comparison_inputs(wc):
+    return {table: sweep_inputs(pattern)(wc) for table, pattern in COMPARISON_TABLES[wc.kind].items()}

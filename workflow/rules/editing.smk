@@ -1,15 +1,11 @@
-# Editing benchmark (paper section 6): FF2 statistics and MEND training (cached, once per model),
-# one evaluation per method, Table 1 / Table 7, and the forward pass shift sweep (Fig 26).
-import yaml
-
+# Editing benchmark (paper section 6): FF2 statistics and MEND training (cached, shared by every
+# run that agrees on what they depend on), each method's evaluation in shard jobs merged by a rule,
+# Table 1 / Table 7, the forward pass shift sweep (Fig 26) and the baselines' sweeps.
 EDIT_METHODS = sorted(p.stem for p in Path("conf/method").glob("*.yaml"))
-TABLE1_METHODS = yaml.safe_load(Path("conf/editing/default.yaml").read_text())["table1_methods"]
-EDIT_DIR = "results/{model}/editing"
-EDIT_SHARED = {
-    "editing_stats": f"{EDIT_DIR}/ff2_mom2.pt",
-    "editing_heldout": f"{EDIT_DIR}/heldout_tokens.pt",
-}
-EDIT_MEND = f"{EDIT_DIR}/mend_editor.pt"
+EDITING_DEFAULTS = yaml.safe_load(Path("conf/editing/default.yaml").read_text())
+TABLE1_METHODS = EDITING_DEFAULTS["table1_methods"]
+SWEPT_METHODS = sorted(EDITING_DEFAULTS["method_sweeps"])
+EDIT_DIR = "results/{run}/editing"
 # Inputs of the table rules: every Table 1 method's cases and summary.
 TABLE1_RESULTS = {
     f"{kind}_{name}": f"{EDIT_DIR}/{name}/{kind}.{ext}"
@@ -17,30 +13,37 @@ TABLE1_RESULTS = {
     for kind, ext in (("cases", "parquet"), ("summary", "json"))
 }
 
-DEFAULT_TARGETS.extend(
-    per_model(
-        "results/{model}/tables/table1.md",
-        "results/{model}/tables/table7.md",
-        "figures/{model}/fig26.pdf",
-    )
-)
+
+register_outputs("table1", "results/{run}/tables/table1.md")
+register_outputs("table7", "results/{run}/tables/table7.md")
+register_outputs("fig26", "figures/{run}/fig26.pdf")
+for name in EDIT_METHODS:
+    # Not in the default target (table1 has them); for sweeps of one method: outputs="edit_shift".
+    register_outputs(f"edit_{name}", f"{EDIT_DIR}/{name}/summary.json", on_request=True)
+    register_comparison(f"edit_{name}", f"figures/compare/{{sweep}}/editing_{name}.pdf")
 
 
 wildcard_constraints:
     method="|".join(EDIT_METHODS),
+    swept="|".join(SWEPT_METHODS),
     table="table1|table7",
+    start=r"\d+",
+    stop=r"\d+",
 
 
 rule edit_covariance:
     """Second moments of the FF2 inputs (ROME/MEMIT layers) and held-out perplexity blocks; resumable."""
     output:
-        **EDIT_SHARED,
+        editing_stats=f"{EDIT_DIR}/ff2_mom2.pt",
+        editing_heldout=f"{EDIT_DIR}/heldout_tokens.pt",
     conda:
         CONDA_ENV
+    resources:
+        gpu=1,
     log:
-        "logs/{model}/edit_covariance.log",
+        "logs/{run}/edit_covariance.log",
     benchmark:
-        "logs/{model}/benchmarks/edit_covariance.tsv"
+        "logs/{run}/benchmarks/edit_covariance.tsv"
     params:
         command=lambda wc, output: hydra_call("edit_covariance", wc, **output),
     shell:
@@ -50,35 +53,63 @@ rule edit_covariance:
 rule edit_mend_train:
     """MEND editor networks trained on CounterFact cases outside the evaluation range; resumable."""
     output:
-        editing_mend=EDIT_MEND,
+        editing_mend=f"{EDIT_DIR}/mend_editor.pt",
     conda:
         CONDA_ENV
+    resources:
+        gpu=1,
     log:
-        "logs/{model}/edit_mend_train.log",
+        "logs/{run}/edit_mend_train.log",
     benchmark:
-        "logs/{model}/benchmarks/edit_mend_train.tsv"
+        "logs/{run}/benchmarks/edit_mend_train.tsv"
     params:
-        command=lambda wc, output: hydra_call("edit_mend_train", wc, **output) + " method=mend",
+        command=lambda wc, output: hydra_call("edit_mend_train", wc, "method=mend", **output),
     shell:
         "{params.command} > {log} 2>&1"
 
 
-rule edit_evaluate:
-    """One method on the evaluation range: one row per case, resumable through cases.jsonl."""
+rule edit_evaluate_shard:
+    """One method on positions [start, stop) of the evaluation range; resumable through its .jsonl."""
     input:
-        **EDIT_SHARED,
-        editing_mend=lambda wc: EDIT_MEND if wc.method == "mend" else [],
+        unpack(shared_statistics),
+        unpack(shared_mend),
+    output:
+        editing_cases=f"{EDIT_DIR}/{{method}}/shards/{{start}}-{{stop}}.parquet",
+        meta=f"{EDIT_DIR}/{{method}}/shards/{{start}}-{{stop}}.json",
+    conda:
+        CONDA_ENV
+    resources:
+        gpu=1,
+    log:
+        "logs/{run}/edit_evaluate_{method}_{start}-{stop}.log",
+    benchmark:
+        "logs/{run}/benchmarks/edit_evaluate_{method}_{start}-{stop}.tsv"
+    params:
+        command=lambda wc, input, output: hydra_call(
+            "edit_evaluate", wc, f"method={wc.method}", f"editing.shard=[{wc.start},{wc.stop}]",
+            **input, editing_cases=output.editing_cases,
+        ),
+    shell:
+        "{params.command} > {log} 2>&1"
+
+
+rule edit_merge:
+    """Join a method's shards into one row per case and its summary (mean +- std, per-edit time)."""
+    input:
+        editing_shards,
     output:
         editing_cases=f"{EDIT_DIR}/{{method}}/cases.parquet",
         editing_summary=f"{EDIT_DIR}/{{method}}/summary.json",
     conda:
         CONDA_ENV
     log:
-        "logs/{model}/edit_evaluate_{method}.log",
+        "logs/{run}/edit_merge_{method}.log",
     benchmark:
-        "logs/{model}/benchmarks/edit_evaluate_{method}.tsv"
+        "logs/{run}/benchmarks/edit_merge_{method}.tsv"
     params:
-        command=lambda wc, input, output: hydra_call("edit_evaluate", wc, **{k: v for k, v in input.items() if v}, **output) + f" method={wc.method}",
+        command=lambda wc, input, output: hydra_call(
+            "edit_merge", wc, f"method={wc.method}", editing_shards=list(input), **output
+        ),
     shell:
         "{params.command} > {log} 2>&1"
 
@@ -88,27 +119,28 @@ rule edit_table:
     input:
         **TABLE1_RESULTS,
     output:
-        csv="results/{model}/tables/{table}.csv",
-        md="results/{model}/tables/{table}.md",
-        tex="results/{model}/tables/{table}.tex",
+        csv=report("results/{run}/tables/{table}.csv", caption="../report/caption.rst", category="{run}", subcategory="Editing"),
+        md="results/{run}/tables/{table}.md",
+        tex="results/{run}/tables/{table}.tex",
     conda:
         CONDA_ENV
     log:
-        "logs/{model}/edit_{table}.log",
+        "logs/{run}/edit_{table}.log",
     benchmark:
-        "logs/{model}/benchmarks/edit_{table}.tsv"
+        "logs/{run}/benchmarks/edit_{table}.tsv"
     params:
         command=lambda wc, output: hydra_call(f"edit_{wc.table}", wc, **{wc.table: output.csv}),
+        caption=lambda wc: caption_for(wc.table),
     shell:
         "{params.command} > {log} 2>&1"
 
 
 rule headline_table:
-    """results/tables/<table> is the first configured model's copy."""
+    """results/tables/<table> is the copy of the table's first run (the default model's)."""
     input:
-        csv=f"results/{HEADLINE_MODEL}/tables/{{table}}.csv",
-        md=f"results/{HEADLINE_MODEL}/tables/{{table}}.md",
-        tex=f"results/{HEADLINE_MODEL}/tables/{{table}}.tex",
+        csv=lambda wc: f"results/{headline_run(wc.table)}/tables/{wc.table}.csv",
+        md=lambda wc: f"results/{headline_run(wc.table)}/tables/{wc.table}.md",
+        tex=lambda wc: f"results/{headline_run(wc.table)}/tables/{wc.table}.tex",
     output:
         csv="results/tables/{table}.csv",
         md="results/tables/{table}.md",
@@ -130,12 +162,35 @@ rule edit_shift_sweep:
         editing_sweep_choice=f"{EDIT_DIR}/shift_sweep_choice.json",
     conda:
         CONDA_ENV
+    resources:
+        gpu=1,
     log:
-        "logs/{model}/edit_shift_sweep.log",
+        "logs/{run}/edit_shift_sweep.log",
     benchmark:
-        "logs/{model}/benchmarks/edit_shift_sweep.tsv"
+        "logs/{run}/benchmarks/edit_shift_sweep.tsv"
     params:
         command=lambda wc, output: hydra_call("edit_shift_sweep", wc, **output),
+    shell:
+        "{params.command} > {log} 2>&1"
+
+
+rule edit_method_sweep:
+    """A baseline (FT, MEMIT) over editing.method_sweeps.<method>.grid on cases outside the evaluation range."""
+    input:
+        unpack(shared_statistics),
+    output:
+        editing_method_sweep=f"{EDIT_DIR}/{{swept}}_sweep.parquet",
+        editing_method_sweep_choice=f"{EDIT_DIR}/{{swept}}_sweep_choice.json",
+    conda:
+        CONDA_ENV
+    resources:
+        gpu=1,
+    log:
+        "logs/{run}/edit_method_sweep_{swept}.log",
+    benchmark:
+        "logs/{run}/benchmarks/edit_method_sweep_{swept}.tsv"
+    params:
+        command=lambda wc, input, output: hydra_call("edit_method_sweep", wc, f"method={wc.swept}", **input, **output),
     shell:
         "{params.command} > {log} 2>&1"
 
@@ -145,15 +200,16 @@ rule edit_fig26:
     input:
         editing_sweep=f"{EDIT_DIR}/shift_sweep.parquet",
     output:
-        pdf="figures/{model}/fig26.pdf",
-        png="figures/{model}/fig26.png",
+        pdf="figures/{run}/fig26.pdf",
+        png=report("figures/{run}/fig26.png", caption="../report/caption.rst", category="{run}", subcategory="Editing"),
     conda:
         CONDA_ENV
     log:
-        "logs/{model}/edit_fig26.log",
+        "logs/{run}/edit_fig26.log",
     benchmark:
-        "logs/{model}/benchmarks/edit_fig26.tsv"
+        "logs/{run}/benchmarks/edit_fig26.tsv"
     params:
         command=lambda wc, input, output: hydra_call("edit_fig26", wc, editing_sweep=input.editing_sweep, fig26=output.pdf),
+        caption=caption_for("fig26"),
     shell:
         "{params.command} > {log} 2>&1"

@@ -1,17 +1,17 @@
-DEFAULT_TARGETS.extend(per_model("results/{model}/prompts.parquet"))
+register_outputs("prompts", "results/{run}/prompts.parquet")
 
 
 rule sample_prompts:
     """Seeded sample of CounterFact cases, tokenized, every token labelled with its ROME segment."""
     output:
-        table="results/{model}/prompts.parquet",
-        meta="results/{model}/prompts.meta.json",
+        table="results/{run}/prompts.parquet",
+        meta="results/{run}/prompts.meta.json",
     conda:
         CONDA_ENV
     log:
-        "logs/{model}/sample_prompts.log",
+        "logs/{run}/sample_prompts.log",
     benchmark:
-        "logs/{model}/benchmarks/sample_prompts.tsv"
+        "logs/{run}/benchmarks/sample_prompts.tsv"
     params:
         command=lambda wc, output: hydra_call("sample_prompts", wc, prompts=output.table, prompts_meta=output.meta),
     shell:

@@ -174,6 +174,14 @@ def _random_model(cfg: Mapping, vocab_size: int, dtype: torch.dtype, device: tor
         return AutoModelForCausalLM.from_config(config, dtype=dtype)
 
 
+def check_available(cfg: Mapping) -> str:
+    """Where the model's weights would load from; raises ModelUnavailableError (one clear line)
+    when they cannot be reached. Cheap: nothing is loaded."""
+    if cfg["source"] == "random" and not cfg.get("path"):
+        return "random init"
+    return _locate(cfg).description
+
+
 def load_model(cfg: Mapping, device: str = "cpu", dtype: str = "float32") -> LoadedModel:
     """Load the model a ``conf/model/*.yaml`` describes, in eval mode, on ``device``."""
     torch_device = resolve_device(device)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TypeVar
 
 import pandas as pd
@@ -37,6 +39,9 @@ class PromptBatchSource:
         per_prompt = prompts_from_table(ordered)
         ids = ordered.groupby("sample_index", sort=True).token_id.apply(list)
         return cls(per_prompt.case_id.tolist(), [list(map(int, x)) for x in ids], per_prompt.target_new_id.tolist())
+
+    def sliced(self, start: int, stop: int) -> PromptBatchSource:
+        return PromptBatchSource(self.case_ids[start:stop], self.input_ids[start:stop], self.target_ids[start:stop])
 
     def batches(self, size: int):
         for start in range(0, len(self.case_ids), size):
@@ -77,9 +82,34 @@ def timed(iterable: Iterable[T], seconds: dict[str, float], key: str) -> Iterato
         yield item
 
 
+TABLES = ["gradient_ranks", "vjp_norms", "target_ranks", "neuron_updates", "vjp_similarity"]
+
+
+def shard_range(cfg: DictConfig, n_prompts: int) -> tuple[int, int]:
+    """[start, stop) of the sampled prompts this job analyses (analysis.shard, or all).
+
+    Shards must cut at batch boundaries: a prompt's numbers then come from the same padded batch
+    whatever the shard size (float32 results depend on the batch's padding at round-off level).
+    """
+    if cfg.analysis.get("shard") is None:
+        return 0, n_prompts
+    start, stop = (int(x) for x in cfg.analysis.shard)
+    batch_size = int(cfg.analysis.batch_size)
+    if not 0 <= start < stop <= n_prompts or start % batch_size or (stop % batch_size and stop != n_prompts):
+        raise ValueError(
+            f"analysis.shard=[{start},{stop}]: shards must lie within the {n_prompts} prompts and cut at multiples "
+            f"of analysis.batch_size={batch_size}; make the workflow's analysis_shard_size a multiple of it"
+        )
+    return start, stop
+
+
 def run(cfg: DictConfig) -> None:
+    """The five tables for the sampled prompts, or for the analysis.shard part of them (then the
+    ``merge`` stage joins the shards into the same tables a single job writes)."""
     loaded = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
-    prompts = read_prompts(cfg.paths.prompts, cfg.model.name)
+    all_prompts = read_prompts(cfg.paths.prompts, cfg.model.name)
+    start, stop = shard_range(cfg, len(all_prompts.case_ids))
+    prompts = all_prompts.sliced(start, stop)
     settings = cfg.analysis
     builders: dict[str, Callable[[CapturedBatch, list[int]], list[dict]]] = {
         "gradient_ranks": gradient_rank_rows,
@@ -108,9 +138,28 @@ def run(cfg: DictConfig) -> None:
             "architecture": loaded.adapter.describe(),
             "dtype": str(loaded.dtype),
             "n_prompts": len(prompts.case_ids),
+            "prompts": [start, stop],
             "loss": cfg.paper.loss,
             "rank_tolerance": "singular values of the P x P factor core above P * eps(float32) x the largest",
             "seconds": {**seconds, "total": time.perf_counter() - started},
         },
         cfg.paths.analysis_meta,
     )
+
+
+def merge(cfg: DictConfig) -> None:
+    """Join shard outputs (paths.analysis_shards: one meta JSON per shard, its tables beside it)."""
+    metas = [(Path(p), json.loads(Path(p).read_text())) for p in cfg.paths.analysis_shards]
+    covered = [i for _, meta in metas for i in range(*meta["prompts"])]
+    if covered != list(range(len(covered))) or not covered:
+        raise ValueError(f"the shards {[m['prompts'] for _, m in metas]} do not cover the prompts once, in order")
+    for name in TABLES:
+        table = pd.concat([pd.read_parquet(path.parent / f"{name}.parquet") for path, _ in metas], ignore_index=True)
+        write_table(table, cfg.paths[name])
+    seconds: dict[str, float] = {}
+    for _, meta in metas:
+        for key, value in meta["seconds"].items():
+            seconds[key] = seconds.get(key, 0.0) + value
+    first = metas[0][1]
+    write_json({**first, "n_prompts": len(covered), "prompts": [0, len(covered)], "n_shards": len(metas),
+                "seconds": seconds}, cfg.paths.analysis_meta)

@@ -1,9 +1,19 @@
-"""Rule ``causal_tracing``: ROME causal tracing over the known facts the model answers correctly."""
+"""Rules ``trace_screen`` and ``trace_shard``: ROME causal tracing over the known facts the model
+answers correctly.
+
+``screen`` prepares and screens every known fact and chooses the facts to trace (the first
+``tracing.n_facts`` correctly answered ones); ``trace_shard`` traces positions [start, stop) of
+that chosen list (``tracing.shard``); ``causal_tracing_merge.merge`` joins the shards into the
+tables and summary. A fact's noise is seeded from (seed, known_id), so any shard size gives the
+same rows.
+"""
 
 from __future__ import annotations
 
+import json
 import logging
 import time
+from pathlib import Path
 
 import pandas as pd
 import torch
@@ -11,22 +21,25 @@ from omegaconf import DictConfig
 from tqdm import tqdm
 
 from backlens.data.known_facts import load_known_facts_from_config
-from backlens.data.segments import SegmentationError
+from backlens.data.segments import SEGMENTS, SegmentationError
 from backlens.io import write_json, write_table
 from backlens.models.loading import load_model
 from backlens.tracing.facts import TracedPrompt, prepare_fact, screen_facts
 from backlens.tracing.runs import fact_generator, noise_std
-from backlens.tracing.tables import (
-    average_effects,
-    concat_or_empty,
-    effect_rows,
-    fact_row,
-    segment_effects,
-    token_rows,
-)
+from backlens.tracing.tables import concat_or_empty, effect_rows, fact_row, token_rows
 from backlens.tracing.trace import TraceSettings, model_flops, trace_fact
 
 log = logging.getLogger(__name__)
+
+# Columns of the shard tables (backlens.tracing.tables rows with the model in front); a shard
+# past the chosen facts writes empty tables with these columns.
+FACT_COLUMNS = [
+    "model", "known_id", "relation_id", "subject", "prompt", "attribute", "answer_id", "answer_token",
+    "n_tokens", "subject_start", "subject_end", "p_clean", "p_corrupted", "total_effect",
+    "token_layers_computed", "token_layers_full", "runs_computed", "runs_full", "seconds",
+]
+TOKEN_COLUMNS = ["model", "known_id", "token_index", "token_id", "token", "segment", *SEGMENTS]
+EFFECT_COLUMNS = ["model", "known_id", "token_index", "layer", "kind", "p_restored", "indirect_effect"]
 
 
 def trace_settings(cfg: DictConfig, std: float) -> TraceSettings:
@@ -42,6 +55,40 @@ def trace_settings(cfg: DictConfig, std: float) -> TraceSettings:
     )
 
 
+def settings_record(cfg: DictConfig, std: float | None) -> dict:
+    """What a shard's numbers depend on (besides the model); shards merged together must agree."""
+    tracing = cfg.tracing
+    return {
+        "model": str(cfg.model.name),
+        "dtype": str(cfg.dtype),
+        "seed": int(cfg.seed),
+        "noise_scale": float(tracing.noise_scale),
+        "noise_std": std,
+        "noise_samples": int(tracing.noise_samples),
+        "window": int(tracing.window),
+        "kinds": list(tracing.kinds),
+        "severed_kinds": list(tracing.severed_kinds),
+        "severed_at": str(tracing.severed_at),
+    }
+
+
+def shard_files(facts_path: str | Path) -> dict[str, Path]:
+    """A shard's files: its facts table at ``facts_path``, tokens, effects and meta beside it."""
+    facts = Path(facts_path)
+    stem = facts.name.removesuffix(".parquet")
+    return {
+        "facts": facts,
+        "tokens": facts.with_name(f"{stem}.tokens.parquet"),
+        "effects": facts.with_name(f"{stem}.effects.parquet"),
+        "meta": facts.with_name(f"{stem}.json"),
+    }
+
+
+def _set_threads(cfg: DictConfig) -> None:
+    if cfg.tracing.num_threads is not None:
+        torch.set_num_threads(int(cfg.tracing.num_threads))
+
+
 def _prepare_all(tokenizer, facts) -> tuple[list[TracedPrompt], list[dict]]:
     prepared, skipped = [], []
     for fact in facts:
@@ -52,36 +99,100 @@ def _prepare_all(tokenizer, facts) -> tuple[list[TracedPrompt], list[dict]]:
     return prepared, skipped
 
 
-def run(cfg: DictConfig) -> None:
+def chosen_known_ids(screening: pd.DataFrame, only_correct: bool, n_facts: int) -> list[int]:
+    """The facts to trace, in known_id order: the first ``n_facts`` correct ones (or any, if not only_correct)."""
+    candidates = screening.loc[screening["correct"], "known_id"] if only_correct else screening["known_id"]
+    return [int(known_id) for known_id in candidates[:n_facts]]
+
+
+def screen(cfg: DictConfig) -> None:
+    """Screen every known fact; write the screening table and the chosen facts (screening.json)."""
     tracing = cfg.tracing
-    if tracing.num_threads is not None:
-        torch.set_num_threads(int(tracing.num_threads))
-    started = time.perf_counter()
+    _set_threads(cfg)
     loaded = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
     dataset = load_known_facts_from_config(cfg.known_facts)
     prepared, skipped = _prepare_all(loaded.tokenizer, dataset.records)
     if skipped:
         log.warning("%d known facts could not be segmented and are left out: %s", len(skipped), skipped[:3])
-
-    screened_at = time.perf_counter()
+    started = time.perf_counter()
     screening = screen_facts(loaded, prepared, int(tracing.screen_batch_size))
     screening.insert(0, "model", loaded.name)
-    screen_seconds = time.perf_counter() - screened_at
+    screen_seconds = time.perf_counter() - started
     n_correct = int(screening["correct"].sum())
     log.info("%s answers %d of %d known facts correctly", loaded.name, n_correct, len(screening))
-    if tracing.only_correct:
-        correct_ids = set(screening.loc[screening["correct"], "known_id"])
-        chosen = [p for p in prepared if p.fact.known_id in correct_ids][: int(tracing.n_facts)]
-    else:
-        chosen = prepared[: int(tracing.n_facts)]
-    if len(chosen) < int(tracing.n_facts):
-        log.warning("only %d facts available to trace; tracing.n_facts=%d", len(chosen), tracing.n_facts)
+    n_facts = int(tracing.n_facts)
+    chosen = chosen_known_ids(screening, bool(tracing.only_correct), n_facts)
+    if not chosen:
+        raise ValueError(
+            f"{loaded.name} answers none of the known facts correctly; nothing to trace "
+            "(tracing.only_correct=false traces facts regardless, e.g. for smoke tests on random models)"
+        )
+    if len(chosen) < n_facts:
+        log.warning("only %d facts available to trace; tracing.n_facts=%d", len(chosen), n_facts)
+    write_table(screening, cfg.paths.tracing_screening)
+    write_json(
+        {
+            "model": loaded.name,
+            "n_known_facts": len(dataset),
+            "n_unsegmentable": len(skipped),
+            "unsegmentable_known_ids": [int(s["known_id"]) for s in skipped],
+            "n_screened": len(screening),
+            "n_correct": n_correct,
+            "only_correct": bool(tracing.only_correct),
+            "n_facts": n_facts,
+            "n_chosen": len(chosen),
+            "chosen_known_ids": chosen,
+            "screen_seconds": screen_seconds,
+        },
+        cfg.paths.tracing_screening_meta,
+    )
 
-    std = noise_std(loaded.adapter, float(tracing.noise_scale))
+
+def read_screening(path: str | Path) -> dict:
+    return json.loads(Path(path).read_text())
+
+
+def shard_range(cfg: DictConfig) -> tuple[int, int]:
+    """[start, stop) positions of the chosen list this job traces (tracing.shard, or all)."""
+    n_facts = int(cfg.tracing.n_facts)
+    if cfg.tracing.get("shard") is None:
+        return 0, n_facts
+    start, stop = (int(x) for x in cfg.tracing.shard)
+    if not 0 <= start < stop <= n_facts:
+        raise ValueError(f"tracing.shard=[{start},{stop}] must lie within the {n_facts} facts to trace [0,{n_facts}]")
+    return start, stop
+
+
+def _write_shard(
+    files: dict[str, Path], facts: pd.DataFrame, tokens: pd.DataFrame, effects: pd.DataFrame, meta: dict
+) -> None:
+    write_table(facts, files["facts"])
+    write_table(tokens, files["tokens"])
+    write_table(effects, files["effects"])
+    write_json(meta, files["meta"])
+
+
+def trace_shard(cfg: DictConfig) -> None:
+    """Trace positions [start, stop) of the chosen facts; past the chosen facts, write empty tables."""
+    chosen = read_screening(cfg.paths.tracing_screening_meta)["chosen_known_ids"]
+    start, stop = shard_range(cfg)
+    known_ids = chosen[start:stop]
+    files = shard_files(cfg.paths.tracing_shard)
+    meta = {"shard": [start, stop], "known_ids": known_ids, "trace_seconds": 0.0}
+    if not known_ids:
+        log.info("facts %d-%d: only %d facts were chosen, nothing to trace", start, stop - 1, len(chosen))
+        empty = (pd.DataFrame(columns=c) for c in (FACT_COLUMNS, TOKEN_COLUMNS, EFFECT_COLUMNS))
+        _write_shard(files, *empty, meta)
+        return
+    _set_threads(cfg)
+    loaded = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
+    records = {fact.known_id: fact for fact in load_known_facts_from_config(cfg.known_facts).records}
+    prompts = [prepare_fact(loaded.tokenizer, records[known_id]) for known_id in known_ids]
+    std = noise_std(loaded.adapter, float(cfg.tracing.noise_scale))
     settings = trace_settings(cfg, std)
     facts, tokens, effects = [], [], []
     traced_at = time.perf_counter()
-    for prompt in tqdm(chosen, desc="causal tracing", unit="fact"):
+    for prompt in tqdm(prompts, desc=f"causal tracing facts {start}-{start + len(prompts) - 1}", unit="fact"):
         fact_started = time.perf_counter()
         segmented = prompt.segmented
         trace = trace_fact(
@@ -97,63 +208,19 @@ def run(cfg: DictConfig) -> None:
         tokens.append(token_rows(prompt))
         effects.append(effect_rows(prompt, trace))
     trace_seconds = time.perf_counter() - traced_at
-
-    fact_table = pd.DataFrame(facts)
-    token_table, effect_table = concat_or_empty(tokens), concat_or_empty(effects)
-    if fact_table.empty:
-        raise ValueError(
-            f"{loaded.name} answers none of the known facts correctly; nothing to trace "
-            "(tracing.only_correct=false traces facts regardless, e.g. for smoke tests on random models)"
-        )
-    per_fact = segment_effects(effect_table, token_table)
-    averages = average_effects(per_fact)
-    for table in (fact_table, token_table, effect_table, per_fact, averages):
+    tables = [pd.DataFrame(facts), concat_or_empty(tokens), concat_or_empty(effects)]
+    for table in tables:
         table.insert(0, "model", loaded.name)
-    paths = cfg.paths
-    write_table(screening, paths.tracing_screening)
-    write_table(fact_table, paths.tracing_facts)
-    write_table(token_table, paths.tracing_tokens)
-    write_table(effect_table, paths.tracing_effects)
-    write_table(per_fact, paths.tracing_segment_effects)
-    write_table(averages, paths.tracing_average_effects)
-    computed, full = int(fact_table["token_layers_computed"].sum()), int(fact_table["token_layers_full"].sum())
-    flops = model_flops(loaded.adapter, computed, int(fact_table["runs_computed"].sum()))
-    flops_full = model_flops(loaded.adapter, full, int(fact_table["runs_full"].sum()))
-    write_json(
-        {
-            "model": loaded.name,
-            "device": str(loaded.device),
-            "dtype": str(loaded.dtype),
-            "num_threads": torch.get_num_threads(),
-            "n_known_facts": len(dataset),
-            "n_unsegmentable": len(skipped),
-            "n_screened": len(screening),
-            "n_correct": n_correct,
-            "correct_rule": "first token of ' ' + attribute is the argmax next token after the prompt",
-            "only_correct": bool(tracing.only_correct),
-            "n_traced": len(fact_table),
-            "noise_scale": float(tracing.noise_scale),
-            "noise_std": std,
-            "noise_samples": settings.noise_samples,
-            "window": settings.window,
-            "kinds": list(settings.kinds),
-            "severed_kinds": list(settings.severed_kinds),
-            "severed_at": settings.severed_at,
-            "seed": int(cfg.seed),
-            "token_layers_computed": computed,
-            "token_layers_full_recomputation": full,
-            "saving_vs_full_recomputation": full / computed,
-            "model_flops": flops,
-            "model_flops_full_recomputation": flops_full,
-            "flop_saving_vs_full_recomputation": flops_full / flops,
-            "screen_seconds": screen_seconds,
-            "trace_seconds": trace_seconds,
-            "facts_per_second": len(fact_table) / trace_seconds,
-            "total_seconds": time.perf_counter() - started,
-        },
-        paths.tracing_summary,
-    )
-    log.info(
-        "traced %d facts in %.0f s (%.2f facts/s); vs full recomputation %.1fx fewer token-layers, %.1fx fewer FLOPs",
-        len(fact_table), trace_seconds, len(fact_table) / trace_seconds, full / computed, flops_full / flops,
-    )
+    meta |= {
+        "trace_seconds": trace_seconds,
+        "settings": settings_record(cfg, std),
+        "device": str(loaded.device),
+        "dtype": str(loaded.dtype),
+        "num_threads": torch.get_num_threads(),
+        # model_flops is linear in token-layers and runs: the merge sums these per shard.
+        "flops_per_token_layer": model_flops(loaded.adapter, 1, 0),
+        "flops_per_run": model_flops(loaded.adapter, 0, 1),
+    }
+    _write_shard(files, *tables, meta)
+    log.info("traced facts %d-%d in %.1f s (%.2f facts/s)", start, start + len(prompts) - 1,
+             trace_seconds, len(prompts) / trace_seconds)

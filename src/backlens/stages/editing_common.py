@@ -28,20 +28,26 @@ def evaluation_requests(cfg: DictConfig) -> list[EditRequest]:
     return requests_in_range(cfg, int(cfg.editing.first_case), int(cfg.editing.n_cases), "editing.n_cases")
 
 
+def user_method_overrides(cfg: DictConfig, method_name: str) -> dict:
+    """The ``methods.<method_name>.*`` overrides of this run (applied over base and per_model)."""
+    overrides = (cfg.get("methods") or {}).get(method_name)
+    return dict(OmegaConf.to_container(overrides, resolve=True)) if overrides is not None else {}
+
+
 def other_method_hparams(cfg: DictConfig, method_name: str, n_layers: int) -> dict:
-    """Hyper-parameters of conf/method/<method_name>.yaml for this model, outside the selected method.
+    """Hyper-parameters of conf/method/<method_name>.yaml for this model, with the run's
+    ``methods.<method_name>`` overrides; the selected method also keeps its ``method.*`` overrides.
 
     Interpolations into the root config (paths) are resolved against ``cfg``.
     """
     if cfg.method.name == method_name:
-        # The selected method carries the user's command-line overrides.
-        return method_hparams(cfg.method, cfg.model.name, n_layers)
+        return {**method_hparams(cfg.method, cfg.model.name, n_layers), **user_method_overrides(cfg, method_name)}
     path = METHOD_CONFIG_DIR / f"{method_name}.yaml"
     if not path.exists():
         raise FileNotFoundError(f"no method config {path}; known: {sorted(p.stem for p in METHOD_CONFIG_DIR.glob('*.yaml'))}")
     merged = OmegaConf.create(OmegaConf.to_container(cfg, resolve=False))
     merged.method = OmegaConf.load(path)
-    return method_hparams(merged.method, cfg.model.name, n_layers)
+    return {**method_hparams(merged.method, cfg.model.name, n_layers), **user_method_overrides(cfg, method_name)}
 
 
 def statistics_layers(cfg: DictConfig, n_layers: int) -> list[int]:

@@ -16,7 +16,7 @@ from backlens.editing.evaluation import CaseLog, evaluate_editor
 from backlens.editing.methods import build_editor
 from backlens.io import write_json, write_table
 from backlens.models.loading import load_model
-from backlens.stages.editing_common import evaluation_requests
+from backlens.stages.editing_common import evaluation_requests, user_method_overrides
 
 log = logging.getLogger(__name__)
 
@@ -75,16 +75,34 @@ def summarise(cases: pd.DataFrame, hparams: dict, cfg: DictConfig, setup_seconds
     return summary
 
 
+def shard_range(cfg: DictConfig, n_requests: int) -> tuple[int, int]:
+    """[start, stop) positions in the evaluation range this job evaluates (editing.shard, or all)."""
+    if cfg.editing.get("shard") is None:
+        return 0, n_requests
+    start, stop = (int(x) for x in cfg.editing.shard)
+    if not 0 <= start < stop <= n_requests:
+        raise ValueError(f"editing.shard=[{start},{stop}] must lie within the {n_requests} evaluation cases [0,{n_requests}]")
+    return start, stop
+
+
 def run(cfg: DictConfig) -> None:
+    """Evaluate the method on the evaluation range, or on the editing.shard part of it.
+
+    A shard writes its cases table and a small JSON (hyper-parameters, set-up time); the
+    ``merge`` stage joins the shards into the same cases table and summary a single job writes.
+    Which cases get generation entropy and perplexity depends on their position in the whole
+    range, never on the shard, so any shard size gives the same rows.
+    """
     requests = evaluation_requests(cfg)
+    start, stop = shard_range(cfg, len(requests))
     loaded = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
     torch.manual_seed(int(cfg.seed))
     started = time.perf_counter()
-    editor, hparams = build_editor(loaded, cfg.method)
+    editor, hparams = build_editor(loaded, cfg.method, extra=user_method_overrides(cfg, cfg.method.name))
     setup_seconds = time.perf_counter() - started
     n_gen, n_ppl = int(cfg.editing.n_generation_cases), int(cfg.editing.n_perplexity_cases)
     heldout = None
-    if n_ppl > 0:
+    if n_ppl > 0 and start < n_ppl:
         heldout_path = Path(cfg.paths.editing_heldout)
         if not heldout_path.exists():
             raise FileNotFoundError(f"no held-out corpus at {heldout_path}: run the edit_covariance rule, or set editing.n_perplexity_cases=0")
@@ -92,18 +110,31 @@ def run(cfg: DictConfig) -> None:
     case_log = CaseLog(case_log_path(cfg.paths.editing_cases), fingerprint(cfg, hparams))
     rows = evaluate_editor(
         editor,
-        requests,
+        requests[start:stop],
         case_log,
         cfg.editing.evaluation,
         generation_case_ids={r.case_id for r in requests[:n_gen]},
         perplexity_case_ids={r.case_id for r in requests[:n_ppl]},
         perplexity_blocks=heldout,
-        label=str(cfg.method.name),
+        label=f"{cfg.method.name} cases {start}-{stop - 1}",
     )
     cases = pd.DataFrame(rows)
     cases.insert(0, "method", cfg.method.name)
     cases.insert(0, "model", cfg.model.name)
     write_table(cases, cfg.paths.editing_cases)
+    if cfg.editing.get("shard") is not None:
+        write_json({"shard": [start, stop], "hparams": hparams, "setup_seconds": setup_seconds},
+                   shard_meta_path(cfg.paths.editing_cases))
+        log.info("%s cases %d-%d: per-edit time %.3f s", cfg.method.name, start, stop - 1, cases["edit_seconds"].mean())
+        return
+    write_summary(cases, hparams, cfg, setup_seconds)
+
+
+def shard_meta_path(cases_path: str | Path) -> Path:
+    return Path(cases_path).with_suffix(".json")
+
+
+def write_summary(cases: pd.DataFrame, hparams: dict, cfg: DictConfig, setup_seconds: float) -> None:
     summary = summarise(cases, hparams, cfg, setup_seconds)
     write_json(summary, cfg.paths.editing_summary)
     log.info(
@@ -112,3 +143,19 @@ def run(cfg: DictConfig) -> None:
         summary["efficacy_mean"], summary["paraphrase_mean"], summary["neighborhood_mean"],
     )
     print(f"per-edit time {cfg.method.name}: {summary['mean_edit_seconds']:.4f} s")
+
+
+def merge(cfg: DictConfig) -> None:
+    """Join the shard tables (paths.editing_shards, in order) into cases.parquet and summary.json."""
+    shard_paths = [Path(p) for p in cfg.paths.editing_shards]
+    metas = [json.loads(shard_meta_path(p).read_text()) for p in shard_paths]
+    n_cases = int(cfg.editing.n_cases)
+    covered = [position for meta in metas for position in range(*meta["shard"])]
+    if covered != list(range(n_cases)):
+        raise ValueError(f"the shards {[m['shard'] for m in metas]} do not cover the {n_cases} evaluation cases once, in order")
+    if any(meta["hparams"] != metas[0]["hparams"] for meta in metas):
+        raise ValueError(f"the shards of {cfg.method.name} were run with different hyper-parameters; delete {shard_paths[0].parent} and rerun")
+    cases = pd.concat([pd.read_parquet(p) for p in shard_paths], ignore_index=True)
+    write_table(cases, cfg.paths.editing_cases)
+    setup_seconds = sum(meta["setup_seconds"] for meta in metas) / len(metas)
+    write_summary(cases, metas[0]["hparams"], cfg, setup_seconds)

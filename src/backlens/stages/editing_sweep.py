@@ -21,24 +21,32 @@ log = logging.getLogger(__name__)
 ACCURACIES = ["efficacy", "paraphrase", "neighborhood"]
 
 
-def choose(summary: pd.DataFrame, baseline_neighborhood: float, max_drop: float) -> dict:
+SELECTION_RULE = "neighborhood >= baseline - max_neighborhood_drop; max efficacy + paraphrase; ties to the smaller setting"
+
+
+def choose(summary: pd.DataFrame, baseline_neighborhood: float, max_drop: float, settings: list[str]) -> dict:
     """The documented rule: neighborhood within ``max_drop`` of the unedited model, then the highest
-    efficacy + paraphrase, ties to the smaller eta."""
+    efficacy + paraphrase; ties go to the smaller values of ``settings`` (in that order)."""
     allowed = summary[summary["neighborhood"] >= baseline_neighborhood - max_drop]
     if allowed.empty:
         raise ValueError(f"no sweep setting keeps neighborhood within {max_drop} of {baseline_neighborhood:.3f}; widen the grid")
     ranked = allowed.assign(objective=allowed["efficacy"] + allowed["paraphrase"]).sort_values(
-        ["objective", "eta"], ascending=[False, True]
+        ["objective", *settings], ascending=[False] + [True] * len(settings)
     )
     best = ranked.iloc[0]
-    return {"layer": int(best["layer"]), "eta": float(best["eta"]), **{k: float(best[k]) for k in ACCURACIES}}
+    return {**{k: getattr(best[k], "item", lambda v=best[k]: v)() for k in settings}, **{k: float(best[k]) for k in ACCURACIES}}
+
+
+def check_outside_evaluation(cfg: DictConfig, first_case: int, n_cases: int, label: str) -> None:
+    evaluation_start = int(cfg.editing.first_case)
+    evaluation_end = evaluation_start + int(cfg.editing.n_cases)
+    if first_case < evaluation_end and evaluation_start < first_case + n_cases:
+        raise ValueError(f"{label} cases {first_case}..{first_case + n_cases - 1} overlap the evaluation range; move {label}.first_case")
 
 
 def run(cfg: DictConfig) -> None:
     sweep = cfg.editing.sweep
-    evaluation_end = int(cfg.editing.first_case) + int(cfg.editing.n_cases)
-    if int(sweep.first_case) < evaluation_end and int(cfg.editing.first_case) < int(sweep.first_case) + int(sweep.n_cases):
-        raise ValueError("editing.sweep cases overlap the evaluation range; move editing.sweep.first_case")
+    check_outside_evaluation(cfg, int(sweep.first_case), int(sweep.n_cases), "editing.sweep")
     loaded = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
     requests = requests_in_range(cfg, int(sweep.first_case), int(sweep.n_cases), "editing.sweep")
     batch_size = int(cfg.editing.evaluation.batch_size)
@@ -60,10 +68,9 @@ def run(cfg: DictConfig) -> None:
     cases = pd.DataFrame(rows)
     summary = cases.groupby(["layer", "eta"], as_index=False)[ACCURACIES].mean()
     baseline_neighborhood = float(pd.Series([m["neighborhood"] for m in baseline.values()]).dropna().mean())
-    chosen = choose(summary, baseline_neighborhood, float(sweep.max_neighborhood_drop))
+    chosen = choose(summary, baseline_neighborhood, float(sweep.max_neighborhood_drop), ["eta", "layer"])
     write_table(cases, cfg.paths.editing_sweep)
     write_json({**chosen, "baseline_neighborhood": baseline_neighborhood, "n_cases": len(requests),
-                "first_case": int(sweep.first_case), "rule": "neighborhood >= baseline - max_neighborhood_drop; "
-                "max efficacy + paraphrase; ties to smaller eta", "max_neighborhood_drop": float(sweep.max_neighborhood_drop),
+                "first_case": int(sweep.first_case), "rule": SELECTION_RULE, "max_neighborhood_drop": float(sweep.max_neighborhood_drop),
                 "grid": summary.to_dict(orient="records")}, cfg.paths.editing_sweep_choice)
     log.info("shift sweep on %s: chose layer %d, eta %g (%s)", cfg.model.name, chosen["layer"], chosen["eta"], chosen)

@@ -1,0 +1,16 @@
+"""ROME causal tracing of positions tracing.shard=[start,stop) of the chosen facts (rule trace_shard)."""
+
+import hydra
+from omegaconf import DictConfig
+
+from backlens.cli import run_stage
+from backlens.stages import causal_tracing
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+def main(cfg: DictConfig) -> None:
+    run_stage(cfg, causal_tracing.trace_shard)
+
+
+if __name__ == "__main__":
+    main()

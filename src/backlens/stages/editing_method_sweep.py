@@ -1,0 +1,81 @@
+"""Rule ``edit_method_sweep``: one baseline method (FT, MEMIT, ...) over a grid of hyper-parameters.
+
+The grid is ``editing.method_sweeps.<method>.grid`` ({hparam: [values]}), run on CounterFact cases
+outside the evaluation range (``editing.sweep.first_case`` onwards), and the chosen setting follows the
+same documented rule as the shift sweep. The chosen values are then committed to conf/method/<method>.yaml
+under ``per_model.<model>``; this rule never edits configs itself.
+"""
+
+from __future__ import annotations
+
+import logging
+from itertools import product
+
+import pandas as pd
+from omegaconf import DictConfig, OmegaConf
+from tqdm import tqdm
+
+from backlens.editing.base import NoEdit
+from backlens.editing.evaluation import case_metrics, evaluate_case
+from backlens.editing.methods import build_editor
+from backlens.io import write_json, write_table
+from backlens.models.loading import load_model
+from backlens.stages.editing_common import requests_in_range, user_method_overrides
+from backlens.stages.editing_sweep import ACCURACIES, SELECTION_RULE, check_outside_evaluation, choose
+
+log = logging.getLogger(__name__)
+
+
+def grid_settings(grid: dict) -> list[dict]:
+    """Every combination of the grid's values, in the order the config lists them."""
+    names = list(grid)
+    return [dict(zip(names, values)) for values in product(*(grid[name] for name in names))]
+
+
+def run(cfg: DictConfig) -> None:
+    method = str(cfg.method.name)
+    sweeps = cfg.editing.method_sweeps
+    if method not in sweeps:
+        raise ValueError(f"method={method} has no editing.method_sweeps.{method}.grid; sweepable: {sorted(sweeps)}")
+    sweep = sweeps[method]
+    first_case = int(cfg.editing.sweep.first_case)
+    check_outside_evaluation(cfg, first_case, int(sweep.n_cases), f"editing.method_sweeps.{method}")
+    loaded = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
+    requests = requests_in_range(cfg, first_case, int(sweep.n_cases), f"editing.method_sweeps.{method}")
+    settings = grid_settings(OmegaConf.to_container(sweep.grid, resolve=True))
+    evaluation = OmegaConf.to_container(cfg.editing.evaluation, resolve=True)
+    rows = []
+    progress = tqdm(total=len(settings) * len(requests), desc=f"{method} sweep", unit="case")
+    for setting in settings:
+        editor, hparams = build_editor(loaded, cfg.method, extra={**user_method_overrides(cfg, method), **setting})
+        for request in requests:
+            row = evaluate_case(editor, request, evaluation, generate=False, perplexity_blocks=None)
+            rows.append({"model": cfg.model.name, "method": method, **setting, "case_id": request.case_id,
+                         "skipped": row["skipped"], "edit_seconds": row["edit_seconds"],
+                         "efficacy_before": row["efficacy_before"], **{k: row[k] for k in ACCURACIES}})
+            progress.update()
+    progress.close()
+    cases = pd.DataFrame(rows)
+    names = list(settings[0])
+    summary = cases.groupby(names, as_index=False)[[*ACCURACIES, "edit_seconds"]].mean()
+    unedited = cases.drop_duplicates("case_id")
+    baseline_neighborhood = neighborhood_before_edit(loaded, requests, evaluation)
+    chosen = choose(summary, baseline_neighborhood, float(sweep.max_neighborhood_drop), names)
+    write_table(cases, cfg.paths.editing_method_sweep)
+    write_json({"method": method, **chosen, "baseline_neighborhood": baseline_neighborhood,
+                "baseline_efficacy": float(unedited["efficacy_before"].mean()), "n_cases": len(requests),
+                "first_case": first_case, "rule": SELECTION_RULE,
+                "max_neighborhood_drop": float(sweep.max_neighborhood_drop), "fixed_hparams": hparams_without(hparams, names),
+                "grid": summary.to_dict(orient="records")}, cfg.paths.editing_method_sweep_choice)
+    log.info("%s sweep on %s: chose %s", method, cfg.model.name, chosen)
+
+
+def neighborhood_before_edit(loaded, requests, evaluation: dict) -> float:
+    """Mean neighborhood accuracy of the unedited model on the sweep cases."""
+    editor = NoEdit(loaded, {})
+    values = [case_metrics(editor, r, batch_size=int(evaluation["batch_size"]))["neighborhood"] for r in requests]
+    return float(pd.Series(values, dtype=float).dropna().mean())
+
+
+def hparams_without(hparams: dict, names: list[str]) -> dict:
+    return {k: v for k, v in hparams.items() if k not in names and k not in ("stats_path", "checkpoint")}
