@@ -213,3 +213,19 @@ rule edit_fig26:
         caption=caption_for("fig26"),
     shell:
         "{params.command} > {log} 2>&1"
+
+
+rule counterfact_corpus:
+    """Human-written text (true CounterFact statements outside the benchmark's cases) for a corpus comparison."""
+    output:
+        counterfact_corpus="results/corpus/counterfact_true_sentences.txt",
+    conda:
+        CONDA_ENV
+    log:
+        "logs/corpus/counterfact_corpus.log",
+    benchmark:
+        "logs/corpus/benchmarks/counterfact_corpus.tsv"
+    params:
+        command=lambda wc, output: f"{PYTHON} scripts/counterfact_corpus.py paths.counterfact_corpus={output.counterfact_corpus}",
+    shell:
+        "{params.command} > {log} 2>&1"

@@ -20,6 +20,7 @@ from backlens.analysis.spanning_sets import neuron_update_rows, vjp_similarity_r
 from backlens.data.prompt_table import prompts_from_table
 from backlens.io import write_json, write_table
 from backlens.models.loading import LoadedModel, load_model
+from backlens.stages import sharding
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -91,14 +92,12 @@ def shard_range(cfg: DictConfig, n_prompts: int) -> tuple[int, int]:
     Shards must cut at batch boundaries: a prompt's numbers then come from the same padded batch
     whatever the shard size (float32 results depend on the batch's padding at round-off level).
     """
-    if cfg.analysis.get("shard") is None:
-        return 0, n_prompts
-    start, stop = (int(x) for x in cfg.analysis.shard)
+    start, stop = sharding.shard_range(cfg.analysis.get("shard"), n_prompts, "analysis.shard", "sampled prompts")
     batch_size = int(cfg.analysis.batch_size)
-    if not 0 <= start < stop <= n_prompts or start % batch_size or (stop % batch_size and stop != n_prompts):
+    if start % batch_size or (stop % batch_size and stop != n_prompts):
         raise ValueError(
-            f"analysis.shard=[{start},{stop}]: shards must lie within the {n_prompts} prompts and cut at multiples "
-            f"of analysis.batch_size={batch_size}; make the workflow's analysis_shard_size a multiple of it"
+            f"analysis.shard=[{start},{stop}]: shards must cut at multiples of analysis.batch_size={batch_size}; "
+            "make the workflow's analysis_shard_size a multiple of it"
         )
     return start, stop
 

@@ -28,6 +28,7 @@ from backlens.tracing.facts import TracedPrompt, prepare_fact, screen_facts
 from backlens.tracing.runs import fact_generator, noise_std
 from backlens.tracing.tables import concat_or_empty, effect_rows, fact_row, token_rows
 from backlens.tracing.trace import TraceSettings, model_flops, trace_fact
+from backlens.stages import sharding
 
 log = logging.getLogger(__name__)
 
@@ -154,13 +155,7 @@ def read_screening(path: str | Path) -> dict:
 
 def shard_range(cfg: DictConfig) -> tuple[int, int]:
     """[start, stop) positions of the chosen list this job traces (tracing.shard, or all)."""
-    n_facts = int(cfg.tracing.n_facts)
-    if cfg.tracing.get("shard") is None:
-        return 0, n_facts
-    start, stop = (int(x) for x in cfg.tracing.shard)
-    if not 0 <= start < stop <= n_facts:
-        raise ValueError(f"tracing.shard=[{start},{stop}] must lie within the {n_facts} facts to trace [0,{n_facts}]")
-    return start, stop
+    return sharding.shard_range(cfg.tracing.get("shard"), int(cfg.tracing.n_facts), "tracing.shard", "facts to trace")
 
 
 def _write_shard(

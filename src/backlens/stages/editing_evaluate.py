@@ -16,6 +16,7 @@ from backlens.editing.evaluation import CaseLog, evaluate_editor
 from backlens.editing.methods import build_editor
 from backlens.io import write_json, write_table
 from backlens.models.loading import load_model
+from backlens.stages import sharding
 from backlens.stages.editing_common import evaluation_requests, user_method_overrides
 
 log = logging.getLogger(__name__)
@@ -77,12 +78,7 @@ def summarise(cases: pd.DataFrame, hparams: dict, cfg: DictConfig, setup_seconds
 
 def shard_range(cfg: DictConfig, n_requests: int) -> tuple[int, int]:
     """[start, stop) positions in the evaluation range this job evaluates (editing.shard, or all)."""
-    if cfg.editing.get("shard") is None:
-        return 0, n_requests
-    start, stop = (int(x) for x in cfg.editing.shard)
-    if not 0 <= start < stop <= n_requests:
-        raise ValueError(f"editing.shard=[{start},{stop}] must lie within the {n_requests} evaluation cases [0,{n_requests}]")
-    return start, stop
+    return sharding.shard_range(cfg.editing.get("shard"), n_requests, "editing.shard", "evaluation cases")
 
 
 def run(cfg: DictConfig) -> None:
