@@ -6,6 +6,7 @@ import logging
 import sys
 from collections.abc import Callable
 
+import torch
 from omegaconf import DictConfig, OmegaConf
 
 from backlens.data.segments import SegmentationError
@@ -22,6 +23,10 @@ USER_ERRORS = (ModelUnavailableError, DataUnavailableError, InvalidRecordError, 
 def run_stage(cfg: DictConfig, stage: Callable[[DictConfig], None]) -> None:
     """Log the resolved config, run one stage, and turn user errors into one clear line."""
     log.info("resolved config:\n%s", OmegaConf.to_yaml(cfg, resolve=True))
+    if cfg.get("num_threads") is not None:
+        # The workflow runs several jobs side by side, each with its `threads`; more torch threads
+        # than that on a shared CPU stall on synchronisation.
+        torch.set_num_threads(int(cfg.num_threads))
     try:
         stage(cfg)
     except USER_ERRORS as error:

@@ -22,7 +22,7 @@ from urllib.parse import quote, unquote
 SEPARATOR = "__"
 # Overrides that say where a run executes, not what it computes: applied to every script call
 # but kept out of directory names, so a GPU run fills the same directory as a CPU run.
-PLACEMENT_KEYS = ("device", "tracing.num_threads")
+PLACEMENT_KEYS = ("device", "num_threads", "tracing.num_threads")
 _SAFE = "=.,-_+:[]@~"
 
 

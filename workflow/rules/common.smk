@@ -121,7 +121,8 @@ def register_outputs(group, *patterns, on_request=False):
     OUTPUT_GROUPS.setdefault(group, []).extend(patterns)
     if on_request:
         ON_REQUEST_GROUPS.add(group)
-    OUTPUT_OF.update((Path(p).stem, group) for p in patterns)
+    # Copies of another group's outputs (headline, gallery) have no {run} and are not indexed.
+    OUTPUT_OF.update((Path(p).stem, group) for p in patterns if "{run}" in p)
 
 
 def register_comparison(group, *patterns):

@@ -27,6 +27,8 @@ rule headline_figure:
 # README gallery: small PNGs of the headline run's figures, committed under docs/gallery/.
 GALLERY = [*FIGURES, "tracing_avg", "tracing_avg_lines", "tracing_severed", "fig26"]
 register_outputs("gallery", *[f"docs/gallery/{name}.png" for name in GALLERY])
+# figures/<name>.pdf and results/tables/<table>.* : the default run's copies.
+register_outputs("headline", *[f"figures/{name}.pdf" for name in GALLERY], "results/tables/table1.md", "results/tables/table7.md")
 
 
 rule gallery_image:
