@@ -37,7 +37,8 @@ def models_of(targets):
             models.update(r.model for r in runs_of_label(parts[2]))
         elif len(parts) > 2 and parts[0] in ("results", "figures"):
             models.add(parse_run(parts[1]).model)
-    return sorted(models)
+    # results/tables/, results/corpus/: folders of copies and shared inputs, not runs.
+    return sorted(models & set(MODEL_CONFIGS))
 
 
 def check_models(models):
