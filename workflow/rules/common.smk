@@ -10,7 +10,7 @@ import yaml
 
 from backlens.figures.captions import caption_for
 from backlens.figures.registry import FIGURES
-from backlens.runs import Run, expand_sweep, override_key, parse_run, runs_of_label, split_overrides, sweep_label
+from backlens.runs import expand_sweep, override_key, parse_run, runs_of_label, split_overrides, sweep_label
 
 PYTHON = sys.executable
 # With --sdm conda every rule runs in the pinned environment; otherwise in the current one.
@@ -112,8 +112,6 @@ GROUP_ALIASES = {
 
 # Output file stem (fig4, table1, tracing_avg) -> its group.
 OUTPUT_OF = {}
-
-
 # Groups built only when asked for by name (outputs=...), not by the default target.
 ON_REQUEST_GROUPS = set()
 

@@ -33,8 +33,8 @@ def choose(summary: pd.DataFrame, baseline_neighborhood: float, max_drop: float,
     ranked = allowed.assign(objective=allowed["efficacy"] + allowed["paraphrase"]).sort_values(
         ["objective", *settings], ascending=[False] + [True] * len(settings)
     )
-    best = ranked.iloc[0]
-    return {**{k: getattr(best[k], "item", lambda v=best[k]: v)() for k in settings}, **{k: float(best[k]) for k in ACCURACIES}}
+    # Column by column, so an integer setting (layer) stays an integer.
+    return {**{k: ranked[k].iloc[0].item() for k in settings}, **{k: float(ranked[k].iloc[0]) for k in ACCURACIES}}
 
 
 def check_outside_evaluation(cfg: DictConfig, first_case: int, n_cases: int, label: str) -> None:
