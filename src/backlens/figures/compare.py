@@ -10,8 +10,7 @@ import pandas as pd
 from backlens.analysis.aggregate import with_segment_flags
 from backlens.figures.backward_lens import fig3_rank_equals_length
 from backlens.figures.common import finish_line_axes
-
-ACCURACIES = [("efficacy", "Efficacy"), ("paraphrase", "Paraphrase"), ("neighborhood", "Neighborhood")]
+from backlens.figures.editing import PANELS
 
 
 def compare_fig3(ranks_per_run: Sequence[pd.DataFrame], labels: Sequence[str]) -> plt.Figure:
@@ -39,10 +38,10 @@ def compare_fig6(target_ranks_per_run: Sequence[pd.DataFrame], prompts_per_run: 
 
 
 def compare_editing(summaries: Sequence[dict], labels: Sequence[str]) -> plt.Figure:
-    """One editing method's accuracies (mean +- std over cases) per run."""
+    """One editing method's mean accuracies over its cases, per run."""
     fig, ax = plt.subplots(figsize=(max(4.8, 1.2 * len(labels)), 3.6))
     positions = range(len(labels))
-    for column, title in ACCURACIES:
+    for column, title in PANELS:
         means = [100 * (s[f"{column}_mean"] or 0.0) for s in summaries]
         ax.plot(positions, means, marker="o", label=title)
     ax.set_xticks(list(positions), labels, rotation=20, ha="right", fontsize=7)

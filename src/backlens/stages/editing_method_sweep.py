@@ -15,13 +15,19 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from backlens.editing.base import NoEdit
-from backlens.editing.evaluation import case_metrics, evaluate_case
+from backlens.editing.evaluation import evaluate_case
 from backlens.editing.methods import build_editor
 from backlens.io import write_json, write_table
 from backlens.models.loading import load_model
 from backlens.stages.editing_common import requests_in_range, user_method_overrides
-from backlens.stages.editing_sweep import ACCURACIES, SELECTION_RULE, check_outside_evaluation, choose
+from backlens.stages.editing_sweep import (
+    ACCURACIES,
+    SELECTION_RULE,
+    check_outside_evaluation,
+    choose,
+    mean_neighborhood,
+    unedited_metrics,
+)
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +65,7 @@ def run(cfg: DictConfig) -> None:
     names = list(settings[0])
     summary = cases.groupby(names, as_index=False)[[*ACCURACIES, "edit_seconds"]].mean()
     unedited = cases.drop_duplicates("case_id")
-    baseline_neighborhood = neighborhood_before_edit(loaded, requests, evaluation)
+    baseline_neighborhood = mean_neighborhood(unedited_metrics(loaded, requests, int(evaluation["batch_size"])))
     chosen = choose(summary, baseline_neighborhood, float(sweep.max_neighborhood_drop), names)
     write_table(cases, cfg.paths.editing_method_sweep)
     write_json({"method": method, **chosen, "baseline_neighborhood": baseline_neighborhood,
@@ -68,13 +74,6 @@ def run(cfg: DictConfig) -> None:
                 "max_neighborhood_drop": float(sweep.max_neighborhood_drop), "fixed_hparams": hparams_without(hparams, names),
                 "grid": summary.to_dict(orient="records")}, cfg.paths.editing_method_sweep_choice)
     log.info("%s sweep on %s: chose %s", method, cfg.model.name, chosen)
-
-
-def neighborhood_before_edit(loaded, requests, evaluation: dict) -> float:
-    """Mean neighborhood accuracy of the unedited model on the sweep cases."""
-    editor = NoEdit(loaded, {})
-    values = [case_metrics(editor, r, batch_size=int(evaluation["batch_size"]))["neighborhood"] for r in requests]
-    return float(pd.Series(values, dtype=float).dropna().mean())
 
 
 def hparams_without(hparams: dict, names: list[str]) -> dict:

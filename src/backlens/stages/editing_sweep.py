@@ -10,6 +10,7 @@ import torch
 from omegaconf import DictConfig
 from tqdm import tqdm
 
+from backlens.editing.base import NoEdit
 from backlens.editing.evaluation import case_metrics
 from backlens.editing.shift import ForwardPassShift
 from backlens.editing.weights import restored_after
@@ -37,6 +38,16 @@ def choose(summary: pd.DataFrame, baseline_neighborhood: float, max_drop: float,
     return {**{k: ranked[k].iloc[0].item() for k in settings}, **{k: float(ranked[k].iloc[0]) for k in ACCURACIES}}
 
 
+def unedited_metrics(loaded, requests, batch_size: int) -> dict[int, dict]:
+    """case_id -> the unedited model's accuracies on each sweep case (the selection rule's baseline)."""
+    editor = NoEdit(loaded, {})
+    return {r.case_id: case_metrics(editor, r, batch_size=batch_size) for r in requests}
+
+
+def mean_neighborhood(metrics: dict[int, dict]) -> float:
+    return float(pd.Series([m["neighborhood"] for m in metrics.values()], dtype=float).dropna().mean())
+
+
 def check_outside_evaluation(cfg: DictConfig, first_case: int, n_cases: int, label: str) -> None:
     evaluation_start = int(cfg.editing.first_case)
     evaluation_end = evaluation_start + int(cfg.editing.n_cases)
@@ -52,7 +63,7 @@ def run(cfg: DictConfig) -> None:
     batch_size = int(cfg.editing.evaluation.batch_size)
     layers = [int(x) for x in sweep.layers if int(x) < loaded.adapter.n_layers]
     rows = []
-    baseline = {r.case_id: case_metrics(ForwardPassShift(loaded, {"layer": 0, "eta": 0.0}), r, batch_size=batch_size) for r in requests}
+    baseline = unedited_metrics(loaded, requests, batch_size)
     for layer, request in tqdm(list(product(layers, requests)), desc="shift sweep", unit="case"):
         editor = ForwardPassShift(loaded, {"layer": layer, "eta": 1.0})
         unit_update, already_predicted, _ = editor.shift_update(request)
@@ -67,7 +78,7 @@ def run(cfg: DictConfig) -> None:
                          "skipped": already_predicted, **{k: metrics[k] for k in ACCURACIES}})
     cases = pd.DataFrame(rows)
     summary = cases.groupby(["layer", "eta"], as_index=False)[ACCURACIES].mean()
-    baseline_neighborhood = float(pd.Series([m["neighborhood"] for m in baseline.values()]).dropna().mean())
+    baseline_neighborhood = mean_neighborhood(baseline)
     chosen = choose(summary, baseline_neighborhood, float(sweep.max_neighborhood_drop), ["eta", "layer"])
     write_table(cases, cfg.paths.editing_sweep)
     write_json({**chosen, "baseline_neighborhood": baseline_neighborhood, "n_cases": len(requests),
