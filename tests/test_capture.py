@@ -6,6 +6,7 @@ import torch
 from backlens.analysis.capture import capture_gradient_factors
 from backlens.stages.lemma_check import autograd_gradients
 from backlens.analysis.ranks import factor_rtol, gradient_rank
+from tolerances import assert_close_float32, vocab_chain
 
 PROMPTS = ["Obama grew up in", "The mother tongue of Danielle Darrieux is", "Jack Dorsey founded"]
 TARGETS = [" Paris", " English", " IBM"]
@@ -48,8 +49,10 @@ def test_batched_capture_equals_one_prompt_at_a_time(tiny_model):
         alone = capture(tiny_model, [ids[prompt]], [targets[prompt]])
         for key in batch.sites:
             for got, want in zip(batch.factors(prompt, key), alone.factors(0, key)):
-                torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
-        torch.testing.assert_close(batch.losses[prompt], alone.losses[0])
+                # Batching changes the summation order of every reduction, the deepest being the
+                # unembedding's backward over the vocabulary, once per layer.
+                assert_close_float32(got, want, **vocab_chain(tiny_model))
+        assert_close_float32(batch.losses[prompt], alone.losses[0], **vocab_chain(tiny_model))
 
 
 def test_padding_rows_have_zero_vjps(tiny_model):
@@ -129,8 +132,10 @@ def test_neuron_change_norms_match_the_explicit_update(tiny_model):
         gradient = batch.gradient(1, (layer, matrix))
         site = batch.sites[(layer, matrix)]
         neuron_axis = gradient.T if (site.layout == "out_in") == (matrix == "ff2") else gradient
-        torch.testing.assert_close(explicit, -neuron_axis, rtol=1e-4, atol=1e-6)
-        torch.testing.assert_close(change_norms(coefficients, spanning), explicit.norm(dim=1), rtol=1e-3, atol=1e-6)
+        # Both are sums over the prompt's P tokens, in another order (and the norm over d more).
+        n_tokens = coefficients.shape[0]
+        assert_close_float32(explicit, -neuron_axis, reduction=n_tokens)
+        assert_close_float32(change_norms(coefficients, spanning), explicit.norm(dim=1), reduction=n_tokens * spanning.shape[1])
 
 
 def test_stacked_ranks_equal_one_at_a_time(tiny_model):
