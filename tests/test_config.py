@@ -32,9 +32,29 @@ def test_dataset_config_composes(dataset):
     assert list(cfg.dataset.candidates)
 
 
+def leaves(node, prefix=""):
+    """(dotted key, value) of every leaf of a plain YAML mapping."""
+    for key, value in node.items():
+        if isinstance(value, dict):
+            yield from leaves(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
+
+
 @pytest.mark.parametrize("experiment", EXPERIMENT_NAMES)
-def test_experiment_config_composes(experiment):
-    assert compose_config(f"experiment={experiment}").n_prompts > 0
+def test_every_value_an_experiment_sets_wins(experiment):
+    """An experiment overrides the root config as well as the groups (it comes after _self_)."""
+    import yaml
+    from omegaconf import OmegaConf
+
+    cfg = compose_config(f"experiment={experiment}")
+    settings = yaml.safe_load((PROJECT_ROOT / "conf" / "experiment" / f"{experiment}.yaml").read_text())
+    for key, value in leaves(settings):
+        assert OmegaConf.select(cfg, key) == value, (experiment, key)
+
+
+def test_smoke_experiment_shrinks_the_root_sample():
+    assert compose_config("experiment=smoke").n_prompts == 8 < compose_config().n_prompts
 
 
 def test_defaults_are_the_embedded_model_on_cpu_in_float32():
