@@ -8,7 +8,7 @@ import pytest
 from backlens.data.counterfact import load_counterfact, load_counterfact_from_config
 from backlens.data.known_facts import load_known_facts, load_known_facts_from_config
 from backlens.data.sources import DataUnavailableError, download_verified, resolve_data_file, sha256_of
-from backlens.data.validation import InvalidRecordError
+from backlens.data.validation import DataFileError, InvalidRecordError
 from conftest import FIXTURES, compose_config, require_shared
 
 ROME_FIXTURE = FIXTURES / "counterfact_rome_form.json"
@@ -165,3 +165,21 @@ def test_failed_write_leaves_nothing(tmp_path):
             tmp.write_text("partial")
             raise RuntimeError("killed")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_known_facts_errors_name_the_known_facts_key(tmp_path):
+    record = {"known_id": 3, "subject": "Paris", "attribute": "France", "template": "{} is in",
+              "prediction": " France", "prompt": "Lyon is in", "relation_id": "P17"}
+    with pytest.raises(InvalidRecordError) as caught:
+        load_known_facts(_write(tmp_path, [record]))
+    assert "known_facts.skip_invalid=true" in str(caught.value) and "dataset.skip_invalid" not in str(caught.value)
+
+
+def test_a_file_that_is_not_json_gets_no_skip_hint(tmp_path):
+    path = tmp_path / "broken.json"
+    path.write_text("[{")
+    with pytest.raises(DataFileError) as caught:
+        load_known_facts(path)
+    message = str(caught.value)
+    assert str(path) in message and "not valid JSON" in message and "known_facts.path" in message
+    assert "skip_invalid" not in message

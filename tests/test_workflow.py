@@ -14,8 +14,8 @@ from conftest import PROJECT_ROOT, SHARED, require_shared
 SNAKEMAKE = str(Path(sys.executable).parent / "snakemake")
 
 
-def snakemake(*args, cwd=PROJECT_ROOT, timeout=600):
-    env = dict(os.environ, BACKLENS_SHARED=str(SHARED), BACKLENS_DATA_DIR=str(SHARED / "data"))
+def snakemake(*args, cwd=PROJECT_ROOT, timeout=600, env_extra=None):
+    env = dict(os.environ, BACKLENS_SHARED=str(SHARED), BACKLENS_DATA_DIR=str(SHARED / "data"), **(env_extra or {}))
     return subprocess.run([SNAKEMAKE, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
 

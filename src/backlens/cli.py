@@ -9,15 +9,11 @@ from collections.abc import Callable
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from backlens.data.segments import SegmentationError
-from backlens.data.sources import DataUnavailableError
-from backlens.data.validation import InvalidRecordError
-from backlens.models.loading import ModelUnavailableError
+from backlens.config_checks import check_run_config
+from backlens.errors import UserError
 
 log = logging.getLogger("backlens")
 
-# Errors whose message already says what is wrong and how to fix it: print one line, no traceback.
-USER_ERRORS = (ModelUnavailableError, DataUnavailableError, InvalidRecordError, SegmentationError)
 
 
 def run_stage(cfg: DictConfig, stage: Callable[[DictConfig], None]) -> None:
@@ -28,8 +24,10 @@ def run_stage(cfg: DictConfig, stage: Callable[[DictConfig], None]) -> None:
         # than that on a shared CPU stall on synchronisation.
         torch.set_num_threads(int(cfg.num_threads))
     try:
+        check_run_config(cfg)
         stage(cfg)
-    except USER_ERRORS as error:
+    except UserError as error:
+        # The message already says what is wrong and how to fix it: one line, no traceback.
         log.error("%s", error)
         print(f"error: {error}", file=sys.stderr)
         sys.exit(1)

@@ -32,7 +32,7 @@ rule backward_lens_shard:
             analysis_meta=output.meta, **{k: v for k, v in output.items() if k != "meta"},
         ),
     shell:
-        "{params.command} num_threads={threads} > {log} 2>&1"
+        STAGE_SHELL
 
 
 rule backward_lens:
@@ -54,7 +54,7 @@ rule backward_lens:
             **{k: v for k, v in output.items() if k != "meta"},
         ),
     shell:
-        "{params.command} num_threads={threads} > {log} 2>&1"
+        STAGE_SHELL
 
 
 rule lemma_check:
@@ -76,7 +76,7 @@ rule lemma_check:
             "lemma_check", wc, prompts=input.prompts, lemma_check=output.lemma_check
         ),
     shell:
-        "{params.command} num_threads={threads} > {log} 2>&1"
+        STAGE_SHELL
 
 
 rule logit_lens_examples:
@@ -94,7 +94,7 @@ rule logit_lens_examples:
     params:
         command=lambda wc, output: hydra_call("logit_lens_examples", wc, **output),
     shell:
-        "{params.command} num_threads={threads} > {log} 2>&1"
+        STAGE_SHELL
 
 
 rule figure:
@@ -116,7 +116,7 @@ rule figure:
         command=lambda wc, input, output: hydra_call("render_figure", wc, f"figure={wc.figure}", figure=output.pdf, **input),
         caption=lambda wc: caption_for(wc.figure),
     shell:
-        "{params.command} num_threads={threads} > {log} 2>&1"
+        STAGE_SHELL
 
 
 rule analysis_report:
@@ -134,4 +134,4 @@ rule analysis_report:
     params:
         command=lambda wc, input, output: hydra_call("analysis_report", wc, analysis_report=output.report, **input),
     shell:
-        "{params.command} num_threads={threads} > {log} 2>&1"
+        STAGE_SHELL

@@ -23,6 +23,24 @@ NAMED_OVERRIDES, PLACEMENT_OVERRIDES = split_overrides(f"{EXPERIMENT.get('overri
 USER_MODELS = next((o.split("=", 1)[1].split(",") for o in NAMED_OVERRIDES if override_key(o) == "model"), None)
 
 
+def fail(message):
+    """Stop the workflow before any job with one line on the console (no traceback)."""
+    sys.exit(f"error: {message}")
+
+
+def check_model_names():
+    """Every model named by --config models=..., overrides="model=..." or the experiment has a config."""
+    named = {*(USER_MODELS or []), *config["models"]}
+    for mapping in (EXPERIMENT.get("outputs") or {}, EXPERIMENT.get("comparisons") or {}):
+        named.update(m for models in mapping.values() for m in models)
+    unknown = sorted(named - set(MODEL_CONFIGS))
+    if unknown:
+        fail(f"unknown model {unknown[0]!r}; known: {', '.join(MODEL_CONFIGS)} (a new model needs conf/model/<name>.yaml)")
+
+
+check_model_names()
+
+
 wildcard_constraints:
     run=rf"(?:{'|'.join(MODEL_CONFIGS)})(?:__[^/]+)?",
     sweep=r"[^/]+",
@@ -53,6 +71,15 @@ def check_models(models):
             problems.append(f"error: {error}")
     if problems:
         sys.exit("\n".join(problems))
+
+
+# Every stage rule's shell: the job's output goes to its log (the resolved config, progress); on a
+# failure the one-line error (run_stage prints "error: ...") is also shown on the console, with the
+# log's tail for anything else, so the user does not have to open a 300-line log to read it.
+STAGE_SHELL = (
+    "{params.command} num_threads={threads} > {log} 2>&1 "
+    "|| {{ grep -h '^error: ' {log} >&2 || tail -n 20 {log} >&2; exit 1; }}"
+)
 
 
 def hydra_override(override):
@@ -88,10 +115,27 @@ def run_config(run_name):
     """The run's resolved Hydra config (for case counts the shard jobs are cut from)."""
     from hydra import compose, initialize_config_dir
 
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from backlens.config_checks import check_run_config
+    from backlens.errors import UserError
+
     run = parse_run(run_name)
     overrides = [f"model={run.model}", *(hydra_override(o) for o in run.overrides)]
-    with initialize_config_dir(config_dir=str(Path("conf").resolve()), version_base="1.3"):
-        return compose(config_name="config", overrides=overrides)
+    try:
+        with initialize_config_dir(config_dir=str(Path("conf").resolve()), version_base="1.3"):
+            cfg = compose(config_name="config", overrides=overrides)
+        check_run_config(cfg)
+    except UserError as error:
+        fail(error)
+    except (HydraException, OmegaConfBaseException) as error:
+        # Hydra's first line names the override, its cause says why; its "use +key" hint would
+        # only add a misspelt key, so it is left out.
+        cause = f" ({str(error.__cause__).splitlines()[0]})" if error.__cause__ else ""
+        fail(f"overrides {' '.join(run.overrides)!r}: {str(error).splitlines()[0]}{cause}; "
+             "check the key against conf/config.yaml and conf/<group>/")
+    return cfg
 
 
 def shards(n_items, size):
@@ -157,6 +201,8 @@ def default_targets():
     for group in selected_groups():
         models = group_models(group)
         runs = expand_sweep(models, NAMED_OVERRIDES)
+        for run in runs:
+            run_config(run.name)  # a bad override stops here, with one line, before any job
         targets += expand(OUTPUT_GROUPS[group], run=[r.name for r in runs])
         if len(runs) > 1:
             label = sweep_label(models, NAMED_OVERRIDES)

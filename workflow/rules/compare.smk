@@ -31,4 +31,4 @@ rule compare_runs:
         ),
         caption=lambda wc: caption_for(f"compare_{wc.kind}"),
     shell:
-        "{params.command} num_threads={threads} > {log} 2>&1"
+        STAGE_SHELL

@@ -47,7 +47,7 @@ rule edit_covariance:
     params:
         command=lambda wc, output: hydra_call("edit_covariance", wc, **output),
     shell:
-        "{params.command} num_threads={threads} > {log} 2>&1"
+        STAGE_SHELL
 
 
 rule edit_mend_train:
@@ -65,7 +65,7 @@ rule edit_mend_train:
     params:
         command=lambda wc, output: hydra_call("edit_mend_train", wc, "method=mend", **output),
     shell:
-        "{params.command} num_threads={threads} > {log} 2>&1"
+        STAGE_SHELL
 
 
 rule edit_evaluate_shard:
@@ -90,7 +90,7 @@ rule edit_evaluate_shard:
             **input, editing_cases=output.editing_cases,
         ),
     shell:
-        "{params.command} num_threads={threads} > {log} 2>&1"
+        STAGE_SHELL
 
 
 rule edit_merge:
@@ -111,7 +111,7 @@ rule edit_merge:
             "edit_merge", wc, f"method={wc.method}", editing_shards=list(input), **output
         ),
     shell:
-        "{params.command} num_threads={threads} > {log} 2>&1"
+        STAGE_SHELL
 
 
 rule edit_table:
@@ -132,7 +132,7 @@ rule edit_table:
         command=lambda wc, output: hydra_call(f"edit_{wc.table}", wc, **{wc.table: output.csv}),
         caption=lambda wc: caption_for(wc.table),
     shell:
-        "{params.command} num_threads={threads} > {log} 2>&1"
+        STAGE_SHELL
 
 
 rule headline_table:
@@ -171,7 +171,7 @@ rule edit_shift_sweep:
     params:
         command=lambda wc, output: hydra_call("edit_shift_sweep", wc, **output),
     shell:
-        "{params.command} num_threads={threads} > {log} 2>&1"
+        STAGE_SHELL
 
 
 rule edit_method_sweep:
@@ -192,7 +192,7 @@ rule edit_method_sweep:
     params:
         command=lambda wc, input, output: hydra_call("edit_method_sweep", wc, f"method={wc.swept}", **input, **output),
     shell:
-        "{params.command} num_threads={threads} > {log} 2>&1"
+        STAGE_SHELL
 
 
 rule edit_fig26:
@@ -212,7 +212,7 @@ rule edit_fig26:
         command=lambda wc, input, output: hydra_call("edit_fig26", wc, editing_sweep=input.editing_sweep, fig26=output.pdf),
         caption=caption_for("fig26"),
     shell:
-        "{params.command} num_threads={threads} > {log} 2>&1"
+        STAGE_SHELL
 
 
 rule counterfact_corpus:
@@ -228,4 +228,4 @@ rule counterfact_corpus:
     params:
         command=lambda wc, output: f"{PYTHON} scripts/counterfact_corpus.py paths.counterfact_corpus={output.counterfact_corpus}",
     shell:
-        "{params.command} num_threads={threads} > {log} 2>&1"
+        STAGE_SHELL

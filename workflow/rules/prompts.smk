@@ -15,4 +15,4 @@ rule sample_prompts:
     params:
         command=lambda wc, output: hydra_call("sample_prompts", wc, prompts=output.table, prompts_meta=output.meta),
     shell:
-        "{params.command} num_threads={threads} > {log} 2>&1"
+        STAGE_SHELL

@@ -46,7 +46,7 @@ rule trace_screen:
     params:
         command=lambda wc, output: hydra_call("trace_screen", wc, **output),
     shell:
-        "{params.command} num_threads={threads} > {log} 2>&1"
+        STAGE_SHELL
 
 
 rule trace_shard:
@@ -71,7 +71,7 @@ rule trace_shard:
             "trace_shard", wc, f"tracing.shard=[{wc.start},{wc.stop}]", **input, tracing_shard=output.tracing_shard
         ),
     shell:
-        "{params.command} num_threads={threads} > {log} 2>&1"
+        STAGE_SHELL
 
 
 rule trace_merge:
@@ -94,7 +94,7 @@ rule trace_merge:
             tracing_shards=list(input.tracing_shards), **output
         ),
     shell:
-        "{params.command} num_threads={threads} > {log} 2>&1"
+        STAGE_SHELL
 
 
 rule tracing_figures:
@@ -131,4 +131,4 @@ rule tracing_figures:
         ),
         captions={name: caption_for(name) for name in TRACING_FIGURES.values()},
     shell:
-        "{params.command} num_threads={threads} > {log} 2>&1"
+        STAGE_SHELL

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Literal
 
 from backlens.data.sources import resolve_from_config
-from backlens.data.validation import RecordReader, SkippedRecord, parse_all, read_json_list
+from backlens.data.validation import DataFileError, RecordReader, SkippedRecord, parse_all, read_json_list
 
 SourceForm = Literal["rome", "easyedit"]
 SUBJECT_SLOT = "{}"
@@ -56,14 +56,19 @@ class CounterFactDataset:
         return len(self.records)
 
 
-def detect_form(raw: object) -> SourceForm:
+def detect_form(raw: object, path: Path | str = "<records>") -> SourceForm:
+    """The form of a CounterFact file, told from its first record."""
     if isinstance(raw, Mapping) and "requested_rewrite" in raw:
         return "rome"
     if isinstance(raw, Mapping) and "target_new" in raw and "rephrase_prompt" in raw:
         return "easyedit"
-    raise ValueError(
-        "cannot tell the CounterFact form of the first record: expected ROME's 'requested_rewrite' "
-        f"or EasyEdit's 'target_new' + 'rephrase_prompt'; got keys {sorted(raw)[:10] if isinstance(raw, Mapping) else raw!r}"
+    case = raw.get("case_id", "#0") if isinstance(raw, Mapping) else "#0"
+    found = f"keys {sorted(raw)[:10]}" if isinstance(raw, Mapping) else f"a {type(raw).__name__}"
+    raise DataFileError(
+        path,
+        f"cannot tell the CounterFact form from the first record (case {case}): expected ROME's "
+        f"'requested_rewrite' or EasyEdit's 'target_new' + 'rephrase_prompt', found {found}",
+        "fix that record or point dataset.path at a CounterFact file",
     )
 
 
@@ -113,12 +118,11 @@ def _parse_easyedit(reader: RecordReader) -> CounterFactRecord:
 _PARSERS = {"rome": _parse_rome, "easyedit": _parse_easyedit}
 
 
-def load_counterfact(path: Path, *, skip_invalid: bool = False) -> CounterFactDataset:
-    """Load either CounterFact form; malformed records raise unless ``skip_invalid``."""
-    raws = read_json_list(path)
-    if not raws:
-        raise ValueError(f"{path}: no CounterFact records")
-    form = detect_form(raws[0])
+def load_counterfact(path: Path, *, skip_invalid: bool = False, config_key: str = "dataset") -> CounterFactDataset:
+    """Load either CounterFact form; malformed records raise unless ``skip_invalid``.
+    ``config_key`` is the config group the file came from (named in error messages)."""
+    raws = read_json_list(path, what="CounterFact", path_key=f"{config_key}.path")
+    form = detect_form(raws[0], path)
     seen: set[int] = set()
 
     def parse(raw: object, index: int) -> CounterFactRecord:
@@ -129,7 +133,7 @@ def load_counterfact(path: Path, *, skip_invalid: bool = False) -> CounterFactDa
         seen.add(record.case_id)
         return record
 
-    records, skipped = parse_all(raws, parse, skip_invalid=skip_invalid, file=path)
+    records, skipped = parse_all(raws, parse, skip_invalid=skip_invalid, file=path, skip_key=f"{config_key}.skip_invalid")
     return CounterFactDataset(path=path, source_form=form, records=records, skipped=skipped)
 
 

@@ -51,9 +51,15 @@ def _parse(path: Path, raw: object, index: int) -> KnownFact:
     )
 
 
-def load_known_facts(path: Path, *, skip_invalid: bool = False) -> KnownFactsDataset:
+def load_known_facts(path: Path, *, skip_invalid: bool = False, config_key: str = "known_facts") -> KnownFactsDataset:
+    """Load ROME's known facts; ``config_key`` is the config group (``known_facts`` in the root
+    config, where conf/dataset/known_1000.yaml is mounted), named in error messages."""
     records, skipped = parse_all(
-        read_json_list(path), lambda raw, i: _parse(path, raw, i), skip_invalid=skip_invalid, file=path
+        read_json_list(path, what="known_1000", path_key=f"{config_key}.path"),
+        lambda raw, i: _parse(path, raw, i),
+        skip_invalid=skip_invalid,
+        file=path,
+        skip_key=f"{config_key}.skip_invalid",
     )
     return KnownFactsDataset(path=path, records=records, skipped=skipped)
 

@@ -9,6 +9,7 @@ import pandas as pd
 from transformers import PreTrainedTokenizerBase
 
 from backlens.data.counterfact import SUBJECT_SLOT, CounterFactRecord
+from backlens.errors import positive_int
 from backlens.data.segments import SEGMENTS, SegmentationError, SegmentedPrompt, first_target_token, segment_prompt
 
 CASE_COLUMNS = ("case_id", "prompt", "subject", "target_new", "target_true", "target_new_id", "n_tokens")
@@ -16,8 +17,7 @@ CASE_COLUMNS = ("case_id", "prompt", "subject", "target_new", "target_true", "ta
 
 def sample_records(records: Sequence[CounterFactRecord], n: int, seed: int) -> list[CounterFactRecord]:
     """A seeded sample of ``n`` distinct records, in sampled order."""
-    if n > len(records):
-        raise ValueError(f"n_prompts={n} exceeds the {len(records)} records available; lower n_prompts")
+    n = positive_int(n, "n_prompts", at_most=len(records), what="the number of CounterFact records")
     chosen = np.random.default_rng(seed).choice(len(records), size=n, replace=False)
     return [records[int(i)] for i in chosen]
 

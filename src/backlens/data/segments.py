@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 from transformers import PreTrainedTokenizerBase
 
+from backlens.errors import UserError
+
 # ROME's six segments (causal tracing averages and the paper's Figs 5-6).
 SEGMENTS: tuple[str, ...] = (
     "first_subject",
@@ -25,7 +27,7 @@ SEGMENTS: tuple[str, ...] = (
 PRIMARY_ORDER: tuple[str, ...] = ("last", "last_subject", "first_subject", "middle_subject", "first_subsequent", "further")
 
 
-class SegmentationError(ValueError):
+class SegmentationError(UserError, ValueError):
     pass
 
 

@@ -9,12 +9,13 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from urllib.parse import urlparse
 
+from backlens.errors import UserError
 from backlens.io import atomic_path
 
 log = logging.getLogger(__name__)
 
 
-class DataUnavailableError(RuntimeError):
+class DataUnavailableError(UserError, RuntimeError):
     """A data file cannot be found or downloaded; the message says how to point at a local copy."""
 
 

@@ -9,18 +9,35 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from backlens.errors import UserError
+
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
 
-class InvalidRecordError(ValueError):
-    def __init__(self, file: Path | str, case_id: object, field: str, problem: str):
+class InvalidRecordError(UserError, ValueError):
+    """One record is malformed. ``skip_key`` is the config key that skips such records (the
+    loader that knows its config group sets it); without one the message only says to fix it."""
+
+    def __init__(self, file: Path | str, case_id: object, field: str, problem: str, skip_key: str | None = None):
         self.file, self.case_id, self.field, self.problem = str(file), case_id, field, problem
-        super().__init__(
-            f"{file}: case {case_id}, field {field!r}: {problem}. Fix the record, or set "
-            "dataset.skip_invalid=true to skip invalid records (their number is logged and written with the results)."
+        self.skip_key = skip_key
+        hint = (
+            f"Fix the record, or set {skip_key}=true to skip invalid records (their number is logged and written with the results)."
+            if skip_key
+            else "Fix the record."
         )
+        super().__init__(f"{file}: case {case_id}, field {field!r}: {problem}. {hint}")
+
+
+class DataFileError(UserError, ValueError):
+    """The file as a whole is unusable (not JSON, not a list, empty, unknown form): skipping
+    records cannot help, so the message says to fix or replace the file."""
+
+    def __init__(self, file: Path | str, problem: str, fix: str):
+        self.file = str(file)
+        super().__init__(f"{file}: {problem}; {fix}")
 
 
 @dataclass(frozen=True)
@@ -79,21 +96,28 @@ class RecordReader:
         return tuple(value)
 
 
-def read_json_list(path: Path) -> list:
+def read_json_list(path: Path, *, what: str, path_key: str) -> list:
+    """The file's non-empty JSON list of records; ``what`` names the data set and ``path_key``
+    the config key that points at another file."""
+    fix = f"point {path_key} at a valid {what} file"
     try:
         with open(path, encoding="utf-8") as handle:
             data = json.load(handle)
     except json.JSONDecodeError as error:
-        raise InvalidRecordError(path, "<file>", "<json>", f"not valid JSON ({error})") from error
+        raise DataFileError(path, f"not valid JSON ({error})", fix) from error
+    except UnicodeDecodeError as error:
+        raise DataFileError(path, f"not UTF-8 text ({error.reason} at byte {error.start})", fix) from error
     if not isinstance(data, list):
-        raise InvalidRecordError(path, "<file>", "<top level>", f"expected a JSON list, got {type(data).__name__}")
+        raise DataFileError(path, f"expected a JSON list of {what} records, got a {type(data).__name__}", fix)
+    if not data:
+        raise DataFileError(path, f"the file holds no {what} records (an empty list)", fix)
     return data
 
 
 def parse_all(
-    raws: Iterable[object], parse: Callable[[object, int], T], *, skip_invalid: bool, file: Path
+    raws: Iterable[object], parse: Callable[[object, int], T], *, skip_invalid: bool, file: Path, skip_key: str
 ) -> tuple[list[T], list[SkippedRecord]]:
-    """Parse every record; raise on the first bad one unless ``skip_invalid``."""
+    """Parse every record; raise on the first bad one (naming ``skip_key``) unless ``skip_invalid``."""
     records: list[T] = []
     skipped: list[SkippedRecord] = []
     for index, raw in enumerate(raws):
@@ -101,8 +125,10 @@ def parse_all(
             records.append(parse(raw, index))
         except InvalidRecordError as error:
             if not skip_invalid:
-                raise
+                raise InvalidRecordError(error.file, error.case_id, error.field, error.problem, skip_key) from None
             skipped.append(SkippedRecord(error.case_id, error.field, error.problem))
+    if not records:
+        raise DataFileError(file, f"all {len(skipped)} records are invalid (first: {skipped[0]})", "fix the file")
     if skipped:
         log.warning("%s: skipped %d invalid records (first: %s)", file, len(skipped), skipped[0])
     return records, skipped

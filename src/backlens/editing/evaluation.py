@@ -68,6 +68,11 @@ def request_facts(editor: Editor, request: EditRequest) -> dict[str, object]:
     """Tokenization facts counted in the results (multi-token and space-sensitive targets)."""
     new = continuation(editor.tokenizer, request.prompt, request.target_new)
     true = continuation(editor.tokenizer, request.prompt, request.target_true)
+    # Every prompt the case scores, with the longer target appended, must fit the context.
+    longest_target = max(len(new.target_ids), len(true.target_ids))
+    for prompt in (request.prompt, *request.paraphrase_prompts, *(n.prompt for n in request.neighborhood_prompts)):
+        n_tokens = len(editor.tokenizer(prompt)["input_ids"]) + longest_target
+        editor.loaded.check_fits(n_tokens, f"CounterFact case {request.case_id} (prompt {prompt[:40]!r})")
     return {
         "case_id": request.case_id,
         "n_target_new_tokens": len(new.target_ids),

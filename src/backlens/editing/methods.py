@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from omegaconf import DictConfig, OmegaConf
 
 from backlens.editing.base import Editor, NoEdit
+from backlens.errors import ConfigError
 from backlens.editing.ft import ConstrainedFineTuning
 from backlens.editing.memit import MassEditingMemory
 from backlens.editing.mend import MendEditor
@@ -35,6 +36,29 @@ def method_hparams(method_cfg: Mapping, model_name: str, n_layers: int | None = 
             raise ValueError(f"method {cfg.get('name')}: layer_fraction needs the model's layer count")
         hparams["layer"] = min(n_layers - 1, round(float(hparams["layer_fraction"]) * n_layers))
     return hparams
+
+
+def known_hparams(method_cfg: Mapping) -> set[str]:
+    """Hyper-parameters a method has: its ``base`` keys, every ``per_model`` key, and ``layer``
+    where the base gives a ``layer_fraction``."""
+    cfg = OmegaConf.to_container(method_cfg, resolve=False) if isinstance(method_cfg, DictConfig) else dict(method_cfg)
+    known = set(cfg.get("base") or {})
+    for values in (cfg.get("per_model") or {}).values():
+        known.update(values or {})
+    if "layer_fraction" in known:
+        known.add("layer")
+    return known
+
+
+def check_method_overrides(method_name: str, overrides: Mapping, method_cfg: Mapping) -> None:
+    """Reject ``methods.<method_name>.<key>`` overrides of keys the method does not have (a typo
+    would otherwise run with the default and name a result directory after the typo)."""
+    unknown = sorted(set(overrides) - known_hparams(method_cfg))
+    if unknown:
+        raise ConfigError(
+            f"methods.{method_name}.{unknown[0]}: {method_name} has no hyper-parameter {unknown[0]!r}; "
+            f"known: {', '.join(sorted(known_hparams(method_cfg)))}"
+        )
 
 
 def build_editor(loaded: LoadedModel, method_cfg: Mapping, extra: Mapping | None = None) -> tuple[Editor, dict]:

@@ -23,13 +23,18 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from backlens.errors import UserError
 from backlens.models.adapters import ArchitectureAdapter, adapter_for
 
 log = logging.getLogger(__name__)
 
 
-class ModelUnavailableError(RuntimeError):
+class ModelUnavailableError(UserError, RuntimeError):
     """A model's weights cannot be reached; the message says which and how to fix it."""
+
+
+class PromptTooLongError(UserError, ValueError):
+    """A prompt has more tokens than the model has positions (the embedding lookup would fail deep inside)."""
 
 
 @dataclass
@@ -41,6 +46,21 @@ class LoadedModel:
     device: torch.device
     dtype: torch.dtype
     source: str
+
+    @property
+    def max_positions(self) -> int | None:
+        """Longest input the model accepts (None: no fixed limit in its config)."""
+        config = self.model.config
+        return getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+
+    def check_fits(self, n_tokens: int, what: str) -> None:
+        """Raise PromptTooLongError naming ``what`` (the case) when ``n_tokens`` exceed the context."""
+        limit = self.max_positions
+        if limit is not None and n_tokens > limit:
+            raise PromptTooLongError(
+                f"{what}: {n_tokens} tokens, more than {self.name}'s context of {limit} positions; "
+                "shorten or remove that prompt, or use a model with a longer context"
+            )
 
 
 def resolve_device(device: str) -> torch.device:

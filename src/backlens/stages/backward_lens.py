@@ -62,6 +62,8 @@ def capture_batches(loaded: LoadedModel, prompts: PromptBatchSource, batch_size:
     pad_id = loaded.tokenizer.pad_token_id
     with tqdm(total=len(prompts.case_ids), desc="capture", unit="prompt") as progress:
         for case_ids, input_ids, target_ids in prompts.batches(batch_size):
+            for case_id, ids in zip(case_ids, input_ids):
+                loaded.check_fits(len(ids), f"CounterFact case {case_id}")
             batch = capture_gradient_factors(
                 loaded.model, loaded.adapter, input_ids, target_ids, pad_id=pad_id, submodules=submodules
             )

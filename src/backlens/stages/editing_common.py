@@ -7,8 +7,9 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from backlens.data.counterfact import load_counterfact_from_config
-from backlens.editing.methods import method_hparams
+from backlens.editing.methods import check_method_overrides, method_hparams
 from backlens.editing.requests import EditRequest
+from backlens.errors import ConfigError
 
 METHOD_CONFIG_DIR = Path("conf/method")
 
@@ -28,8 +29,24 @@ def evaluation_requests(cfg: DictConfig) -> list[EditRequest]:
     return requests_in_range(cfg, int(cfg.editing.first_case), int(cfg.editing.n_cases), "editing.n_cases")
 
 
+def method_config(method_name: str):
+    """conf/method/<method_name>.yaml, unresolved."""
+    path = METHOD_CONFIG_DIR / f"{method_name}.yaml"
+    if not path.exists():
+        known = sorted(p.stem for p in METHOD_CONFIG_DIR.glob("*.yaml"))
+        raise ConfigError(f"methods.{method_name}: no method config {path}; known methods: {', '.join(known)}")
+    return OmegaConf.load(path)
+
+
+def check_all_method_overrides(methods) -> None:
+    """Every ``methods.<name>.<key>`` names a configured method and one of its hyper-parameters."""
+    for name, overrides in (methods or {}).items():
+        check_method_overrides(str(name), overrides or {}, method_config(str(name)))
+
+
 def user_method_overrides(cfg: DictConfig, method_name: str) -> dict:
     """The ``methods.<method_name>.*`` overrides of this run (applied over base and per_model)."""
+    check_all_method_overrides(cfg.get("methods"))
     overrides = (cfg.get("methods") or {}).get(method_name)
     return dict(OmegaConf.to_container(overrides, resolve=True)) if overrides is not None else {}
 
@@ -42,11 +59,8 @@ def other_method_hparams(cfg: DictConfig, method_name: str, n_layers: int) -> di
     """
     if cfg.method.name == method_name:
         return {**method_hparams(cfg.method, cfg.model.name, n_layers), **user_method_overrides(cfg, method_name)}
-    path = METHOD_CONFIG_DIR / f"{method_name}.yaml"
-    if not path.exists():
-        raise FileNotFoundError(f"no method config {path}; known: {sorted(p.stem for p in METHOD_CONFIG_DIR.glob('*.yaml'))}")
     merged = OmegaConf.create(OmegaConf.to_container(cfg, resolve=False))
-    merged.method = OmegaConf.load(path)
+    merged.method = method_config(method_name)
     return {**method_hparams(merged.method, cfg.model.name, n_layers), **user_method_overrides(cfg, method_name)}
 
 

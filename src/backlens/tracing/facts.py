@@ -44,6 +44,8 @@ def screen_facts(loaded: LoadedModel, prompts: Sequence[TracedPrompt], batch_siz
     """
     rows = []
     pad_id = loaded.tokenizer.pad_token_id
+    for prompt in prompts:
+        loaded.check_fits(len(prompt.segmented), f"known_1000 fact known_id={prompt.fact.known_id}")
     for start in tqdm(range(0, len(prompts), batch_size), desc="screen known facts", unit="batch"):
         batch = prompts[start : start + batch_size]
         lengths = torch.tensor([len(p.segmented) for p in batch])

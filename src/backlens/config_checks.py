@@ -1,0 +1,22 @@
+"""Checks of a composed run config that the workflow makes at DAG time and every stage repeats,
+so a bad override is one line before any job runs instead of a traceback inside one."""
+
+from __future__ import annotations
+
+from omegaconf import DictConfig, OmegaConf
+
+from backlens.errors import positive_int
+
+# Counts the workflow cuts shard jobs from (a bad value would break the DAG itself).
+COUNT_KEYS = ("n_prompts", "editing.n_cases", "tracing.n_facts")
+
+
+def check_run_config(cfg: DictConfig) -> None:
+    """Counts are whole numbers >= 1 and every ``methods.<name>.<key>`` override exists."""
+    from backlens.stages.editing_common import check_all_method_overrides
+
+    for key in COUNT_KEYS:
+        value = OmegaConf.select(cfg, key)
+        if value is not None:
+            positive_int(value, key)
+    check_all_method_overrides(cfg.get("methods"))
