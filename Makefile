@@ -24,6 +24,7 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml requirements.lock
 install: $(VENV)/.installed
 
 figures: install
+	bash workflow/unlock_if_stale.sh $(BIN)/snakemake
 	$(BIN)/snakemake --cores $(CORES)
 
 test: install

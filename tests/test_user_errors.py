@@ -126,3 +126,36 @@ def test_a_prompt_longer_than_the_context_names_the_case_on_the_console(project_
     assert len(lines) == 1 and "CounterFact case 0: " in lines[0], result.stderr[-3000:]
     assert "more than tiny-gpt2's context of 128 positions" in lines[0]
     assert not (project_copy / target).exists()
+
+
+@pytest.mark.slow
+def test_a_killed_run_resumes_after_the_stale_lock_is_removed(project_copy):
+    """SIGKILL leaves Snakemake's lock and incomplete outputs: the unlock helper (make figures
+    calls it) removes a stale lock, and the workflow profile reruns the incomplete job."""
+    import shutil
+    import signal
+    import time
+
+    require_shared("data", "counterfact")
+    shutil.copy(PROJECT_ROOT / "workflow" / "unlock_if_stale.sh", project_copy / "workflow")
+    args = ["--cores", "1", "results/tiny-gpt2__n_prompts=2/prompts.parquet", "--config", "models=[tiny-gpt2]",
+            "overrides=n_prompts=2"]
+    from test_workflow import SNAKEMAKE
+
+    env = dict(os.environ, BACKLENS_SHARED=str(SHARED), BACKLENS_DATA_DIR=str(SHARED / "data"))
+    process = subprocess.Popen([SNAKEMAKE, *args], cwd=project_copy, env=env, start_new_session=True,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    locks = project_copy / ".snakemake" / "locks"
+    deadline = time.time() + 120
+    while not (locks.exists() and any(locks.iterdir())) and time.time() < deadline:
+        time.sleep(0.2)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    assert any(locks.iterdir()), "the killed run left its lock"
+    assert "cannot be locked" in snakemake(*args, cwd=project_copy).stderr
+    unlock = subprocess.run(["bash", "workflow/unlock_if_stale.sh", SNAKEMAKE], cwd=project_copy, env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert unlock.returncode == 0 and "removing the stale Snakemake lock" in unlock.stderr
+    resumed = snakemake(*args, cwd=project_copy)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert (project_copy / "results/tiny-gpt2__n_prompts=2/prompts.parquet").exists()
