@@ -83,6 +83,10 @@ def test_an_interrupted_run_resumes_to_the_same_rows(tiny_model, tmp_path):
         handle.write('{"case_id": 2, "efficacy": ')  # a write cut off by the kill
     resumed = evaluate_editor(editor, requests, interrupted_log, EVALUATION, **options)
     assert _strip_times(resumed) == _strip_times(complete)
+    # The torn line is gone: every line parses and a later resume finds the redone case done.
+    lines = interrupted_log.path.read_text().splitlines()
+    assert [json.loads(line)["case_id"] for line in lines] == [0, 1, 2]
+    assert sorted(CaseLog(interrupted_log.path, "f").finished()) == [0, 1, 2]
     assert complete[0]["generation_entropy"] is not None and complete[1]["perplexity"] is not None
     with pytest.raises(ValueError, match="another configuration"):
         CaseLog(tmp_path / "full.jsonl", "other").finished()
