@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -108,7 +109,9 @@ def test_evaluate_and_table1_stages_on_tiny_gpt2(tmp_path):
     assert (tmp_path / "tables" / "table1.tex").read_text().startswith("\\begin{tabular}")
     summary = json.loads((tmp_path / "editing" / "shift" / "summary.json").read_text())
     assert summary["generation_sources"] == ["edit_and_paraphrase_prompts"]
-    assert summary["n_cases"] == 3 and summary["mean_edit_seconds"] > 0
+    assert summary["n_cases"] == 3 and "edit_seconds" not in pd.read_parquet(tmp_path / "editing" / "shift" / "cases.parquet")
+    timings = json.loads((tmp_path / "editing" / "shift" / "timings.json").read_text())
+    assert timings["edit_seconds_mean"] > 0 and sorted(timings["edit_seconds"]) == ["0", "1", "2"]
 
 
 def test_shards_merge_to_the_rows_of_one_job_whatever_the_shard_size(tmp_path):
@@ -126,10 +129,11 @@ def test_shards_merge_to_the_rows_of_one_job_whatever_the_shard_size(tmp_path):
             shard_paths.append(str(path))
         merged = compose_config(*base, f"paths.results={tmp_path}/{name}", f"paths.editing_shards=[{','.join(shard_paths)}]")
         editing_evaluate.merge(merged)
-        timing = ["edit_seconds", "config_fingerprint"]
-        pd.testing.assert_frame_equal(pd.read_parquet(merged.paths.editing_cases).drop(columns=timing),
-                                      pd.read_parquet(whole.paths.editing_cases).drop(columns=timing))
+        pd.testing.assert_frame_equal(pd.read_parquet(merged.paths.editing_cases), pd.read_parquet(whole.paths.editing_cases))
         summary = json.loads((tmp_path / name / "editing" / "shift" / "summary.json").read_text())
+        assert summary == json.loads(Path(whole.paths.editing_summary).read_text())
+        assert sorted(json.loads(Path(merged.paths.editing_timings).read_text())["edit_seconds"]) == sorted(
+            json.loads(Path(whole.paths.editing_timings).read_text())["edit_seconds"])
         assert summary["hparams"]["eta"] == 2.0 and summary["n_generation_cases"] == 2
     with pytest.raises(ValueError, match="do not cover"):
         editing_evaluate.merge(compose_config(*base, f"paths.results={tmp_path}/ones",

@@ -14,7 +14,7 @@ from backlens.editing.base import Editor
 from backlens.editing.mend import added_weight_deltas, build_editors, gradient_factors
 from backlens.editing.requests import EditRequest
 from backlens.editing.training import mean_answer_nll, teacher_forced_batch, trainable_only
-from backlens.io import atomic_path
+from backlens.io import write_torch
 
 log = logging.getLogger(__name__)
 
@@ -77,12 +77,10 @@ def train_mend(
             optimizer.step()
         history.append({"step": step, "edit_nll": float(edit_loss.detach()), "locality_kl": float(locality.detach()), "case_id": request.case_id})
         if (step + 1) % int(hparams["checkpoint_every"]) == 0 or step + 1 == len(order):
-            with atomic_path(partial) as tmp:
-                torch.save({"networks": networks.state_dict(), "optimizer": optimizer.state_dict(),
-                            "history": history, "step": step + 1}, tmp)
+            write_torch({"networks": networks.state_dict(), "optimizer": optimizer.state_dict(),
+                         "history": history, "step": step + 1}, partial)
     final = {"layers": layers, "rank": int(hparams["rank"]), "networks": networks.state_dict(), "history": history,
              "train_case_ids": sorted({r.case_id for r in requests})}
-    with atomic_path(checkpoint) as tmp:
-        torch.save(final, tmp)
+    write_torch(final, checkpoint)
     partial.unlink(missing_ok=True)
     return final
