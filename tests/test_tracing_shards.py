@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 from pandas.testing import assert_frame_equal
 
+from backlens.data.sources import sha256_of
 from backlens.stages import causal_tracing, causal_tracing_merge
 from conftest import compose_config, require_shared
 
@@ -72,6 +73,9 @@ def test_merged_tables_do_not_depend_on_the_shard_size(traced):
         left, right = (pd.read_parquet(p[key]) for p in (pieces, whole))
         assert not left.empty, key
         assert_frame_equal(left, right)
+    # Byte for byte, too: no timings in the tables or the summary (they are in timings.json).
+    for key in (*TABLES, "tracing_summary"):
+        assert sha256_of(Path(pieces[key])) == sha256_of(Path(whole[key])), key
     summaries = [json.loads(Path(p.tracing_summary).read_text()) for p in (pieces, whole)]
     assert summaries[0]["n_traced"] == 3 and summaries[0]["n_screened"] == 3
     assert summaries[0] == summaries[1] and not TIMING & set(summaries[0])
