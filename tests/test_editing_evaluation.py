@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 import torch
 
+from backlens.data.sources import sha256_of
 from backlens.editing.base import NoEdit
 from backlens.editing.evaluation import CaseLog, evaluate_editor
 from backlens.editing.generation import generation_entropy, ngram_entropy, sample_texts
@@ -138,3 +139,23 @@ def test_shards_merge_to_the_rows_of_one_job_whatever_the_shard_size(tmp_path):
     with pytest.raises(ValueError, match="do not cover"):
         editing_evaluate.merge(compose_config(*base, f"paths.results={tmp_path}/ones",
                                               f"paths.editing_shards=[{tmp_path}/ones/0-1.parquet,{tmp_path}/ones/2-3.parquet]"))
+
+
+def test_the_data_file_is_part_of_the_resume_fingerprint(tmp_path):
+    records = json.loads(require_shared("data", "counterfact", "counterfact_easyedit.json").read_text())
+    files = {"a": tmp_path / "a.json", "b": tmp_path / "b.json"}
+    files["a"].write_text(json.dumps(records[:5]))
+    files["b"].write_text(json.dumps(records[1:6]))  # another case 0: different numbers
+    base = [f"paths.results={tmp_path}/run", "model=tiny-gpt2", "method=none", "editing.n_cases=1",
+            "editing.n_generation_cases=0", "editing.n_perplexity_cases=0"]
+    fingerprints = {}
+    for name, path in files.items():
+        cfg = compose_config(*base, f"dataset.path={path}")
+        editing_evaluate.run(cfg)
+        summary = json.loads(Path(cfg.paths.editing_summary).read_text())
+        assert summary["dataset"] == {"path": str(path.resolve()), "sha256": sha256_of(path)}
+        fingerprints[name] = pd.read_parquet(cfg.paths.editing_cases)["config_fingerprint"].iloc[0]
+    assert fingerprints["a"] != fingerprints["b"]
+    # One progress file per configuration: the second data file did not resume the first one's rows.
+    logs = sorted(p.name for p in (tmp_path / "run" / "editing" / "none").glob("*.jsonl"))
+    assert logs == sorted(f"cases.{f}.jsonl" for f in fingerprints.values())

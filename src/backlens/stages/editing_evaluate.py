@@ -28,9 +28,11 @@ SUMMARY_COLUMNS = [
 ]
 
 
-def case_log_path(cases_path: str | Path) -> Path:
-    """The JSON-lines progress file kept beside the final table."""
-    return Path(cases_path).with_suffix(".jsonl")
+def case_log_path(cases_path: str | Path, fingerprint: str) -> Path:
+    """The JSON-lines progress file kept beside the final table, one per configuration: a job rerun
+    after another data file or setting starts afresh, and switching back finds its own rows."""
+    cases_path = Path(cases_path)
+    return cases_path.with_name(f"{cases_path.stem}.{fingerprint}.jsonl")
 
 
 def fingerprint(cfg: DictConfig, hparams: dict) -> str:
@@ -104,7 +106,8 @@ def run(cfg: DictConfig) -> None:
         if not heldout_path.exists():
             raise FileNotFoundError(f"no held-out corpus at {heldout_path}: run the edit_covariance rule, or set editing.n_perplexity_cases=0")
         heldout = torch.load(heldout_path)["blocks"]
-    case_log = CaseLog(case_log_path(cfg.paths.editing_cases), fingerprint(cfg, hparams))
+    config_fingerprint = fingerprint(cfg, hparams)
+    case_log = CaseLog(case_log_path(cfg.paths.editing_cases, config_fingerprint), config_fingerprint)
     rows = evaluate_editor(
         editor,
         requests[start:stop],
