@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
 
+from backlens.data.sources import sha256_of
 from backlens.editing.base import NoEdit
 from backlens.editing.evaluation import CaseLog, evaluate_editor
 from backlens.editing.generation import generation_entropy, ngram_entropy, sample_texts
@@ -83,6 +85,10 @@ def test_an_interrupted_run_resumes_to_the_same_rows(tiny_model, tmp_path):
         handle.write('{"case_id": 2, "efficacy": ')  # a write cut off by the kill
     resumed = evaluate_editor(editor, requests, interrupted_log, EVALUATION, **options)
     assert _strip_times(resumed) == _strip_times(complete)
+    # The torn line is gone: every line parses and a later resume finds the redone case done.
+    lines = interrupted_log.path.read_text().splitlines()
+    assert [json.loads(line)["case_id"] for line in lines] == [0, 1, 2]
+    assert sorted(CaseLog(interrupted_log.path, "f").finished()) == [0, 1, 2]
     assert complete[0]["generation_entropy"] is not None and complete[1]["perplexity"] is not None
     with pytest.raises(ValueError, match="another configuration"):
         CaseLog(tmp_path / "full.jsonl", "other").finished()
@@ -104,7 +110,9 @@ def test_evaluate_and_table1_stages_on_tiny_gpt2(tmp_path):
     assert (tmp_path / "tables" / "table1.tex").read_text().startswith("\\begin{tabular}")
     summary = json.loads((tmp_path / "editing" / "shift" / "summary.json").read_text())
     assert summary["generation_sources"] == ["edit_and_paraphrase_prompts"]
-    assert summary["n_cases"] == 3 and summary["mean_edit_seconds"] > 0
+    assert summary["n_cases"] == 3 and "edit_seconds" not in pd.read_parquet(tmp_path / "editing" / "shift" / "cases.parquet")
+    timings = json.loads((tmp_path / "editing" / "shift" / "timings.json").read_text())
+    assert timings["edit_seconds_mean"] > 0 and sorted(timings["edit_seconds"]) == ["0", "1", "2"]
 
 
 def test_shards_merge_to_the_rows_of_one_job_whatever_the_shard_size(tmp_path):
@@ -122,11 +130,32 @@ def test_shards_merge_to_the_rows_of_one_job_whatever_the_shard_size(tmp_path):
             shard_paths.append(str(path))
         merged = compose_config(*base, f"paths.results={tmp_path}/{name}", f"paths.editing_shards=[{','.join(shard_paths)}]")
         editing_evaluate.merge(merged)
-        timing = ["edit_seconds", "config_fingerprint"]
-        pd.testing.assert_frame_equal(pd.read_parquet(merged.paths.editing_cases).drop(columns=timing),
-                                      pd.read_parquet(whole.paths.editing_cases).drop(columns=timing))
+        pd.testing.assert_frame_equal(pd.read_parquet(merged.paths.editing_cases), pd.read_parquet(whole.paths.editing_cases))
         summary = json.loads((tmp_path / name / "editing" / "shift" / "summary.json").read_text())
+        assert summary == json.loads(Path(whole.paths.editing_summary).read_text())
+        assert sorted(json.loads(Path(merged.paths.editing_timings).read_text())["edit_seconds"]) == sorted(
+            json.loads(Path(whole.paths.editing_timings).read_text())["edit_seconds"])
         assert summary["hparams"]["eta"] == 2.0 and summary["n_generation_cases"] == 2
     with pytest.raises(ValueError, match="do not cover"):
         editing_evaluate.merge(compose_config(*base, f"paths.results={tmp_path}/ones",
                                               f"paths.editing_shards=[{tmp_path}/ones/0-1.parquet,{tmp_path}/ones/2-3.parquet]"))
+
+
+def test_the_data_file_is_part_of_the_resume_fingerprint(tmp_path):
+    records = json.loads(require_shared("data", "counterfact", "counterfact_easyedit.json").read_text())
+    files = {"a": tmp_path / "a.json", "b": tmp_path / "b.json"}
+    files["a"].write_text(json.dumps(records[:5]))
+    files["b"].write_text(json.dumps(records[1:6]))  # another case 0: different numbers
+    base = [f"paths.results={tmp_path}/run", "model=tiny-gpt2", "method=none", "editing.n_cases=1",
+            "editing.n_generation_cases=0", "editing.n_perplexity_cases=0"]
+    fingerprints = {}
+    for name, path in files.items():
+        cfg = compose_config(*base, f"dataset.path={path}")
+        editing_evaluate.run(cfg)
+        summary = json.loads(Path(cfg.paths.editing_summary).read_text())
+        assert summary["dataset"] == {"path": str(path.resolve()), "sha256": sha256_of(path)}
+        fingerprints[name] = pd.read_parquet(cfg.paths.editing_cases)["config_fingerprint"].iloc[0]
+    assert fingerprints["a"] != fingerprints["b"]
+    # One progress file per configuration: the second data file did not resume the first one's rows.
+    logs = sorted(p.name for p in (tmp_path / "run" / "editing" / "none").glob("*.jsonl"))
+    assert logs == sorted(f"cases.{f}.jsonl" for f in fingerprints.values())

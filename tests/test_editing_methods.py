@@ -155,3 +155,23 @@ def test_memit_spreads_the_update_over_all_its_layers(tiny_model, statistics):
         with torch.no_grad():
             for name, p in tiny_model.model.named_parameters():
                 p.copy_(before[name])
+
+
+def test_a_mend_checkpoint_of_another_data_file_is_not_resumed(tmp_path):
+    from backlens.editing.mend_training import resumable_state
+    from backlens.io import write_torch
+
+    inputs = {"dataset": {"path": "/data/a.json", "sha256": "aa"}, "hparams": {"rank": 8}, "seed": 0, "case_ids": [1, 2]}
+    partial = write_torch({"inputs": inputs, "step": 3}, tmp_path / "mend.pt.partial")
+    assert resumable_state(partial, inputs)["step"] == 3
+    assert resumable_state(partial, {**inputs, "dataset": {"path": "/data/a.json", "sha256": "bb"}}) is None
+    assert resumable_state(tmp_path / "absent.partial", inputs) is None
+
+
+def test_torch_files_have_the_same_bytes_for_the_same_object(tmp_path):
+    from backlens.io import write_torch
+
+    state = {"mom2": {3: torch.eye(4, dtype=torch.float64)}, "n_tokens": 10}
+    first, second = write_torch(state, tmp_path / "a.pt"), write_torch(state, tmp_path / "b" / "c.pt")
+    assert first.read_bytes() == second.read_bytes()
+    assert torch.equal(torch.load(second)["mom2"][3], state["mom2"][3])

@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 from pandas.testing import assert_frame_equal
 
+from backlens.data.sources import sha256_of
 from backlens.stages import causal_tracing, causal_tracing_merge
 from conftest import compose_config, require_shared
 
@@ -29,6 +30,7 @@ def tracing_config(root: Path, directory: str, *overrides: str):
         f"known_facts.path='{root / 'facts.json'}'",
         f"paths.tracing='{root / directory}'",
         f"paths.tracing_screening_meta='{root / 'screen' / 'screening.json'}'",
+        f"paths.tracing_screening_timings='{root / 'screen' / 'screening_timings.json'}'",
         *overrides,
     )
 
@@ -68,20 +70,21 @@ def test_screening_chooses_the_first_facts(traced):
 def test_merged_tables_do_not_depend_on_the_shard_size(traced):
     pieces, whole = (tracing_config(traced, layout).paths for layout in LAYOUTS)
     for key in TABLES:
-        # The facts table's per-fact "seconds" is timing; everything else must match exactly.
-        left, right = (pd.read_parquet(p[key]).drop(columns="seconds", errors="ignore") for p in (pieces, whole))
+        left, right = (pd.read_parquet(p[key]) for p in (pieces, whole))
         assert not left.empty, key
         assert_frame_equal(left, right)
+    # Byte for byte, too: no timings in the tables or the summary (they are in timings.json).
+    for key in (*TABLES, "tracing_summary"):
+        assert sha256_of(Path(pieces[key])) == sha256_of(Path(whole[key])), key
     summaries = [json.loads(Path(p.tracing_summary).read_text()) for p in (pieces, whole)]
     assert summaries[0]["n_traced"] == 3 and summaries[0]["n_screened"] == 3
-    assert {k: v for k, v in summaries[0].items() if k not in TIMING} == {
-        k: v for k, v in summaries[1].items() if k not in TIMING
-    }
+    assert summaries[0] == summaries[1] and not TIMING & set(summaries[0])
     metas = [json.loads(causal_tracing.shard_files(shard_path(traced, "pieces", a, b))["meta"].read_text())
              for a, b in LAYOUTS["pieces"]]
-    summary = summaries[0]
-    assert summary["trace_seconds"] == pytest.approx(sum(m["trace_seconds"] for m in metas))
-    assert summary["total_seconds"] == pytest.approx(summary["screen_seconds"] + summary["trace_seconds"])
+    timings = json.loads(Path(pieces.tracing_timings).read_text())
+    assert timings["trace_seconds"] == pytest.approx(sum(m["trace_seconds"] for m in metas))
+    assert timings["total_seconds"] == pytest.approx(timings["screen_seconds"] + timings["trace_seconds"])
+    assert sorted(timings["fact_seconds"]) == ["0", "1", "2"]
 
 
 def test_a_shard_past_the_chosen_facts_is_empty_with_the_same_columns(traced):

@@ -75,7 +75,7 @@ def test_tables_and_figures_from_a_tiny_trace(tiny_llama, tmp_path):
         fact_generator(0, FACT.known_id),
     )
     effects, tokens = effect_rows(prompt, trace), token_rows(prompt)
-    facts = pd.DataFrame([fact_row(prompt, trace, seconds=0.0)])
+    facts = pd.DataFrame([fact_row(prompt, trace)])
     n_tokens, n_layers = len(segmented), adapter.n_layers
     assert len(effects) == 3 * n_tokens * n_layers + 2 * n_layers  # severed kinds: last subject token only
     severed = effects[effects.kind == "residual_mlp_severed"]

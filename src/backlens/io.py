@@ -55,3 +55,18 @@ def write_text(text: str, path: str | Path) -> Path:
 
 def write_json(data: object, path: str | Path) -> Path:
     return write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n", path)
+
+
+def write_torch(obj: object, path: str | Path) -> Path:
+    """``torch.save`` atomically, with the same bytes for the same object.
+
+    Saved to a file *name*, torch prefixes every record of the zip with that name's stem, here the
+    random temporary one; saved to an open file it uses its fixed prefix ``archive``.
+    """
+    import torch
+
+    def save(tmp: Path) -> None:
+        with open(tmp, "wb") as handle:
+            torch.save(obj, handle)
+
+    return _write_with(path, save)

@@ -138,6 +138,28 @@ def run_config(run_name):
     return cfg
 
 
+# Config group of each data file -> the name the library's loaders give it in messages.
+DATA_FILES = {"dataset": "CounterFact", "known_facts": "known_1000"}
+
+
+@functools.lru_cache(maxsize=None)
+def data_file(run_name, key):
+    """The data file of config group ``key`` that the run's jobs read, found by the library's own
+    resolver (dataset.path, BACKLENS_COUNTERFACT / BACKLENS_KNOWN_FACTS, data_dir, cached download).
+    As a rule input, another file or a newer one reruns every job that reads it."""
+    from backlens.data.sources import DataUnavailableError, resolve_from_config
+
+    try:
+        return str(resolve_from_config(run_config(run_name)[key], DATA_FILES[key]))
+    except DataUnavailableError as error:
+        sys.exit(f"error: {error}")
+
+
+def data_inputs(*keys):
+    """Input function: the run's data files of config groups ``keys`` (unnamed, so `**input` leaves them out)."""
+    return lambda wc: [data_file(wc.run, key) for key in keys]
+
+
 def shards(n_items, size):
     """[start, stop) pieces of range(n_items), ``size`` items each (the last may be shorter)."""
     return [(start, min(start + size, n_items)) for start in range(0, n_items, size)]

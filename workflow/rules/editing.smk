@@ -14,7 +14,7 @@ TABLE1_RESULTS = {
 }
 
 
-register_outputs("table1", "results/{run}/tables/table1.md")
+register_outputs("table1", "results/{run}/tables/table1.md", "results/{run}/tables/edit_timings.md")
 register_outputs("table7", "results/{run}/tables/table7.md")
 register_outputs("fig26", "figures/{run}/fig26.pdf")
 for name in EDIT_METHODS:
@@ -52,6 +52,8 @@ rule edit_covariance:
 
 rule edit_mend_train:
     """MEND editor networks trained on CounterFact cases outside the evaluation range; resumable."""
+    input:
+        data_inputs("dataset"),
     output:
         editing_mend=f"{EDIT_DIR}/mend_editor.pt",
     conda:
@@ -71,6 +73,7 @@ rule edit_mend_train:
 rule edit_evaluate_shard:
     """One method on positions [start, stop) of the evaluation range; resumable through its .jsonl."""
     input:
+        data_inputs("dataset"),
         unpack(shared_statistics),
         unpack(shared_mend),
     output:
@@ -100,6 +103,7 @@ rule edit_merge:
     output:
         editing_cases=f"{EDIT_DIR}/{{method}}/cases.parquet",
         editing_summary=f"{EDIT_DIR}/{{method}}/summary.json",
+        editing_timings=f"{EDIT_DIR}/{{method}}/timings.json",
     conda:
         CONDA_ENV
     log:
@@ -135,6 +139,25 @@ rule edit_table:
         STAGE_SHELL
 
 
+rule edit_timings:
+    """Seconds per edit of the Table 1 methods, apart from Table 1 (timings differ run to run, Table 1 does not)."""
+    input:
+        **{f"{kind}_{name}": f"{EDIT_DIR}/{name}/{kind}.json" for name in TABLE1_METHODS for kind in ("timings", "summary")},
+    output:
+        csv="results/{run}/tables/edit_timings.csv",
+        md="results/{run}/tables/edit_timings.md",
+    conda:
+        CONDA_ENV
+    log:
+        "logs/{run}/edit_timings.log",
+    benchmark:
+        "logs/{run}/benchmarks/edit_timings.tsv"
+    params:
+        command=lambda wc, output: hydra_call("edit_timings", wc, edit_timings=output.csv),
+    shell:
+        "{params.command} num_threads={threads} > {log} 2>&1"
+
+
 rule headline_table:
     """results/tables/<table> is the copy of the table's first run (the default model's)."""
     input:
@@ -157,6 +180,8 @@ rule headline_table:
 
 rule edit_shift_sweep:
     """Forward pass shift over layers x eta on cases outside the evaluation range, with the chosen setting."""
+    input:
+        data_inputs("dataset"),
     output:
         editing_sweep=f"{EDIT_DIR}/shift_sweep.parquet",
         editing_sweep_choice=f"{EDIT_DIR}/shift_sweep_choice.json",
@@ -177,6 +202,7 @@ rule edit_shift_sweep:
 rule edit_method_sweep:
     """A baseline (FT, MEMIT) over editing.method_sweeps.<method>.grid on cases outside the evaluation range."""
     input:
+        data_inputs("dataset"),
         unpack(shared_statistics),
     output:
         editing_method_sweep=f"{EDIT_DIR}/{{swept}}_sweep.parquet",
@@ -217,6 +243,9 @@ rule edit_fig26:
 
 rule counterfact_corpus:
     """Human-written text (true CounterFact statements outside the benchmark's cases) for a corpus comparison."""
+    input:
+        # The script runs with the default config (no run): any model's config names the same file.
+        lambda wc: data_file(MODEL_CONFIGS[0], "dataset"),
     output:
         counterfact_corpus="results/corpus/counterfact_true_sentences.txt",
     conda:

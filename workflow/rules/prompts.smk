@@ -3,6 +3,8 @@ register_outputs("prompts", "results/{run}/prompts.parquet")
 
 rule sample_prompts:
     """Seeded sample of CounterFact cases, tokenized, every token labelled with its ROME segment."""
+    input:
+        data_inputs("dataset"),
     output:
         table="results/{run}/prompts.parquet",
         meta="results/{run}/prompts.meta.json",

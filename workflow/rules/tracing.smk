@@ -10,6 +10,8 @@ TRACING_TABLES = {
     "tracing_segment_effects": "segment_effects.parquet",
     "tracing_average_effects": "average_effects.parquet",
     "tracing_summary": "summary.json",
+    # Seconds per stage and fact, apart from the tables and summary (byte-identical run to run).
+    "tracing_timings": "timings.json",
 }
 TRACE_DIR = "results/{run}/tracing"
 # A shard job's files: facts table, tokens and effects tables, and meta (range, time, settings);
@@ -32,9 +34,12 @@ register_outputs("tracing", *[f"figures/{{run}}/{name}.pdf" for name in TRACING_
 
 rule trace_screen:
     """Screen known_1000 (is the answer the model's greedy next token?) and choose the facts to trace."""
+    input:
+        data_inputs("known_facts"),
     output:
         tracing_screening=f"{TRACE_DIR}/{TRACING_TABLES['tracing_screening']}",
         tracing_screening_meta=f"{TRACE_DIR}/screening.json",
+        tracing_screening_timings=f"{TRACE_DIR}/screening_timings.json",
     conda:
         CONDA_ENV
     resources:
@@ -52,6 +57,7 @@ rule trace_screen:
 rule trace_shard:
     """Trace positions [start, stop) of the chosen facts: per fact, token and (token, layer, kind) cell."""
     input:
+        data_inputs("known_facts"),
         tracing_screening_meta=f"{TRACE_DIR}/screening.json",
     output:
         **{key: f"{TRACE_DIR}/shards/{name}" for key, name in TRACE_SHARD_FILES.items()},
@@ -78,6 +84,7 @@ rule trace_merge:
     """Join the shards in order; segment averages over facts with 95% bands; the summary."""
     input:
         tracing_screening_meta=f"{TRACE_DIR}/screening.json",
+        tracing_screening_timings=f"{TRACE_DIR}/screening_timings.json",
         tracing_shards=lambda wc: tracing_shard_files(wc, "tracing_shard"),
         shard_tables=lambda wc: tracing_shard_files(wc, "tokens", "effects", "meta"),
     output:
@@ -91,6 +98,7 @@ rule trace_merge:
     params:
         command=lambda wc, input, output: hydra_call(
             "trace_merge", wc, tracing_screening_meta=input.tracing_screening_meta,
+            tracing_screening_timings=input.tracing_screening_timings,
             tracing_shards=list(input.tracing_shards), **output
         ),
     shell:

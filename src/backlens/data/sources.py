@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import urllib.request
@@ -25,6 +26,21 @@ def sha256_of(path: Path) -> str:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+@functools.lru_cache(maxsize=None)
+def _sha256_cached(path: str, size: int, mtime_ns: int) -> str:
+    # Keyed on size and mtime too, so a file rewritten in place is hashed again.
+    return sha256_of(Path(path))
+
+
+def file_identity(path: str | Path) -> dict[str, str]:
+    """A data file's absolute path and sha256: recorded with every result and part of resume
+    fingerprints, so results never silently mix data files. Hashed once per process (CounterFact,
+    6.9 MB: 0.05 s)."""
+    resolved = Path(path).resolve()
+    stat = resolved.stat()
+    return {"path": str(resolved), "sha256": _sha256_cached(str(resolved), stat.st_size, stat.st_mtime_ns)}
 
 
 def download_verified(url: str, destination: Path, sha256: str | None) -> Path:
@@ -81,7 +97,6 @@ def resolve_data_file(
         ) from error
 
 
-
 def resolve_from_config(cfg: Mapping, name: str) -> Path:
     """``resolve_data_file`` driven by a ``conf/dataset/*.yaml`` group."""
     return resolve_data_file(
@@ -94,3 +109,8 @@ def resolve_from_config(cfg: Mapping, name: str) -> Path:
         cache_dir=cfg["cache_dir"],
         env_hint="BACKLENS_DATA_DIR",
     )
+
+
+def identity_from_config(cfg: Mapping, name: str) -> dict[str, str]:
+    """``file_identity`` of the file a ``conf/dataset/*.yaml`` group resolves to."""
+    return file_identity(resolve_from_config(cfg, name))

@@ -14,7 +14,7 @@ import torch
 from tqdm import tqdm
 
 from backlens.editing.generation import sample_token_ids
-from backlens.io import atomic_path
+from backlens.io import write_torch
 from backlens.models.hooks import record_module_io
 from backlens.models.loading import LoadedModel
 
@@ -113,8 +113,7 @@ def accumulate_second_moments(
             state["sums"][layer] += keys_NxIn.T @ keys_NxIn
         state["n_tokens"] += ids.numel()
         state["batches_done"] = batch_index + 1
-        with atomic_path(checkpoint) as tmp:
-            torch.save(state, tmp)
+        write_torch(state, checkpoint)
     return state
 
 

@@ -132,15 +132,30 @@ class CaseLog:
         self.path = Path(path)
         self.fingerprint = fingerprint
 
+    def _drop_torn_tail(self) -> None:
+        """Cut an unterminated last line (a write cut off by a kill) so the next case starts a line of its own."""
+        data = self.path.read_bytes()
+        if not data or data.endswith(b"\n"):
+            return
+        keep = data.rfind(b"\n") + 1
+        log.warning("%s: last line cut off by an interrupted write (%d bytes); dropped, that case is redone",
+                    self.path, len(data) - keep)
+        with self.path.open("r+b") as handle:
+            handle.truncate(keep)
+            handle.flush()
+            os.fsync(handle.fileno())
+
     def finished(self) -> dict[int, dict]:
+        """The finished cases; repairs a torn last line first (only an interrupted append leaves one)."""
         rows: dict[int, dict] = {}
         if not self.path.exists():
             return rows
+        self._drop_torn_tail()
         for number, line in enumerate(self.path.read_text(encoding="utf-8").splitlines(), start=1):
             try:
                 row = json.loads(line)
             except json.JSONDecodeError:
-                # Only an interrupted write leaves a broken line: the case is simply redone.
+                # A complete but unreadable line (a torn write that earlier versions appended to): redo that case.
                 log.warning("%s:%d: unreadable line (interrupted write); that case is redone", self.path, number)
                 continue
             if row.get("config_fingerprint") != self.fingerprint:

@@ -14,7 +14,7 @@ from backlens.editing.base import Editor
 from backlens.editing.mend import added_weight_deltas, build_editors, gradient_factors
 from backlens.editing.requests import EditRequest
 from backlens.editing.training import mean_answer_nll, teacher_forced_batch, trainable_only
-from backlens.io import atomic_path
+from backlens.io import write_torch
 
 log = logging.getLogger(__name__)
 
@@ -32,10 +32,26 @@ def _normalisation(editor: Editor, sites, requests: Sequence[EditRequest]) -> di
     return stats
 
 
+def resumable_state(partial: Path, inputs: Mapping) -> dict | None:
+    """The partial checkpoint, if it exists and was written for the same ``inputs``."""
+    state = torch.load(partial) if partial.exists() else None
+    if state is not None and state.get("inputs") != inputs:
+        log.warning("MEND: %s was written with other settings or data; starting over", partial)
+        return None
+    return state
+
+
 def train_mend(
-    editor: Editor, requests: Sequence[EditRequest], hparams: Mapping, checkpoint: str | Path, *, seed: int
+    editor: Editor, requests: Sequence[EditRequest], hparams: Mapping, checkpoint: str | Path, *, seed: int,
+    dataset: Mapping | None = None,
 ) -> dict[str, object]:
-    """Train one editor network per layer; resumes from ``checkpoint``.partial; returns the final state."""
+    """Train one editor network per layer; resumes from ``checkpoint``.partial; returns the final state.
+
+    ``dataset`` (the data file's path and sha256), the hyper-parameters, cases and seed are stored in the
+    checkpoint; a partial checkpoint written with others is not resumed.
+    """
+    inputs = {"dataset": dict(dataset or {}), "hparams": dict(hparams), "seed": seed,
+              "case_ids": [r.case_id for r in requests]}
     layers = [int(layer) for layer in hparams["layers"]]
     sites = [editor.adapter.ff2_site(layer) for layer in layers]
     networks = build_editors(editor, layers, int(hparams["rank"]), float(hparams["log_lr_init"]))
@@ -43,8 +59,8 @@ def train_mend(
     partial = Path(str(checkpoint) + ".partial")
     history: list[dict] = []
     start = 0
-    if partial.exists():
-        state = torch.load(partial)
+    state = resumable_state(partial, inputs)
+    if state is not None:
         networks.load_state_dict(state["networks"])
         optimizer.load_state_dict(state["optimizer"])
         history, start = state["history"], state["step"]
@@ -77,12 +93,10 @@ def train_mend(
             optimizer.step()
         history.append({"step": step, "edit_nll": float(edit_loss.detach()), "locality_kl": float(locality.detach()), "case_id": request.case_id})
         if (step + 1) % int(hparams["checkpoint_every"]) == 0 or step + 1 == len(order):
-            with atomic_path(partial) as tmp:
-                torch.save({"networks": networks.state_dict(), "optimizer": optimizer.state_dict(),
-                            "history": history, "step": step + 1}, tmp)
+            write_torch({"networks": networks.state_dict(), "optimizer": optimizer.state_dict(),
+                         "history": history, "step": step + 1, "inputs": inputs}, partial)
     final = {"layers": layers, "rank": int(hparams["rank"]), "networks": networks.state_dict(), "history": history,
-             "train_case_ids": sorted({r.case_id for r in requests})}
-    with atomic_path(checkpoint) as tmp:
-        torch.save(final, tmp)
+             "train_case_ids": sorted({r.case_id for r in requests}), "dataset": inputs["dataset"]}
+    write_torch(final, checkpoint)
     partial.unlink(missing_ok=True)
     return final

@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from backlens.data.known_facts import load_known_facts_from_config
 from backlens.data.segments import SEGMENTS, SegmentationError
+from backlens.data.sources import identity_from_config
 from backlens.io import write_json, write_table
 from backlens.models.loading import load_model
 from backlens.tracing.facts import TracedPrompt, prepare_fact, screen_facts
@@ -37,7 +38,7 @@ log = logging.getLogger(__name__)
 FACT_COLUMNS = [
     "model", "known_id", "relation_id", "subject", "prompt", "attribute", "answer_id", "answer_token",
     "n_tokens", "subject_start", "subject_end", "p_clean", "p_corrupted", "total_effect",
-    "token_layers_computed", "token_layers_full", "runs_computed", "runs_full", "seconds",
+    "token_layers_computed", "token_layers_full", "runs_computed", "runs_full",
 ]
 TOKEN_COLUMNS = ["model", "known_id", "token_index", "token_id", "token", "segment", *SEGMENTS]
 EFFECT_COLUMNS = ["model", "known_id", "token_index", "layer", "kind", "p_restored", "indirect_effect"]
@@ -70,6 +71,7 @@ def settings_record(cfg: DictConfig, std: float | None) -> dict:
         "kinds": list(tracing.kinds),
         "severed_kinds": list(tracing.severed_kinds),
         "severed_at": str(tracing.severed_at),
+        "known_facts": identity_from_config(cfg.known_facts, "known_1000"),
     }
 
 
@@ -143,10 +145,12 @@ def screen(cfg: DictConfig) -> None:
             "n_facts": n_facts,
             "n_chosen": len(chosen),
             "chosen_known_ids": chosen,
-            "screen_seconds": screen_seconds,
+            "known_facts": identity_from_config(cfg.known_facts, "known_1000"),
         },
         cfg.paths.tracing_screening_meta,
     )
+    # Apart from screening.json, which is byte-identical run to run.
+    write_json({"screen_seconds": screen_seconds}, cfg.paths.tracing_screening_timings)
 
 
 def read_screening(path: str | Path) -> dict:
@@ -173,7 +177,8 @@ def trace_shard(cfg: DictConfig) -> None:
     start, stop = shard_range(cfg)
     known_ids = chosen[start:stop]
     files = shard_files(cfg.paths.tracing_shard)
-    meta = {"shard": [start, stop], "known_ids": known_ids, "trace_seconds": 0.0}
+    # The meta (not the tables) holds the timings: the tables are byte-identical run to run.
+    meta = {"shard": [start, stop], "known_ids": known_ids, "trace_seconds": 0.0, "fact_seconds": []}
     if not known_ids:
         log.info("facts %d-%d: only %d facts were chosen, nothing to trace", start, stop - 1, len(chosen))
         empty = (pd.DataFrame(columns=c) for c in (FACT_COLUMNS, TOKEN_COLUMNS, EFFECT_COLUMNS))
@@ -185,7 +190,7 @@ def trace_shard(cfg: DictConfig) -> None:
     prompts = [prepare_fact(loaded.tokenizer, records[known_id]) for known_id in known_ids]
     std = noise_std(loaded.adapter, float(cfg.tracing.noise_scale))
     settings = trace_settings(cfg, std)
-    facts, tokens, effects = [], [], []
+    facts, tokens, effects, fact_seconds = [], [], [], []
     traced_at = time.perf_counter()
     for prompt in tqdm(prompts, desc=f"causal tracing facts {start}-{start + len(prompts) - 1}", unit="fact"):
         fact_started = time.perf_counter()
@@ -199,7 +204,8 @@ def trace_shard(cfg: DictConfig) -> None:
             settings,
             fact_generator(int(cfg.seed), prompt.fact.known_id),
         )
-        facts.append(fact_row(prompt, trace, time.perf_counter() - fact_started))
+        fact_seconds.append(time.perf_counter() - fact_started)
+        facts.append(fact_row(prompt, trace))
         tokens.append(token_rows(prompt))
         effects.append(effect_rows(prompt, trace))
     trace_seconds = time.perf_counter() - traced_at
@@ -208,6 +214,7 @@ def trace_shard(cfg: DictConfig) -> None:
         table.insert(0, "model", loaded.name)
     meta |= {
         "trace_seconds": trace_seconds,
+        "fact_seconds": fact_seconds,
         "settings": settings_record(cfg, std),
         "device": str(loaded.device),
         "dtype": str(loaded.dtype),

@@ -86,8 +86,6 @@ def merge(cfg: DictConfig) -> None:
     runs, runs_full = int(fact_table["runs_computed"].sum()), int(fact_table["runs_full"].sum())
     flops = computed * first["flops_per_token_layer"] + runs * first["flops_per_run"]
     flops_full = full * first["flops_per_token_layer"] + runs_full * first["flops_per_run"]
-    screen_seconds = float(screening["screen_seconds"])
-    trace_seconds = sum(float(meta["trace_seconds"]) for meta in metas)
     write_json(
         {
             "model": model,
@@ -115,12 +113,23 @@ def merge(cfg: DictConfig) -> None:
             "model_flops": flops,
             "model_flops_full_recomputation": flops_full,
             "flop_saving_vs_full_recomputation": flops_full / flops,
+            "known_facts": screening["known_facts"],
+        },
+        paths.tracing_summary,
+    )
+    # Timings apart from the summary, which is byte-identical run to run.
+    screen_seconds = float(json.loads(Path(paths.tracing_screening_timings).read_text())["screen_seconds"])
+    trace_seconds = sum(float(meta["trace_seconds"]) for meta in metas)
+    write_json(
+        {
             "screen_seconds": screen_seconds,
             "trace_seconds": trace_seconds,
             "facts_per_second": len(fact_table) / trace_seconds,
             "total_seconds": screen_seconds + trace_seconds,
+            "fact_seconds": dict(zip((str(k) for k in fact_table["known_id"]),
+                                     (s for meta in traced_metas for s in meta["fact_seconds"]))),
         },
-        paths.tracing_summary,
+        paths.tracing_timings,
     )
     log.info(
         "merged %d shards: %d facts traced in %.0f s (%.2f facts/s); vs full recomputation %.1fx fewer "

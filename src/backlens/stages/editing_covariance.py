@@ -10,7 +10,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from backlens.editing.covariance import accumulate_second_moments, corpus_batch, corpus_description
-from backlens.io import atomic_path
+from backlens.io import write_torch
 from backlens.models.loading import load_model
 from backlens.stages.editing_common import statistics_layers
 
@@ -26,16 +26,14 @@ def run(cfg: DictConfig) -> None:
     out = Path(cfg.paths.editing_stats)
     state = accumulate_second_moments(loaded, layers, corpus, out.with_suffix(".partial"))
     mom2 = {layer: (total / state["n_tokens"]) for layer, total in state["sums"].items()}
-    with atomic_path(out) as tmp:
-        torch.save({"mom2": mom2, "n_tokens": state["n_tokens"], "corpus": state["corpus"], "layers": layers,
-                    "model": cfg.model.name}, tmp)
+    write_torch({"mom2": mom2, "n_tokens": state["n_tokens"], "corpus": state["corpus"], "layers": layers,
+                 "model": cfg.model.name}, out)
     out.with_suffix(".partial").unlink(missing_ok=True)
     n_heldout_batches = -(-int(corpus["n_heldout_blocks"]) // int(corpus["batch_size"]))
     with torch.no_grad():
         heldout = torch.cat([corpus_batch(loaded, corpus, i, held_out=True) for i in range(n_heldout_batches)])
     heldout = heldout[: int(corpus["n_heldout_blocks"])]
-    with atomic_path(cfg.paths.editing_heldout) as tmp:
-        torch.save({"blocks": heldout, "corpus": state["corpus"]}, tmp)
+    write_torch({"blocks": heldout, "corpus": state["corpus"]}, cfg.paths.editing_heldout)
     log.info(
         "wrote %s (%d tokens, corpus %s) and %d held-out blocks in %.0f s",
         out, state["n_tokens"], state["corpus"], len(heldout), time.perf_counter() - started,

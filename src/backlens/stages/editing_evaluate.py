@@ -12,6 +12,7 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from backlens.data.sources import identity_from_config
 from backlens.editing.evaluation import CaseLog, evaluate_editor
 from backlens.editing.methods import build_editor
 from backlens.io import write_json, write_table
@@ -23,13 +24,15 @@ log = logging.getLogger(__name__)
 
 SUMMARY_COLUMNS = [
     "efficacy", "paraphrase", "neighborhood", "efficacy_success", "paraphrase_success",
-    "neighborhood_success", "generation_entropy", "perplexity", "edit_seconds",
+    "neighborhood_success", "generation_entropy", "perplexity",
 ]
 
 
-def case_log_path(cases_path: str | Path) -> Path:
-    """The JSON-lines progress file kept beside the final table."""
-    return Path(cases_path).with_suffix(".jsonl")
+def case_log_path(cases_path: str | Path, fingerprint: str) -> Path:
+    """The JSON-lines progress file kept beside the final table, one per configuration: a job rerun
+    after another data file or setting starts afresh, and switching back finds its own rows."""
+    cases_path = Path(cases_path)
+    return cases_path.with_name(f"{cases_path.stem}.{fingerprint}.jsonl")
 
 
 def fingerprint(cfg: DictConfig, hparams: dict) -> str:
@@ -43,11 +46,12 @@ def fingerprint(cfg: DictConfig, hparams: dict) -> str:
         "n_generation_cases": int(cfg.editing.n_generation_cases),
         "n_perplexity_cases": int(cfg.editing.n_perplexity_cases),
         "corpus": OmegaConf.to_container(cfg.editing.corpus, resolve=True),
+        "dataset": identity_from_config(cfg.dataset, "CounterFact"),
     }
     return hashlib.sha1(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
-def summarise(cases: pd.DataFrame, hparams: dict, cfg: DictConfig, setup_seconds: float) -> dict:
+def summarise(cases: pd.DataFrame, hparams: dict, cfg: DictConfig, dataset: dict) -> dict:
     summary = {
         "model": cfg.model.name,
         "method": cfg.method.name,
@@ -55,6 +59,7 @@ def summarise(cases: pd.DataFrame, hparams: dict, cfg: DictConfig, setup_seconds
         "label": str(cfg.method.label).format(**hparams),
         "paper_row": cfg.method.paper_row,
         "hparams": hparams,
+        "dataset": dataset,
         "n_cases": len(cases),
         "n_skipped_already_predicted": int(cases["skipped"].sum()),
         "n_already_predicted_before_edit": int(cases["already_predicted"].sum()),
@@ -66,8 +71,6 @@ def summarise(cases: pd.DataFrame, hparams: dict, cfg: DictConfig, setup_seconds
         "generation_sources": sorted(cases["generation_source"].unique()),
         "n_generation_cases": int(cases["generation_entropy"].notna().sum()),
         "n_perplexity_cases": int(cases["perplexity"].notna().sum()),
-        "setup_seconds": setup_seconds,
-        "mean_edit_seconds": float(cases["edit_seconds"].mean()),
     }
     for column in SUMMARY_COLUMNS:
         values = cases[column].dropna().astype(float)
@@ -103,7 +106,8 @@ def run(cfg: DictConfig) -> None:
         if not heldout_path.exists():
             raise FileNotFoundError(f"no held-out corpus at {heldout_path}: run the edit_covariance rule, or set editing.n_perplexity_cases=0")
         heldout = torch.load(heldout_path)["blocks"]
-    case_log = CaseLog(case_log_path(cfg.paths.editing_cases), fingerprint(cfg, hparams))
+    config_fingerprint = fingerprint(cfg, hparams)
+    case_log = CaseLog(case_log_path(cfg.paths.editing_cases, config_fingerprint), config_fingerprint)
     rows = evaluate_editor(
         editor,
         requests[start:stop],
@@ -117,28 +121,41 @@ def run(cfg: DictConfig) -> None:
     cases = pd.DataFrame(rows)
     cases.insert(0, "method", cfg.method.name)
     cases.insert(0, "model", cfg.model.name)
+    # Timings vary run to run: they go to the shard meta / timings.json, so the cases table and
+    # summary of a rerun are byte-identical.
+    edit_seconds = [float(x) for x in cases.pop("edit_seconds")]
     write_table(cases, cfg.paths.editing_cases)
+    dataset = identity_from_config(cfg.dataset, "CounterFact")
     if cfg.editing.get("shard") is not None:
-        write_json({"shard": [start, stop], "hparams": hparams, "setup_seconds": setup_seconds},
-                   shard_meta_path(cfg.paths.editing_cases))
-        log.info("%s cases %d-%d: per-edit time %.3f s", cfg.method.name, start, stop - 1, cases["edit_seconds"].mean())
+        write_json({"shard": [start, stop], "hparams": hparams, "dataset": dataset, "setup_seconds": setup_seconds,
+                    "edit_seconds": edit_seconds}, shard_meta_path(cfg.paths.editing_cases))
+        log.info("%s cases %d-%d: per-edit time %.3f s", cfg.method.name, start, stop - 1, sum(edit_seconds) / len(edit_seconds))
         return
-    write_summary(cases, hparams, cfg, setup_seconds)
+    write_summary(cases, hparams, cfg, dataset)
+    write_timings(cases, edit_seconds, setup_seconds, cfg)
 
 
 def shard_meta_path(cases_path: str | Path) -> Path:
     return Path(cases_path).with_suffix(".json")
 
 
-def write_summary(cases: pd.DataFrame, hparams: dict, cfg: DictConfig, setup_seconds: float) -> None:
-    summary = summarise(cases, hparams, cfg, setup_seconds)
+def write_summary(cases: pd.DataFrame, hparams: dict, cfg: DictConfig, dataset: dict) -> None:
+    summary = summarise(cases, hparams, cfg, dataset)
     write_json(summary, cfg.paths.editing_summary)
     log.info(
-        "%s on %s: %d cases, per-edit time %.3f s (setup %.1f s); efficacy %.3f paraphrase %s neighborhood %s",
-        cfg.method.name, cfg.model.name, len(cases), summary["mean_edit_seconds"], setup_seconds,
-        summary["efficacy_mean"], summary["paraphrase_mean"], summary["neighborhood_mean"],
+        "%s on %s: %d cases; efficacy %.3f paraphrase %s neighborhood %s", cfg.method.name, cfg.model.name,
+        len(cases), summary["efficacy_mean"], summary["paraphrase_mean"], summary["neighborhood_mean"],
     )
-    print(f"per-edit time {cfg.method.name}: {summary['mean_edit_seconds']:.4f} s")
+
+
+def write_timings(cases: pd.DataFrame, edit_seconds: list[float], setup_seconds: float, cfg: DictConfig) -> None:
+    """Seconds per edit (per case, mean, std) and the editor's set-up time, apart from the results."""
+    seconds = pd.Series(edit_seconds, dtype=float)
+    write_json({"method": cfg.method.name, "setup_seconds": setup_seconds, "edit_seconds_mean": float(seconds.mean()),
+                "edit_seconds_std": float(seconds.std(ddof=0)),
+                "edit_seconds": dict(zip((str(c) for c in cases["case_id"]), edit_seconds))}, cfg.paths.editing_timings)
+    log.info("%s: per-edit time %.3f s (setup %.1f s)", cfg.method.name, seconds.mean(), setup_seconds)
+    print(f"per-edit time {cfg.method.name}: {seconds.mean():.4f} s")
 
 
 def merge(cfg: DictConfig) -> None:
@@ -149,9 +166,11 @@ def merge(cfg: DictConfig) -> None:
     covered = [position for meta in metas for position in range(*meta["shard"])]
     if covered != list(range(n_cases)):
         raise ValueError(f"the shards {[m['shard'] for m in metas]} do not cover the {n_cases} evaluation cases once, in order")
-    if any(meta["hparams"] != metas[0]["hparams"] for meta in metas):
-        raise ValueError(f"the shards of {cfg.method.name} were run with different hyper-parameters; delete {shard_paths[0].parent} and rerun")
+    for key, what in (("hparams", "hyper-parameters"), ("dataset", "data files")):
+        if any(meta.get(key) != metas[0].get(key) for meta in metas):
+            raise ValueError(f"the shards of {cfg.method.name} were run with different {what}; delete {shard_paths[0].parent} and rerun")
     cases = pd.concat([pd.read_parquet(p) for p in shard_paths], ignore_index=True)
     write_table(cases, cfg.paths.editing_cases)
+    write_summary(cases, metas[0]["hparams"], cfg, metas[0]["dataset"])
     setup_seconds = sum(meta["setup_seconds"] for meta in metas) / len(metas)
-    write_summary(cases, metas[0]["hparams"], cfg, setup_seconds)
+    write_timings(cases, [s for meta in metas for s in meta["edit_seconds"]], setup_seconds, cfg)

@@ -7,6 +7,7 @@ import time
 
 from omegaconf import DictConfig
 
+from backlens.data.sources import identity_from_config
 from backlens.editing.base import NoEdit
 from backlens.editing.mend_training import train_mend
 from backlens.models.loading import load_model
@@ -28,7 +29,8 @@ def run(cfg: DictConfig) -> None:
     loaded = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
     hparams = other_method_hparams(cfg, "mend", loaded.adapter.n_layers)
     requests = requests_in_range(cfg, first, count, "editing.mend_training")
-    state = train_mend(NoEdit(loaded, {}), requests, hparams, cfg.paths.editing_mend, seed=int(training.seed))
+    state = train_mend(NoEdit(loaded, {}), requests, hparams, cfg.paths.editing_mend, seed=int(training.seed),
+                       dataset=identity_from_config(cfg.dataset, "CounterFact"))
     last = state["history"][-25:]
     log.info(
         "MEND trained %d steps in %.0f s; last 25 steps: edit NLL %.3f, locality KL %.4f",

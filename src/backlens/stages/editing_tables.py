@@ -22,7 +22,6 @@ TABLE1_METRICS = [
     ("efficacy_success", 100.0, "efficacy_success"),
     ("paraphrase_success", 100.0, "paraphrase_success"),
     ("neighborhood_success", 100.0, "neighborhood_success"),
-    ("edit_seconds", 1.0, "edit_seconds"),
 ]
 PAPER_COLUMNS = ["efficacy", "paraphrase", "neighborhood", "ngram_entropy"]
 
@@ -97,14 +96,14 @@ def run_table1(cfg: DictConfig) -> None:
     paper = cfg.model.name == cfg.paper.table1.model
     columns = [("Efficacy", "efficacy", 1), ("Paraphrase", "paraphrase", 1), ("Neighborhood", "neighborhood", 1),
                ("N-gram entropy", "ngram_entropy", 1), ("ES", "efficacy_success", 1), ("PS", "paraphrase_success", 1),
-               ("NS", "neighborhood_success", 1), ("Score", "score", 1), ("Edit s", "edit_seconds", 3)]
+               ("NS", "neighborhood_success", 1), ("Score", "score", 1)]
     markdown, latex = render(frame, columns, paper)
     first = frame.iloc[0]
     note = (
         f"\n{cfg.model.name}, CounterFact cases {cfg.editing.first_case}..{int(cfg.editing.first_case) + int(first['n_cases']) - 1}"
         f" ({first['n_cases']} edits per method, weights restored after each); accuracies and ES/PS/NS in %, mean ± std over cases; "
         f"n-gram entropy (x100) over the first {first['n_generation_cases']} cases, generated from: {first['generation_source']}. "
-        "Edit s: seconds per edit. Skipped (shift, already predicted): "
+        "Seconds per edit: edit_timings.md. Skipped (shift, already predicted): "
         + (", ".join(f"{r.method}={r.n_skipped_already_predicted}" for r in frame.itertuples() if r.n_skipped_already_predicted) or "none")
         + f"; multi-token target_new: {first['n_multi_token_target_new']} of {first['n_cases']}.\n"
     )
@@ -112,8 +111,6 @@ def run_table1(cfg: DictConfig) -> None:
     write_table(frame, table1)
     write_text(markdown + note, table1.with_suffix(".md"))
     write_text(latex, table1.with_suffix(".tex"))
-    for row in frame.itertuples():
-        print(f"per-edit time {row.method}: {row.edit_seconds_mean:.4f} s")
     log.info("Table 1:\n%s", markdown)
 
 

@@ -9,6 +9,7 @@ from omegaconf import DictConfig
 
 from backlens.data.counterfact import load_counterfact_from_config
 from backlens.data.prompt_table import prompt_table, sample_records
+from backlens.data.sources import file_identity
 from backlens.io import write_json, write_table
 from backlens.models.loading import load_tokenizer
 
@@ -23,9 +24,11 @@ def run(cfg: DictConfig) -> None:
     table = prompt_table(records, tokenizer)
     table.insert(0, "model", cfg.model.name)
     write_table(table, cfg.paths.prompts)
+    identity = file_identity(dataset.path)
     write_json(
         {
-            "dataset_path": str(dataset.path),
+            "dataset_path": identity["path"],
+            "dataset_sha256": identity["sha256"],
             "source_form": dataset.source_form,
             "n_records": len(dataset),
             "n_skipped": len(dataset.skipped),

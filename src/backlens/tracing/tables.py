@@ -51,7 +51,7 @@ def token_rows(prompt: TracedPrompt) -> pd.DataFrame:
     return frame
 
 
-def fact_row(prompt: TracedPrompt, trace: FactTrace, seconds: float) -> dict[str, object]:
+def fact_row(prompt: TracedPrompt, trace: FactTrace) -> dict[str, object]:
     fact, segmented = prompt.fact, prompt.segmented
     return {
         "known_id": fact.known_id,
@@ -71,7 +71,6 @@ def fact_row(prompt: TracedPrompt, trace: FactTrace, seconds: float) -> dict[str
         "token_layers_full": trace.token_layers_full,
         "runs_computed": trace.runs_computed,
         "runs_full": trace.runs_full,
-        "seconds": seconds,
     }
 
 
