@@ -152,7 +152,7 @@ def data_file(run_name, key):
     try:
         return str(resolve_from_config(run_config(run_name)[key], DATA_FILES[key]))
     except DataUnavailableError as error:
-        sys.exit(f"error: {error}")
+        fail(error)
 
 
 def data_inputs(*keys):
