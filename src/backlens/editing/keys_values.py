@@ -31,6 +31,10 @@ MEMIT_TEMPLATE_STARTS = ("The", "Therefore", "Because", "I", "You")
 
 
 def _start_text(tokenizer: PreTrainedTokenizerBase) -> str:
+    """ROME samples after "<|endoftext|>" (GPT-2's document boundary); a tokenizer without that
+    single token uses its BOS (else EOS) token."""
+    if len(tokenizer("<|endoftext|>", add_special_tokens=False)["input_ids"]) == 1:
+        return "<|endoftext|>"
     start = tokenizer.bos_token or tokenizer.eos_token
     if start is None:
         raise ValueError("the tokenizer has neither a BOS nor an EOS token to sample ROME's context templates from")
