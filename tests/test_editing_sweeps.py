@@ -49,7 +49,7 @@ def test_the_sweep_stage_runs_a_grid_and_writes_its_choice(tmp_path):
     cfg = compose_config(
         "model=tiny-gpt2", "method=ft", f"paths.results={tmp_path}", "editing.n_cases=2",
         "editing.method_sweeps.ft.n_cases=2", "editing.method_sweeps.ft.grid={norm_constraint:[0.0,1.0]}",
-        "editing.method_sweeps.ft.max_neighborhood_drop=1.0", "++methods.ft.steps=3",
+        "editing.method_sweeps.ft.max_neighborhood_drop=1.0", "++methods.ft.num_steps=3",
     )
     editing_method_sweep.run(cfg)
     cases = pd.read_parquet(cfg.paths.editing_method_sweep)
@@ -58,7 +58,7 @@ def test_the_sweep_stage_runs_a_grid_and_writes_its_choice(tmp_path):
     assert sorted(cases["lr"].unique()) == [5e-4, 5e-3]
     assert set(cases["case_id"]) == {5000, 5001}  # outside the evaluation range 0-1
     choice = json.loads((tmp_path / "editing" / "ft_sweep_choice.json").read_text())
-    assert choice["norm_constraint"] in (0.0, 1.0) and choice["fixed_hparams"]["steps"] == 3
+    assert choice["norm_constraint"] in (0.0, 1.0) and choice["fixed_hparams"]["num_steps"] == 3
     # A zero bound cannot move the weights: efficacy stays at the unedited model's.
     frozen = cases[cases["norm_constraint"] == 0.0]
     assert (frozen["efficacy"] == frozen["efficacy_before"]).all()

@@ -48,20 +48,37 @@ def text_file_blocks(tokenizer, path: str | Path, n_blocks: int, block_tokens: i
     return torch.tensor(ids[start : start + n_blocks * block_tokens]).view(n_blocks, block_tokens)
 
 
-def wikitext_blocks(tokenizer, n_blocks: int, block_tokens: int, offset_blocks: int = 0) -> torch.Tensor:
-    try:
-        import datasets  # noqa: PLC0415 (optional dependency, only for the online corpus)
+_WIKITEXT_IDS: dict[tuple[str, int], list[int]] = {}
 
-        rows = datasets.load_dataset("wikitext", "wikitext-103-raw-v1", split="train")
-    except Exception as error:  # noqa: BLE001 (any failure means: not reachable from here)
-        raise RuntimeError(
-            f"WikiText is not reachable ({type(error).__name__}: {error}); offline, use "
-            "editing.corpus.source=model_samples or editing.corpus.source=text_file editing.corpus.path=<file>"
-        ) from error
-    text = "\n".join(r["text"] for r in rows.select(range(min(len(rows), 200_000))))
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+
+def wikitext_blocks(tokenizer, n_blocks: int, block_tokens: int, offset_blocks: int = 0) -> torch.Tensor:
+    """Consecutive token blocks of WikiText-103's train split, tokenized once per process (as many
+    rows as the blocks need: ROME's 100,000 samples of up to 1024 tokens take most of it)."""
+    needed = (offset_blocks + n_blocks) * block_tokens
+    key = (getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__, id(tokenizer))
+    ids = _WIKITEXT_IDS.get(key, [])
+    if len(ids) < needed:
+        try:
+            import datasets  # noqa: PLC0415 (optional dependency, only for the online corpus)
+
+            rows = datasets.load_dataset("wikitext", "wikitext-103-raw-v1", split="train")
+        except Exception as error:  # noqa: BLE001 (any failure means: not reachable from here)
+            raise RuntimeError(
+                f"WikiText is not reachable ({type(error).__name__}: {error}); offline, use "
+                "editing.corpus.source=model_samples or editing.corpus.source=text_file editing.corpus.path=<file>"
+            ) from error
+        ids, chunk = [], 20_000
+        for start in range(0, len(rows), chunk):
+            text = "\n".join(rows.select(range(start, min(len(rows), start + chunk)))["text"])
+            ids.extend(tokenizer(text, add_special_tokens=False)["input_ids"])
+            if len(ids) >= needed:
+                break
+        _WIKITEXT_IDS[key] = ids
+    if len(ids) < needed:
+        raise ValueError(f"WikiText-103 has {len(ids)} tokens, {needed} needed for {offset_blocks + n_blocks} blocks of "
+                         f"{block_tokens}; lower editing.corpus.n_blocks or block_tokens")
     start = offset_blocks * block_tokens
-    return torch.tensor(ids[start : start + n_blocks * block_tokens]).view(-1, block_tokens)[:n_blocks]
+    return torch.tensor(ids[start : start + n_blocks * block_tokens]).view(n_blocks, block_tokens)
 
 
 def corpus_batch(loaded: LoadedModel, corpus: Mapping, batch_index: int, *, held_out: bool = False) -> torch.Tensor:
@@ -103,17 +120,24 @@ def accumulate_second_moments(
             sums[layer] = torch.zeros(d_ff, d_ff, dtype=torch.float64)
         state = {"layers": list(layers), "corpus": corpus_description(corpus), "batches_done": 0, "n_tokens": 0, "sums": sums}
     modules = {str(layer): loaded.adapter.ff2_site(layer).module for layer in layers}
+    # Sums stay on the model's device (a 6400 x 6400 float64 product per batch is GPU work for
+    # GPT-2 XL); the checkpoint (CPU copies) is written every checkpoint_every batches and at the end.
+    every = int(corpus.get("checkpoint_every", 1))
+    sums = {layer: total.to(loaded.device) for layer, total in state["sums"].items()}
     for batch_index in tqdm(range(state["batches_done"], n_batches), desc="FF2 second moments", unit="batch",
                             initial=state["batches_done"], total=n_batches):
         ids = corpus_batch(loaded, corpus, batch_index).to(loaded.device)
         with record_module_io(modules, outputs=False) as record:
             loaded.model(input_ids=ids)
         for layer in layers:
-            keys_NxIn = record.inputs[str(layer)].reshape(-1, record.inputs[str(layer)].shape[-1]).double().cpu()
-            state["sums"][layer] += keys_NxIn.T @ keys_NxIn
+            keys_NxIn = record.inputs[str(layer)].reshape(-1, record.inputs[str(layer)].shape[-1]).double()
+            sums[layer] += keys_NxIn.T @ keys_NxIn
         state["n_tokens"] += ids.numel()
         state["batches_done"] = batch_index + 1
-        write_torch(state, checkpoint)
+        if state["batches_done"] % every == 0 or state["batches_done"] == n_batches:
+            state["sums"] = {layer: total.cpu() for layer, total in sums.items()}
+            write_torch(state, checkpoint)
+    state["sums"] = {layer: total.cpu() for layer, total in sums.items()}
     return state
 
 

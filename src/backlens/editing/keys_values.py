@@ -1,55 +1,107 @@
-"""ROME/MEMIT building blocks: context templates, FF2 keys, and the optimised target value."""
+"""ROME/MEMIT building blocks: context templates, FF2 keys, and the optimised target vector.
+
+Written against kmeng01/rome (rome/compute_u.py, compute_v.py, rome_main.py) and kmeng01/memit
+(memit/compute_z.py, compute_ks.py, memit_main.py); tests/test_golden_rome_memit.py compares
+the results with numbers the original code produced (tests/fixtures/golden/).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import unicodedata
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from backlens.editing.base import Editor
-from backlens.editing.generation import sample_texts
-from backlens.editing.requests import EditRequest, subject_last_index
 from backlens.analysis.capture import pad_batch
+from backlens.editing.base import Editor
+from backlens.editing.generation import sample_token_ids
+from backlens.editing.requests import EditRequest, continuation, subject_token_index
 from backlens.editing.scoring import pad_id
-from backlens.editing.training import mean_answer_nll, teacher_forced_batch, trainable_only
+from backlens.editing.training import mean_answer_nll, trainable_only
 from backlens.models.hooks import record_module_io, replace_outputs
 
-_TEMPLATE_STARTS = ["The", "Therefore", "Because", "I", "You"]
+# ROME's get_context_templates: ["{}"] + 10 texts of 5 tokens and 10 of 10 tokens (the model's
+# start token included), sampled from the start token. MEMIT's: 5 texts of 10 tokens, one after
+# each of these starts; its keys average the template groups ([["{}"], generated]) first.
+ROME_TEMPLATE_LENGTHS = ((5, 10), (10, 10))
+MEMIT_TEMPLATE_LENGTHS = ((10, 5),)
+MEMIT_TEMPLATE_STARTS = ("The", "Therefore", "Because", "I", "You")
 
 
-def context_templates(editor: Editor, n_generated: int, n_tokens: int, seed: int) -> list[str]:
-    """"{}" plus ``n_generated`` short model-sampled prefixes ending in ". {}" (ROME's recipe, seeded)."""
-    starts = [_TEMPLATE_STARTS[i % len(_TEMPLATE_STARTS)] for i in range(n_generated)]
-    texts = sample_texts(editor.model, editor.tokenizer, starts, max_new_tokens=n_tokens, top_k=5, seed=seed) if starts else []
-    cleaned = [t.replace("{", " ").replace("}", " ").replace("\n", " ").strip() for t in texts]
-    return ["{}"] + [t + ". {}" for t in cleaned]
+def _start_text(tokenizer: PreTrainedTokenizerBase) -> str:
+    """ROME samples after "<|endoftext|>" (GPT-2's document boundary); a tokenizer without that
+    single token uses its BOS (else EOS) token."""
+    if len(tokenizer("<|endoftext|>", add_special_tokens=False)["input_ids"]) == 1:
+        return "<|endoftext|>"
+    start = tokenizer.bos_token or tokenizer.eos_token
+    if start is None:
+        raise ValueError("the tokenizer has neither a BOS nor an EOS token to sample ROME's context templates from")
+    return start
 
 
-def _lookup_batch(tokenizer: PreTrainedTokenizerBase, texts: list[str], subject: str, device: torch.device):
-    encoded = [tuple(tokenizer(t)["input_ids"]) for t in texts]
-    ids, mask = pad_batch(encoded, pad_id(tokenizer), device)
-    lookup = [subject_last_index(tokenizer, t, subject) for t in texts]
+def context_templates(
+    editor: Editor, length_params: Sequence[Sequence[int]], starts: Sequence[str] | None, seed: int, top_k: int = 5
+) -> list[list[str]]:
+    """[["{}"], generated]: for each (length, n) of ``length_params``, n texts of ``length`` tokens
+    in all (the start included), top-k sampled (seeded) after ``starts`` taken in turn, or after
+    the model's start token when ``starts`` is None (ROME). As generate_fast: NFKD-normalised,
+    blank lines joined, the start token dropped; braces removed so ``str.format`` stays safe."""
+    special = _start_text(editor.tokenizer)
+    prompts = list(starts) if starts else [special]
+    generated: list[str] = []
+    for group, (length, count) in enumerate(length_params):
+        chosen = [prompts[i * len(prompts) // int(count)] if len(prompts) > 1 else prompts[0] for i in range(int(count))]
+        by_start: dict[str, int] = {}
+        for prompt in chosen:
+            by_start[prompt] = by_start.get(prompt, 0) + 1
+        for index, (prompt, n) in enumerate(by_start.items()):
+            n_prompt = len(editor.tokenizer(prompt)["input_ids"])
+            new_ids = sample_token_ids(editor.model, editor.tokenizer, [prompt] * n, max_new_tokens=max(0, int(length) - n_prompt),
+                                       top_k=top_k, seed=seed + 1000 * group + index)
+            for row in range(n):
+                text = editor.tokenizer.decode(editor.tokenizer(prompt)["input_ids"] + new_ids[row].tolist())
+                text = unicodedata.normalize("NFKD", text).replace("\n\n", " ").replace(special, "")
+                generated.append(text.replace("{", " ").replace("}", " ") + ". {}")
+    return [["{}"], generated] if generated else [["{}"]]
+
+
+def _lookup_batch(editor: Editor, texts: list[str], subject: str, fact_token: str):
+    encoded = [tuple(editor.tokenizer(t)["input_ids"]) for t in texts]
+    ids, mask = pad_batch(encoded, pad_id(editor.tokenizer), editor.device)
+    lookup = [subject_token_index(editor.tokenizer, t, subject, fact_token) for t in texts]
     return ids, mask, lookup
 
 
 @torch.no_grad()
-def ff2_keys(editor: Editor, layer: int, texts: list[str], subject: str) -> torch.Tensor:
-    """(N, d_ff) FF2 inputs at the subject's last token of each text."""
+def ff2_keys(editor: Editor, layer: int, texts: list[str], subject: str, fact_token: str = "subject_last") -> torch.Tensor:
+    """(N, d_ff) FF2 inputs at the subject's fact token of each text (one padded batch, as
+    repr_tools.get_reprs_at_word_tokens)."""
     site = editor.adapter.ff2_site(layer)
-    ids, mask, lookup = _lookup_batch(editor.tokenizer, texts, subject, editor.device)
+    ids, mask, lookup = _lookup_batch(editor, texts, subject, fact_token)
     with record_module_io({"ff2": site.module}, outputs=False) as record:
         editor.model(input_ids=ids, attention_mask=mask)
     return torch.stack([record.inputs["ff2"][row, index] for row, index in enumerate(lookup)])
 
 
+def grouped_mean_key(editor: Editor, layer: int, groups: list[list[str]], request: EditRequest, fact_token: str) -> torch.Tensor:
+    """MEMIT's compute_ks for one request: the mean over template groups of each group's mean key."""
+    texts = [t.format(request.prompt) for group in groups for t in group]
+    keys = ff2_keys(editor, layer, texts, request.subject, fact_token)
+    means, start = [], 0
+    for group in groups:
+        means.append(keys[start : start + len(group)].mean(0))
+        start += len(group)
+    return torch.stack(means).mean(0)
+
+
 @torch.no_grad()
-def outputs_at_subject(editor: Editor, layer: int, text: str, subject: str) -> dict[str, torch.Tensor]:
-    """FF2 input ``key``, FF2 output ``ff2_out`` (with bias), MLP output and block output at the subject's last token."""
+def outputs_at_subject(editor: Editor, layer: int, text: str, subject: str, fact_token: str = "subject_last") -> dict[str, torch.Tensor]:
+    """FF2 input ``key``, FF2 output ``ff2_out`` (with bias), MLP output and block output at the subject's fact token."""
     site = editor.adapter.ff2_site(layer)
     modules = {"ff2": site.module, "mlp": editor.adapter.mlp(layer), "block": editor.adapter.blocks[layer]}
-    ids, mask, lookup = _lookup_batch(editor.tokenizer, [text], subject, editor.device)
+    ids, mask, lookup = _lookup_batch(editor, [text], subject, fact_token)
     with record_module_io(modules) as record:
         editor.model(input_ids=ids, attention_mask=mask)
     index = lookup[0]
@@ -62,60 +114,96 @@ def outputs_at_subject(editor: Editor, layer: int, text: str, subject: str) -> d
 
 
 @dataclass
-class ValueResult:
+class TargetResult:
+    """``initial`` (the hooked module's output at the subject in the first template) + ``delta`` = v*."""
+
+    initial: torch.Tensor
     delta: torch.Tensor
     steps: int
-    first_nll: float
+    first_loss: float
+    last_loss: float
     last_nll: float
 
+    @property
+    def target(self) -> torch.Tensor:
+        return self.initial + self.delta
 
-def optimise_value_delta(
-    editor: Editor, request: EditRequest, templates: list[str], layer: int, reference_norm: float, hparams: Mapping
-) -> ValueResult:
-    """The vector added to layer ``layer``'s MLP output at the subject's last token that makes the
-    model say target_new after every context template (ROME's compute_v / MEMIT's compute_z).
 
-    Loss = mean target NLL + kl_factor * KL(original || edited) on "{subject} is a" at the subject
-    token + weight_decay * |delta| / |reference|^2; |delta| is clamped to clamp_norm_factor * |reference|.
+def optimise_target(
+    editor: Editor, request: EditRequest, templates: list[str], layer: int, at: str, hparams: Mapping,
+    nll_layer: int | None = None,
+) -> TargetResult:
+    """The vector added to layer ``layer``'s output ``at`` ("mlp": ROME's compute_v; "block": MEMIT's
+    compute_z) at the subject in every template and in "{subject} is a", optimised so that the
+    model says target_new after every template.
+
+    As the original code: one padded batch of the rewriting prompts and the KL prompt per step;
+    loss = mean target NLL + kl_factor * KL(edited || original) at the KL prompt's subject token
+    + v_weight_decay * |delta| / |initial|^2; stop when the total loss is below
+    ``stop_below_loss`` or on the last of v_num_grad_steps forwards (N forwards, at most N-1
+    Adam steps), each step followed by projecting delta into the ball of radius
+    clamp_norm_factor * |initial|. ``nll_layer``: the NLL is read through the final norm and
+    unembedding from this block's output (MEMIT's v_loss_layer); None or the last layer means
+    the model's logits (ROME's compute_v ignores v_loss_layer).
     """
+    if at not in ("mlp", "block"):
+        raise ValueError(f"optimise_target: at={at!r}; use 'mlp' (ROME) or 'block' (MEMIT)")
+    fact_token = str(hparams.get("fact_token", "subject_last"))
     texts = [t.format(request.prompt) for t in templates]
+    items = [continuation(editor.tokenizer, text, request.target_new) for text in texts]
     kl_text = f"{request.subject} is a"
-    ids, mask, labels = teacher_forced_batch(editor.tokenizer, [(t, request.target_new) for t in texts], editor.device)
-    lookup = [subject_last_index(editor.tokenizer, t, request.subject) for t in texts]
-    kl_ids = editor.prompt_ids(kl_text)
-    kl_index = subject_last_index(editor.tokenizer, kl_text, request.subject)
-    mlp = editor.adapter.mlp(layer)
+    kl_ids = tuple(editor.tokenizer(kl_text)["input_ids"])
+    ids, mask = pad_batch([c.prompt_ids + c.target_ids[:-1] for c in items] + [kl_ids], pad_id(editor.tokenizer), editor.device)
+    n_rewrite = len(items)
+    labels = torch.full_like(ids[:n_rewrite], -100)
+    for row, item in enumerate(items):
+        first = len(item.prompt_ids) - 1
+        labels[row, first : first + len(item.target_ids)] = torch.tensor(item.target_ids, device=editor.device)
+    lookup = [subject_token_index(editor.tokenizer, t, request.subject, fact_token) for t in texts]
+    lookup.append(subject_token_index(editor.tokenizer, kl_text, request.subject, fact_token))
+    module = editor.adapter.mlp(layer) if at == "mlp" else editor.adapter.blocks[layer]
+    last_layer = editor.adapter.n_layers - 1
+    read_layer = None if nll_layer is None or int(nll_layer) >= last_layer else int(nll_layer)
     delta = torch.zeros(editor.adapter.unembedding.shape[1], device=editor.device, requires_grad=True)
-    with torch.no_grad():
-        original_kl_logp = torch.log_softmax(editor.model(input_ids=kl_ids).logits[0, kl_index].float(), dim=-1)
+    initial: torch.Tensor | None = None
 
-    def add_delta(rows_and_positions: list[tuple[int, int]]):
-        def fn(output_BxTxD: torch.Tensor) -> torch.Tensor:
-            output = output_BxTxD.clone()
-            for row, position in rows_and_positions:
-                output[row, position] = output[row, position] + delta.to(output.dtype)
-            return output
-
-        return fn
+    def add_delta(output_BxTxD: torch.Tensor) -> torch.Tensor:
+        nonlocal initial
+        if initial is None:
+            initial = output_BxTxD[0, lookup[0]].detach().clone()
+        output = output_BxTxD.clone()
+        for row, position in enumerate(lookup):
+            output[row, position] = output[row, position] + delta.to(output.dtype)
+        return output
 
     optimizer = torch.optim.Adam([delta], lr=float(hparams["v_lr"]))
-    max_norm = float(hparams["clamp_norm_factor"]) * reference_norm
-    nlls: list[float] = []
+    n_steps = int(hparams["v_num_grad_steps"])
+    original_kl_logp = None
+    losses: list[float] = []
+    nll_value = float("nan")
     with trainable_only(editor.model, []):
-        for _ in range(int(hparams["v_steps"])):
+        for step in range(n_steps):
             optimizer.zero_grad()
-            with replace_outputs({mlp: add_delta(list(enumerate(lookup)))}):
-                nll = mean_answer_nll(editor.model(input_ids=ids, attention_mask=mask).logits, labels)
-            with replace_outputs({mlp: add_delta([(0, kl_index)])}):
-                kl_logp = torch.log_softmax(editor.model(input_ids=kl_ids).logits[0, kl_index].float(), dim=-1)
-            kl = torch.nn.functional.kl_div(kl_logp, original_kl_logp, log_target=True, reduction="sum")
-            decay = float(hparams["v_weight_decay"]) * delta.norm() / reference_norm**2
-            nlls.append(float(nll.detach()))
-            if nlls[-1] < float(hparams["stop_below_nll"]):
+            watched = {"loss": editor.adapter.blocks[read_layer]} if read_layer is not None else {}
+            with replace_outputs({module: add_delta}), record_module_io(watched, inputs=False) as record:
+                logits = editor.model(input_ids=ids, attention_mask=mask).logits
+            kl_logp = torch.log_softmax(logits[n_rewrite, lookup[-1]].float(), dim=-1)[None]
+            if original_kl_logp is None:
+                original_kl_logp = kl_logp.detach().clone()
+            rewrite_logits = editor.adapter.logit_lens(record.outputs["loss"][:n_rewrite]) if read_layer is not None else logits[:n_rewrite]
+            nll = mean_answer_nll(rewrite_logits, labels)
+            # kl_div(input, target) = KL(target || input): ROME's argument order, KL(edited || original).
+            kl = torch.nn.functional.kl_div(original_kl_logp, kl_logp, log_target=True, reduction="batchmean")
+            decay = float(hparams["v_weight_decay"]) * delta.norm() / initial.norm() ** 2
+            loss = nll + float(hparams["kl_factor"]) * kl + decay
+            losses.append(float(loss.detach()))
+            nll_value = float(nll.detach())
+            if losses[-1] < float(hparams["stop_below_loss"]) or step == n_steps - 1:
                 break
-            (nll + float(hparams["kl_factor"]) * kl + decay).backward()
+            loss.backward()
             optimizer.step()
-            with torch.no_grad():
-                if delta.norm() > max_norm:
-                    delta.mul_(max_norm / delta.norm())
-    return ValueResult(delta.detach(), len(nlls), nlls[0], nlls[-1])
+            max_norm = float(hparams["clamp_norm_factor"]) * initial.norm()
+            if delta.norm() > max_norm:
+                with torch.no_grad():
+                    delta[...] = delta * max_norm / delta.norm()
+    return TargetResult(initial, delta.detach(), len(losses), losses[0], losses[-1], nll_value)

@@ -1,4 +1,7 @@
-"""MEMIT (Meng et al. 2023) for one edit: the residual change spread over several FF2 matrices."""
+"""MEMIT (Meng et al. 2023) for one edit: the residual change spread over several FF2 matrices.
+
+Follows kmeng01/memit's compute_z, compute_ks and execute_memit (pinned by tests/test_golden_rome_memit.py).
+"""
 
 from __future__ import annotations
 
@@ -7,51 +10,96 @@ from torch import nn
 
 from backlens.editing.base import Editor
 from backlens.editing.covariance import load_second_moment
-from backlens.editing.keys_values import context_templates, ff2_keys, optimise_value_delta, outputs_at_subject
+from backlens.editing.keys_values import (
+    MEMIT_TEMPLATE_LENGTHS,
+    MEMIT_TEMPLATE_STARTS,
+    context_templates,
+    grouped_mean_key,
+    optimise_target,
+    outputs_at_subject,
+)
 from backlens.editing.requests import EditRequest
+from backlens.models.hooks import record_module_io, replace_outputs
+
+
+@torch.no_grad()
+def check_mlp_output_joins_residual(editor: Editor, layer: int) -> None:
+    """MEMIT writes the residual change z* - z into FF2 outputs, which holds only where a block
+    adds its MLP output to the residual unchanged (GPT-2, Llama; not Gemma 2/3, whose
+    post-feed-forward norm comes after the MLP). Checked on the model: a vector added to the MLP
+    output must reach the block output unchanged."""
+    ids = editor.prompt_ids("The capital of France is")
+    block, mlp = editor.adapter.blocks[layer], editor.adapter.mlp(layer)
+    with record_module_io({"block": block}, inputs=False) as clean:
+        editor.model(input_ids=ids)
+    added = torch.randn(clean.outputs["block"].shape[-1], generator=torch.Generator().manual_seed(0)).to(editor.device)
+    added = added * float(clean.outputs["block"].norm(dim=-1).mean()) / float(added.norm())
+    with replace_outputs({mlp: lambda output: output + added.to(output.dtype)}), record_module_io({"block": block}, inputs=False) as moved:
+        editor.model(input_ids=ids)
+    change = moved.outputs["block"] - clean.outputs["block"]
+    error = float((change - added).norm() / (added.norm() * change.shape[1]**0.5))
+    if error > 1e-3:
+        raise ValueError(
+            f"MEMIT on model {editor.loaded.name} ({editor.model.config.model_type}): block {layer} does not add its MLP "
+            f"output to the residual unchanged (relative mismatch {error:.2g}; e.g. Gemma's post-feed-forward norm), so "
+            "an FF2 update cannot place MEMIT's residual target z*; use ROME or another method for this model"
+        )
 
 
 class MassEditingMemory(Editor):
-    """hparams: ``layers`` (ascending; the last is where the target residual z* is found), the
-    value-optimisation settings, ``mom2_update_weight``, ``n_context_templates``, ``context_tokens``,
-    ``seed``, ``stats_path``."""
+    """hparams: ``layers`` (ascending; the last is where z* is found at the block output), ROME's
+    value-optimisation settings (plus ``v_loss_layer``), ``mom2_update_weight``,
+    ``context_template_length_params``, ``context_template_starts``, ``seed``, ``stats_path``.
 
-    def __init__(self, loaded, hparams):
+    ``second_moments`` ({layer: (d_ff, d_ff)}) and ``templates`` (MEMIT's groups, [["{}"], [...]])
+    replace the statistics file and the sampled templates when given.
+    """
+
+    def __init__(self, loaded, hparams, *, second_moments: dict[int, torch.Tensor] | None = None,
+                 templates: list[list[str]] | None = None):
         super().__init__(loaded, hparams)
         self.layers = [int(layer) for layer in hparams["layers"]]
         if self.layers != sorted(self.layers):
             raise ValueError(f"method.layers={self.layers}: MEMIT's layers must be ascending")
+        for layer in self.layers:
+            check_mlp_output_joins_residual(self, layer)
+        self.fact_token = str(hparams.get("fact_token", "subject_last"))
         weight = float(hparams["mom2_update_weight"])
-        self.scaled_mom2 = {
-            layer: (weight * load_second_moment(hparams["stats_path"], layer)).to(self.device, torch.float64)
-            for layer in self.layers
-        }
-        self.templates = context_templates(
-            self, int(hparams["n_context_templates"]), int(hparams["context_tokens"]), int(hparams["seed"])
-        )
+        moments = second_moments or {layer: load_second_moment(hparams["stats_path"], layer) for layer in self.layers}
+        # MEMIT keeps the statistics in float32 (get_cov) and solves in float64.
+        self.scaled_mom2 = {layer: weight * moments[layer].float().to(self.device, torch.float64) for layer in self.layers}
+        if templates is None:
+            lengths = hparams.get("context_template_length_params", MEMIT_TEMPLATE_LENGTHS)
+            starts = hparams.get("context_template_starts", MEMIT_TEMPLATE_STARTS)
+            templates = context_templates(self, lengths, starts, int(hparams.get("seed", 0)))
+        self.template_groups = [list(group) for group in templates]
 
     def edited_parameters(self) -> list[nn.Parameter]:
         return [self.adapter.ff2_site(layer).weight for layer in self.layers]
 
-    def apply(self, request: EditRequest) -> dict[str, object]:
+    def update_factors(self, request: EditRequest) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], dict]:
+        """Apply the edit layer by layer and return each layer's (adjusted key (in), residual (out)):
+        the update is residual adjusted_key^T, in (out, in) terms."""
         z_layer = self.layers[-1]
-        initial = outputs_at_subject(self, z_layer, request.prompt, request.subject)
-        value = optimise_value_delta(
-            self, request, self.templates, z_layer, float(initial["block_out"].norm()), self.hparams
-        )
-        target_residual = initial["block_out"] + value.delta
-        texts = [t.format(request.prompt) for t in self.templates]
-        update_norms = []
+        flat = [t for group in self.template_groups for t in group]
+        loss_layer = self.hparams.get("v_loss_layer")
+        nll_layer = max(int(loss_layer), z_layer) if loss_layer is not None else None
+        value = optimise_target(self, request, flat, z_layer, "block", self.hparams, nll_layer=nll_layer)
+        factors = []
         for position, layer in enumerate(self.layers):
-            key_In = ff2_keys(self, layer, texts, request.subject).mean(0).double()
-            current = outputs_at_subject(self, z_layer, request.prompt, request.subject)
-            residual_Out = (target_residual - current["block_out"]).double() / (len(self.layers) - position)
-            system = self.scaled_mom2[layer] + torch.outer(key_In, key_In)
-            adjusted_key_In = torch.linalg.solve(system, key_In)
+            key_In = grouped_mean_key(self, layer, self.template_groups, request, self.fact_token).double()
+            current = outputs_at_subject(self, z_layer, request.prompt, request.subject, self.fact_token)
+            residual_Out = (value.target - current["block_out"]).double() / (len(self.layers) - position)
+            adjusted_key_In = torch.linalg.solve(self.scaled_mom2[layer] + torch.outer(key_In, key_In), key_In)
             site = self.adapter.ff2_site(layer)
-            update = site.gradient_from_factors(adjusted_key_In[None], residual_Out[None])
             with torch.no_grad():
-                site.weight.add_(update.to(site.weight.dtype))
-            update_norms.append(float(update.norm()))
-        return {"v_steps": value.steps, "v_first_nll": value.first_nll, "v_last_nll": value.last_nll,
-                "update_norms": update_norms}
+                site.weight.add_(site.gradient_from_factors(adjusted_key_In[None], residual_Out[None]).to(site.weight.dtype))
+            factors.append((adjusted_key_In, residual_Out))
+        info = {"v_steps": value.steps, "v_first_loss": value.first_loss, "v_last_loss": value.last_loss,
+                "v_last_nll": value.last_nll, "target": value.target}
+        return factors, info
+
+    def apply(self, request: EditRequest) -> dict[str, object]:
+        factors, info = self.update_factors(request)
+        info["update_norms"] = [float(key.norm() * residual.norm()) for key, residual in factors]
+        return {k: v for k, v in info.items() if not isinstance(v, torch.Tensor)}

@@ -1,4 +1,4 @@
-"""MEND (Mitchell et al. 2022): a learned editor that transforms the rank-1 gradient factors.
+"""MEND-style editor (after Mitchell et al. 2022, trained here): a learned editor that transforms the rank-1 gradient factors.
 
 For FF2 of a layer, the loss gradient is sum_i delta_i x_i^T (Lemma 4.1). MEND feeds each
 token's concatenated (x_i, delta_i) through a small low-rank MLP with a residual connection,

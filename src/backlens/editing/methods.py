@@ -26,15 +26,26 @@ EDITORS: dict[str, type[Editor]] = {
 
 
 def method_hparams(method_cfg: Mapping, model_name: str, n_layers: int | None = None) -> dict:
-    """``base`` overlaid with ``per_model[model_name]``; layers given as a fraction of depth
-    (``layer_fraction``) are turned into an index when no per-model layer is set."""
+    """``base`` overlaid with ``per_model[model_name]``; without per-model layers, a layer given as a
+    fraction of depth (``layer_fraction``) becomes an index, MEMIT's ``n_edit_layers`` a run of layers
+    ending there, and MEND's ``layers_from_end`` the last layers."""
     cfg = OmegaConf.to_container(method_cfg, resolve=True) if isinstance(method_cfg, DictConfig) else dict(method_cfg)
     hparams = dict(cfg.get("base") or {})
     hparams.update((cfg.get("per_model") or {}).get(model_name) or {})
-    if "layer" not in hparams and "layer_fraction" in hparams:
-        if n_layers is None:
-            raise ValueError(f"method {cfg.get('name')}: layer_fraction needs the model's layer count")
+    needs_depth = ("layer" not in hparams and "layer_fraction" in hparams) or (
+        "layers" not in hparams and ("n_edit_layers" in hparams or "layers_from_end" in hparams))
+    if needs_depth and n_layers is None:
+        raise ValueError(f"method {cfg.get('name')}: default layers need the model's layer count")
+    # Default layers for a model without per-model values, at GPT-2 XL's relative depths:
+    # MEMIT's n_edit_layers ending at layer_fraction, MEND's last layers_from_end layers.
+    if "n_edit_layers" in hparams:
+        if "layers" not in hparams:
+            last = min(n_layers - 1, round(float(hparams["layer_fraction"]) * n_layers))
+            hparams["layers"] = list(range(max(0, last - int(hparams["n_edit_layers"]) + 1), last + 1))
+    elif "layer" not in hparams and "layer_fraction" in hparams:
         hparams["layer"] = min(n_layers - 1, round(float(hparams["layer_fraction"]) * n_layers))
+    if "layers" not in hparams and "layers_from_end" in hparams:
+        hparams["layers"] = list(range(max(0, n_layers - int(hparams["layers_from_end"])), n_layers))
     return hparams
 
 

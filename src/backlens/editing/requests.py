@@ -98,3 +98,24 @@ def subject_last_index(tokenizer: PreTrainedTokenizerBase, prompt: str, subject:
     if last is None:
         raise ValueError(f"no token covers subject {subject!r} in prompt {prompt!r}")
     return last
+
+
+def subject_first_index(tokenizer: PreTrainedTokenizerBase, prompt: str, subject: str) -> int:
+    start = prompt.rfind(subject)
+    if start < 0:
+        raise ValueError(f"subject {subject!r} not found in prompt {prompt!r}")
+    encoded = tokenizer(prompt, return_offsets_mapping=True)
+    for index, (begin, end) in enumerate(encoded["offset_mapping"]):
+        if end > start and end > begin:
+            return index
+    raise ValueError(f"no token covers subject {subject!r} in prompt {prompt!r}")
+
+
+def subject_token_index(tokenizer: PreTrainedTokenizerBase, prompt: str, subject: str, fact_token: str = "subject_last") -> int:
+    """ROME's ``fact_token``: the subject's last (``subject_last``) or first (``subject_first``) token.
+    ROME's ``last`` (index -1 of a padded batch) is not offered: MEMIT calls it bugged."""
+    if fact_token == "subject_last":
+        return subject_last_index(tokenizer, prompt, subject)
+    if fact_token == "subject_first":
+        return subject_first_index(tokenizer, prompt, subject)
+    raise ValueError(f"method fact_token={fact_token!r}: use subject_last or subject_first")

@@ -1,4 +1,7 @@
-"""ROME (Meng et al. 2022): a rank-one update of one FF2 matrix with a key/value equality constraint."""
+"""ROME (Meng et al. 2022): a rank-one update of one FF2 matrix with a key/value equality constraint.
+
+Follows kmeng01/rome's compute_u, compute_v and execute_rome (pinned by tests/test_golden_rome_memit.py).
+"""
 
 from __future__ import annotations
 
@@ -7,39 +10,51 @@ from torch import nn
 
 from backlens.editing.base import Editor
 from backlens.editing.covariance import load_second_moment
-from backlens.editing.keys_values import context_templates, ff2_keys, optimise_value_delta, outputs_at_subject
+from backlens.editing.keys_values import ROME_TEMPLATE_LENGTHS, context_templates, ff2_keys, optimise_target, outputs_at_subject
 from backlens.editing.requests import EditRequest
 
 
 class RankOneModelEditing(Editor):
-    """hparams: ``layer``, value-optimisation settings (v_steps, v_lr, v_weight_decay, kl_factor,
-    clamp_norm_factor, stop_below_nll), ``n_context_templates``, ``context_tokens``, ``seed``, and
-    ``stats_path`` (FF2 second moments from the edit_covariance rule)."""
+    """hparams: ``layer``; ROME's ``fact_token``, ``v_num_grad_steps``, ``v_lr``, ``v_weight_decay``,
+    ``kl_factor``, ``clamp_norm_factor``, ``mom2_adjustment``, ``context_template_length_params``;
+    ``stop_below_loss`` (ROME: 5e-2), ``seed`` (template sampling) and ``stats_path`` (FF2 second
+    moments from the edit_covariance rule).
 
-    def __init__(self, loaded, hparams):
+    ``second_moment`` (d_ff, d_ff) and ``templates`` (ROME's flat list, "{}" first) replace the
+    statistics file and the sampled templates when given (tests, the golden comparison).
+    """
+
+    def __init__(self, loaded, hparams, *, second_moment: torch.Tensor | None = None, templates: list[str] | None = None):
         super().__init__(loaded, hparams)
         self.layer = int(hparams["layer"])
-        mom2 = load_second_moment(hparams["stats_path"], self.layer)
-        self.inverse_mom2 = torch.linalg.inv(mom2).to(self.device, torch.float32)
-        self.templates = context_templates(
-            self, int(hparams["n_context_templates"]), int(hparams["context_tokens"]), int(hparams["seed"])
-        )
+        self.fact_token = str(hparams.get("fact_token", "subject_last"))
+        self.inverse_mom2 = None
+        if bool(hparams.get("mom2_adjustment", True)):
+            mom2 = second_moment if second_moment is not None else load_second_moment(hparams["stats_path"], self.layer)
+            self.inverse_mom2 = torch.linalg.inv(mom2.double()).to(self.device, torch.float32)
+        if templates is None:
+            lengths = hparams.get("context_template_length_params", ROME_TEMPLATE_LENGTHS)
+            groups = context_templates(self, lengths, None, int(hparams.get("seed", 0)))
+            templates = [t for group in groups for t in group]
+        self.templates = list(templates)
 
     def edited_parameters(self) -> list[nn.Parameter]:
         return [self.adapter.ff2_site(self.layer).weight]
 
     def rank_one_factors(self, request: EditRequest) -> tuple[torch.Tensor, torch.Tensor, dict]:
-        """(u_In, r_Out) with update r u^T such that the edited FF2 maps the prompt's key to v*."""
-        mean_key_In = ff2_keys(self, self.layer, [t.format(request.prompt) for t in self.templates], request.subject).mean(0)
-        current = outputs_at_subject(self, self.layer, request.prompt, request.subject)
-        value = optimise_value_delta(
-            self, request, self.templates, self.layer, float(current["mlp_out"].norm()), self.hparams
-        )
-        target_value_Out = current["ff2_out"] + value.delta
-        left_In = self.inverse_mom2 @ mean_key_In
-        right_Out = (target_value_Out - current["ff2_out"]) / torch.dot(current["key"], left_In)
-        info = {"v_steps": value.steps, "v_first_nll": value.first_nll, "v_last_nll": value.last_nll}
-        return left_In, right_Out, {**info, "key": current["key"], "target_value": target_value_Out}
+        """(u_In, v_Out) with update u v^T (in (in, out) terms) such that the edited FF2 maps the
+        prompt's key to v*. u is ROME's unit left vector C^-1 k* / |C^-1 k*|, k* the mean key over
+        the templates; v = (v* - W k) / (k . u)."""
+        texts = [t.format(request.prompt) for t in self.templates]
+        mean_key_In = ff2_keys(self, self.layer, texts, request.subject, self.fact_token).mean(0)
+        left_In = self.inverse_mom2 @ mean_key_In if self.inverse_mom2 is not None else mean_key_In
+        left_In = left_In / left_In.norm()
+        value = optimise_target(self, request, self.templates, self.layer, "mlp", self.hparams)
+        current = outputs_at_subject(self, self.layer, request.prompt, request.subject, self.fact_token)
+        right_Out = (value.target - current["ff2_out"]) / torch.dot(current["key"], left_In)
+        info = {"v_steps": value.steps, "v_first_loss": value.first_loss, "v_last_loss": value.last_loss,
+                "v_last_nll": value.last_nll}
+        return left_In, right_Out, {**info, "key": current["key"], "target_value": value.target}
 
     def apply(self, request: EditRequest) -> dict[str, object]:
         left_In, right_Out, info = self.rank_one_factors(request)

@@ -1,0 +1,100 @@
+"""ROME and MEMIT against numbers the original code (kmeng01/rome, kmeng01/memit) produced.
+
+The fixture (tests/fixtures/golden/, provenance in its README.md) holds u, v, v* of ROME and
+z*, the adjusted keys and residuals of MEMIT for three facts on the seeded tiny GPT-2, with a
+fixed covariance and fixed context templates, KL, weight decay and the norm clamp all active.
+The original code was run on CPU in float32; our run agrees to ~1e-7 (relative Frobenius of
+the update, measured). The bounds are the issue's: 1e-3 relative Frobenius error of the update
+and 1e-5 for 1 - |cos| of each vector. Putting back either of the causes of issue 12 (an Adam
+step after the last forward; KL(original || edited)) breaks them (measured: 0.3-3 for the extra
+step; up to 6e-2 for ROME's kl_factor=16 run and 9e-3 for MEMIT for the KL direction).
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from backlens.editing.memit import MassEditingMemory
+from backlens.editing.requests import EditRequest
+from backlens.editing.rome import RankOneModelEditing
+from backlens.editing.weights import restored_after
+from conftest import FIXTURES
+
+GOLDEN = json.loads((FIXTURES / "golden" / "rome_memit_tiny_gpt2.json").read_text())
+MAX_RELATIVE_UPDATE_ERROR = 1e-3
+MAX_ONE_MINUS_COS = 1e-5
+ROME_STOP_BELOW_LOSS = 5e-2  # hard-coded in compute_v / compute_z
+
+
+def covariance() -> torch.Tensor:
+    spec = GOLDEN["covariance"]
+    generator = torch.Generator().manual_seed(spec["seed"])
+    g = torch.randn(spec["dim"], spec["n"], generator=generator, dtype=torch.float64)
+    return spec["scale"] * (g @ g.T / spec["n"] + spec["ridge"] * torch.eye(spec["dim"], dtype=torch.float64))
+
+
+def request(index: int) -> EditRequest:
+    fact = GOLDEN["facts"][index]
+    return EditRequest(index, fact["prompt"].format(fact["subject"]), fact["subject"], fact["target_new"], "")
+
+
+def hparams(run: dict) -> dict:
+    return {**run["hparams"], "layer": run["hparams"]["layers"][-1], "stop_below_loss": ROME_STOP_BELOW_LOSS}
+
+
+def one_minus_cos(a: torch.Tensor, b: torch.Tensor) -> float:
+    return 1.0 - abs(float(torch.nn.functional.cosine_similarity(a.double(), b.double(), dim=0)))
+
+
+def relative_error(update: torch.Tensor, expected: torch.Tensor) -> float:
+    return float((update.double() - expected.double()).norm() / expected.double().norm())
+
+
+@pytest.fixture(scope="module")
+def golden_model(tiny_gpt2):
+    total = sum(float(p.detach().double().sum()) for p in tiny_gpt2.model.parameters())
+    expected = GOLDEN["model"]["parameter_sum_float64"]
+    assert abs(total - expected) <= 1e-6 * abs(expected), (
+        f"tiny-gpt2 weights changed (parameter sum {total} != {expected}): the golden numbers were made with other "
+        "weights; regenerate tests/fixtures/golden/ as its README.md says"
+    )
+    return tiny_gpt2
+
+
+ROME_CASES = [(i, row["run"], row["fact"]) for i, row in enumerate(GOLDEN["rome"])]
+MEMIT_CASES = [(i, row["run"], row["fact"]) for i, row in enumerate(GOLDEN["memit"])]
+
+
+@pytest.mark.parametrize("index,run_name,fact", ROME_CASES, ids=[f"{r}-fact{f}" for _, r, f in ROME_CASES])
+def test_rome_matches_the_original_code(golden_model, index, run_name, fact):
+    expected = GOLDEN["rome"][index]
+    run = next(r for r in GOLDEN["rome_runs"] if r["name"] == run_name)
+    editor = RankOneModelEditing(golden_model, hparams(run), second_moment=covariance(), templates=GOLDEN["rome_templates"])
+    u, v, info = editor.rank_one_factors(request(fact))
+    gold_u, gold_v, gold_v_star = (torch.tensor(expected[k]) for k in ("u", "v", "v_star"))
+    assert info["v_steps"] == expected["n_forwards"]
+    assert one_minus_cos(u, gold_u) <= MAX_ONE_MINUS_COS
+    assert one_minus_cos(v, gold_v) <= MAX_ONE_MINUS_COS
+    assert one_minus_cos(info["target_value"], gold_v_star) <= MAX_ONE_MINUS_COS
+    assert relative_error(torch.outer(u, v), torch.outer(gold_u, gold_v)) <= MAX_RELATIVE_UPDATE_ERROR
+
+
+@pytest.mark.parametrize("index,run_name,fact", MEMIT_CASES, ids=[f"{r}-fact{f}" for _, r, f in MEMIT_CASES])
+def test_memit_matches_the_original_code(golden_model, index, run_name, fact):
+    expected = GOLDEN["memit"][index]
+    run = next(r for r in GOLDEN["memit_runs"] if r["name"] == run_name)
+    layers = run["hparams"]["layers"]
+    editor = MassEditingMemory(golden_model, hparams(run), second_moments={layer: covariance() for layer in layers},
+                               templates=GOLDEN["memit_templates"])
+    with restored_after(editor.edited_parameters()):
+        factors, info = editor.update_factors(request(fact))
+    assert info["v_steps"] == expected["n_forwards"]
+    assert one_minus_cos(info["target"], torch.tensor(expected["z"])) <= MAX_ONE_MINUS_COS
+    for (key, residual), gold in zip(factors, expected["layers"], strict=True):
+        gold_key, gold_residual = torch.tensor(gold["adjusted_key"]), torch.tensor(gold["residual"])
+        assert one_minus_cos(key, gold_key) <= MAX_ONE_MINUS_COS
+        assert one_minus_cos(residual, gold_residual) <= MAX_ONE_MINUS_COS
+        assert relative_error(torch.outer(residual, key), torch.outer(gold_residual, gold_key)) <= MAX_RELATIVE_UPDATE_ERROR
