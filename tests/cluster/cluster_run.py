@@ -48,9 +48,14 @@ TARGETS = [
     f"results/{RUN}/tracing/summary.json",
 ]
 
+# torch.save names the zip's inner folder after the temporary file the write goes through
+# (process id, random suffix), so two writes of the same tensors differ in bytes: compare what
+# torch.load returns. Saving through a file object (folder "archive") would make them bytes.
+TORCH_LOAD = "torch.load"
 # Every output of the target: path -> timing fields dropped before comparing (JSON keys at any
-# depth, also per line of a .jsonl; parquet columns). An empty tuple compares the bytes. Once the
-# timings live outside these files, empty the tuples: the comparison is then byte for byte.
+# depth, also per line of a .jsonl; parquet columns), or TORCH_LOAD. An empty tuple compares the
+# bytes. Once the timings live outside these files, empty the tuples: the comparison is then
+# byte for byte.
 COMPARED = {
     f"results/{RUN}/prompts.parquet": (),
     f"results/{RUN}/prompts.meta.json": (),
@@ -68,8 +73,8 @@ COMPARED = {
     f"results/{RUN}/backward_lens.meta.json": ("seconds",),
     f"figures/{RUN}/fig3.pdf": (),
     f"figures/{RUN}/fig3.png": (),
-    f"results/{STATS_RUN}/editing/ff2_mom2.pt": (),
-    f"results/{STATS_RUN}/editing/heldout_tokens.pt": (),
+    f"results/{STATS_RUN}/editing/ff2_mom2.pt": TORCH_LOAD,
+    f"results/{STATS_RUN}/editing/heldout_tokens.pt": TORCH_LOAD,
     f"results/{RUN}/editing/rome/shards/0-2.jsonl": ("edit_seconds",),
     f"results/{RUN}/editing/rome/shards/0-2.parquet": ("edit_seconds",),
     f"results/{RUN}/editing/rome/shards/0-2.json": ("setup_seconds",),
@@ -119,8 +124,13 @@ def site_profile(project: Path, account: str) -> Path:
 
 
 def run_snakemake(project: Path, name: str, *args: str) -> tuple[float, str]:
+    # Matplotlib stamps PDFs with the time they were drawn unless SOURCE_DATE_EPOCH fixes it
+    # (the reproducible-builds convention); the same value in both runs (sbatch passes the
+    # environment on) lets the PDFs be compared byte for byte.
+    env = dict(os.environ, SOURCE_DATE_EPOCH="0")
     start = time.monotonic()
-    result = subprocess.run([SNAKEMAKE, *args, *CONFIG, "--", *TARGETS], cwd=project, capture_output=True, text=True)
+    result = subprocess.run([SNAKEMAKE, *args, *CONFIG, "--", *TARGETS], cwd=project, env=env,
+                            capture_output=True, text=True)
     seconds = time.monotonic() - start
     text = result.stdout + result.stderr
     (project / f"{name}.snakemake.txt").write_text(text)
@@ -204,9 +214,26 @@ def without(value, keys):
     return value
 
 
-def same_output(local: Path, cluster: Path, dropped: tuple[str, ...]) -> bool:
+def same_objects(a, b) -> bool:
+    """Equal nested dicts/lists of tensors and plain values (tensors: same dtype, shape, values)."""
+    import torch
+
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        return isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b)
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(same_objects(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return type(a) is type(b) and len(a) == len(b) and all(same_objects(x, y) for x, y in zip(a, b))
+    return type(a) is type(b) and a == b
+
+
+def same_output(local: Path, cluster: Path, dropped) -> bool:
     if not dropped:
         return local.read_bytes() == cluster.read_bytes()
+    if dropped == TORCH_LOAD:
+        import torch
+
+        return same_objects(*(torch.load(p, map_location="cpu", weights_only=False) for p in (local, cluster)))
     if local.suffix == ".parquet":
         a, b = (pd.read_parquet(p) for p in (local, cluster))
         for table in (a, b):
@@ -218,6 +245,12 @@ def same_output(local: Path, cluster: Path, dropped: tuple[str, ...]) -> bool:
     return a == b
 
 
+def verdict(dropped) -> str:
+    if not dropped:
+        return "bytes"
+    return "tensors (torch.load)" if dropped == TORCH_LOAD else f"without {', '.join(dropped)}"
+
+
 def compare_outputs(local: Path, cluster: Path) -> dict[str, str]:
     produced = {
         str(p.relative_to(root)) for root in (local, cluster) for top in ("results", "figures")
@@ -226,14 +259,16 @@ def compare_outputs(local: Path, cluster: Path) -> dict[str, str]:
     unlisted = sorted(produced - set(COMPARED))
     if unlisted:
         fail(f"outputs not in COMPARED (add them): {unlisted}")
-    verdicts = {}
+    verdicts, problems = {}, []
     for path, dropped in COMPARED.items():
         if not (local / path).is_file() or not (cluster / path).is_file():
-            fail(f"{path}: missing from the {'local' if not (local / path).is_file() else 'cluster'} run")
-        if not same_output(local / path, cluster / path, dropped):
-            fail(f"{path} differs between the local and the cluster run"
-                 + (f" (timing fields {list(dropped)} dropped)" if dropped else " (bytes)"))
-        verdicts[path] = "identical bytes" if not dropped else f"identical without {', '.join(dropped)}"
+            problems.append(f"{path}: missing from the {'local' if not (local / path).is_file() else 'cluster'} run")
+        elif not same_output(local / path, cluster / path, dropped):
+            problems.append(f"{path} differs between the local and the cluster run ({verdict(dropped)})")
+        else:
+            verdicts[path] = f"identical {verdict(dropped)}"
+    if problems:
+        fail("\n".join(problems))
     return verdicts
 
 
@@ -262,9 +297,9 @@ def main():
     print(table[["JobIDRaw", "rule", "Partition", "Account", "AllocTRES", "State"]].to_string(index=False))
 
     verdicts = compare_outputs(local, cluster)
-    n_bytes = sum(v == "identical bytes" for v in verdicts.values())
-    print(f"cluster test: {len(verdicts)} outputs agree: {n_bytes} byte for byte, "
-          f"{len(verdicts) - n_bytes} with their timing fields dropped")
+    kinds = pd.Series(list(verdicts.values())).str.split(" ").str[1].value_counts().to_dict()
+    print(f"cluster test: {len(verdicts)} outputs agree: {kinds.get('bytes', 0)} byte for byte, "
+          f"{kinds.get('without', 0)} with their timing fields dropped, {kinds.get('tensors', 0)} as loaded tensors")
     summary = {
         "slurm_version": slurm_version,
         "local_seconds": round(local_seconds, 1),
