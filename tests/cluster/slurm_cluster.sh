@@ -42,8 +42,19 @@ install_packages() {
         return
     fi
     log "installing ${missing[*]}"
+    # The packages' own services (system munged, MariaDB on port 3306, slurmd) must not start:
+    # this script starts its own and leaves nothing running. policy-rc.d tells apt so.
+    local policy=/usr/sbin/policy-rc.d added=""
+    if [ ! -e "$policy" ]; then
+        printf '#!/bin/sh\n# tests/cluster/slurm_cluster.sh install: no service starts\nexit 101\n' >"$policy"
+        chmod 755 "$policy"
+        added=1
+    fi
     apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
+    local status=0
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null || status=$?
+    [ -z "$added" ] || rm -f "$policy"
+    [ "$status" -eq 0 ] || die "apt-get install ${missing[*]} failed"
 }
 
 write_configs() {
