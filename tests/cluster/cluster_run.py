@@ -12,7 +12,6 @@ of the two runs agree (COMPARED below). Prints a summary and writes it to <workd
 from __future__ import annotations
 
 import argparse
-import fnmatch
 import io
 import json
 import os
@@ -183,6 +182,8 @@ def check_submissions(project: Path, text: str, expected: dict[str, int]) -> pd.
         # The plugin's log path: .snakemake/slurm_logs/rule_<rule>/<wildcards>/<job id>.log
         rule = re.search(r"/rule_([^/]+)/", log).group(1)
         rules[job_id] = rule
+        if Path(log).name != f"{job_id}.log":
+            fail(f"SLURM log of job {job_id} ({rule}) is not named after its job id: {log}")
         if not (project / log).is_file() or not (project / log).read_text().strip():
             fail(f"SLURM log of job {job_id} ({rule}) is missing or empty: {project / log}")
     if sorted(pd.Series(list(rules.values())).value_counts().items()) != sorted(expected.items()):
@@ -192,6 +193,9 @@ def check_submissions(project: Path, text: str, expected: dict[str, int]) -> pd.
     if sorted(table.JobIDRaw) != sorted(rules):
         fail(f"sacct knows jobs {sorted(table.JobIDRaw)}, Snakemake submitted {sorted(rules)}")
     table["rule"] = table.JobIDRaw.map(rules)
+    # The plugin names every job of one Snakemake run after the run's id.
+    if table.JobName.nunique() != 1:
+        fail(f"the jobs carry several names (run ids): {sorted(table.JobName.unique())}")
     bad = table[(table.State != "COMPLETED") | (table.ExitCode != "0:0")]
     if len(bad):
         fail(f"jobs that did not complete:\n{bad.to_string()}")
@@ -305,7 +309,8 @@ def main():
         "local_seconds": round(local_seconds, 1),
         "cluster_seconds": round(cluster_seconds, 1),
         "sbatch_jobs": len(table),
-        "jobs": table[["JobIDRaw", "rule", "Partition", "Account", "AllocTRES", "State", "ExitCode"]].to_dict("records"),
+        "jobs": table[["JobIDRaw", "rule", "Partition", "Account", "AllocTRES", "State", "ExitCode"]]
+        .to_dict("records"),
         "outputs": verdicts,
     }
     (args.workdir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")

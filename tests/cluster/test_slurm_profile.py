@@ -21,7 +21,8 @@ def test_the_gpu_partition_gets_exactly_the_model_rules():
     on_gpu = {rule for rule, resources in PROFILE["set-resources"].items() if resources.get("slurm_partition") == "gpu"}
     assert PROFILE["default-resources"]["slurm_partition"] != "gpu"
     assert "backward_lens_shard" in gpu_rules() and "backward_lens" not in gpu_rules()  # the parser sees both
-    assert on_gpu == gpu_rules(), f"missing: {sorted(gpu_rules() - on_gpu)}, not a model rule: {sorted(on_gpu - gpu_rules())}"
+    message = f"missing: {sorted(gpu_rules() - on_gpu)}, not a model rule: {sorted(on_gpu - gpu_rules())}"
+    assert on_gpu == gpu_rules(), message
 
 
 def test_the_profile_names_only_existing_rules():
