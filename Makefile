@@ -9,7 +9,7 @@ SHARED ?= $(abspath ../shared)
 export BACKLENS_SHARED ?= $(SHARED)
 export BACKLENS_DATA_DIR ?= $(SHARED)/data
 
-.PHONY: install figures test lint dry-run clean
+.PHONY: install figures test test-cluster lint dry-run clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,11 @@ test: install
 	$(BIN)/pytest -q -rs; status=$$?; \
 	if [ $$status -eq 5 ]; then echo "pytest collected no tests: treating as a failure"; exit 1; fi; \
 	exit $$status
+
+# The smoke target through profiles/slurm on a one-node Slurm cluster started here (root, apt-get;
+# about 20 minutes on 2 cores): tests/cluster/run.sh, README "Slurm".
+test-cluster: install
+	tests/cluster/run.sh $(BIN)/python
 
 lint: install
 	$(BIN)/snakemake --lint

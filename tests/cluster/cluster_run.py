@@ -1,0 +1,321 @@
+"""`make test-cluster`'s check: the smoke target through `snakemake --profile profiles/slurm` on a
+running Slurm cluster (tests/cluster/slurm_cluster.sh), and the same target with `--cores 2`.
+
+Checks: every job of the target went through sbatch (the job ids Snakemake logged are the jobs
+sacct recorded, one per job of the local run's DAG, all COMPLETED, each with its log file);
+model rules ran on the "gpu" partition with a GPU, the others on "cpu" without; and the outputs
+of the two runs agree (COMPARED below). Prints a summary and writes it to <workdir>/summary.json.
+
+    python tests/cluster/cluster_run.py --workdir /tmp/backlens-cluster-test
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+from backlens.runs import Run, split_overrides
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+SNAKEMAKE = str(Path(sys.executable).parent / "snakemake")
+PROJECT_FILES = ("Snakefile", "workflow", "conf", "scripts", "profiles", "environment.yml")
+
+# The smoke experiment on the tiny GPT-2, small enough for 2 cores. n_prompts is given because
+# conf/config.yaml lists experiment before _self_, so the root's n_prompts would win.
+# A random model answers no fact correctly: trace the first facts regardless.
+OVERRIDES = "experiment=smoke n_prompts=8 editing.n_cases=2 tracing.n_facts=2 tracing.only_correct=false"
+RUN = Run("tiny-gpt2", tuple(split_overrides(OVERRIDES)[0])).name
+# Run directory of the FF2 statistics (shared by runs agreeing on editing.smk's STATS_KEYS).
+STATS_RUN = Run("tiny-gpt2", ("experiment=smoke",)).name
+CONFIG = ["--config", "models=[tiny-gpt2]", f"overrides={OVERRIDES}"]
+# Prompts, a Backward Lens shard and merge and Fig 3; FF2 statistics, one ROME shard and merge;
+# the tracing screen, one shard and merge.
+TARGETS = [
+    f"figures/{RUN}/fig3.pdf",
+    f"results/{RUN}/editing/rome/summary.json",
+    f"results/{RUN}/tracing/summary.json",
+]
+
+# torch.save names the zip's inner folder after the temporary file the write goes through
+# (process id, random suffix), so two writes of the same tensors differ in bytes: compare what
+# torch.load returns. Saving through a file object (folder "archive") would make them bytes.
+TORCH_LOAD = "torch.load"
+# Every output of the target: path -> timing fields dropped before comparing (JSON keys at any
+# depth, also per line of a .jsonl; parquet columns), or TORCH_LOAD. An empty tuple compares the
+# bytes. Once the timings live outside these files, empty the tuples: the comparison is then
+# byte for byte.
+COMPARED = {
+    f"results/{RUN}/prompts.parquet": (),
+    f"results/{RUN}/prompts.meta.json": (),
+    f"results/{RUN}/analysis_shards/0-8/gradient_ranks.parquet": (),
+    f"results/{RUN}/analysis_shards/0-8/vjp_norms.parquet": (),
+    f"results/{RUN}/analysis_shards/0-8/target_ranks.parquet": (),
+    f"results/{RUN}/analysis_shards/0-8/neuron_updates.parquet": (),
+    f"results/{RUN}/analysis_shards/0-8/vjp_similarity.parquet": (),
+    f"results/{RUN}/analysis_shards/0-8/meta.json": ("seconds",),
+    f"results/{RUN}/gradient_ranks.parquet": (),
+    f"results/{RUN}/vjp_norms.parquet": (),
+    f"results/{RUN}/target_ranks.parquet": (),
+    f"results/{RUN}/neuron_updates.parquet": (),
+    f"results/{RUN}/vjp_similarity.parquet": (),
+    f"results/{RUN}/backward_lens.meta.json": ("seconds",),
+    f"figures/{RUN}/fig3.pdf": (),
+    f"figures/{RUN}/fig3.png": (),
+    f"results/{STATS_RUN}/editing/ff2_mom2.pt": TORCH_LOAD,
+    f"results/{STATS_RUN}/editing/heldout_tokens.pt": TORCH_LOAD,
+    f"results/{RUN}/editing/rome/shards/0-2.jsonl": ("edit_seconds",),
+    f"results/{RUN}/editing/rome/shards/0-2.parquet": ("edit_seconds",),
+    f"results/{RUN}/editing/rome/shards/0-2.json": ("setup_seconds",),
+    f"results/{RUN}/editing/rome/cases.parquet": ("edit_seconds",),
+    f"results/{RUN}/editing/rome/summary.json": ("setup_seconds", "mean_edit_seconds", "edit_seconds_mean",
+                                                 "edit_seconds_std"),
+    f"results/{RUN}/tracing/screening.parquet": (),
+    f"results/{RUN}/tracing/screening.json": ("screen_seconds",),
+    f"results/{RUN}/tracing/shards/0-2.parquet": ("seconds",),
+    f"results/{RUN}/tracing/shards/0-2.tokens.parquet": (),
+    f"results/{RUN}/tracing/shards/0-2.effects.parquet": (),
+    f"results/{RUN}/tracing/shards/0-2.json": ("trace_seconds",),
+    f"results/{RUN}/tracing/facts.parquet": ("seconds",),
+    f"results/{RUN}/tracing/tokens.parquet": (),
+    f"results/{RUN}/tracing/effects.parquet": (),
+    f"results/{RUN}/tracing/segment_effects.parquet": (),
+    f"results/{RUN}/tracing/average_effects.parquet": (),
+    f"results/{RUN}/tracing/summary.json": ("screen_seconds", "trace_seconds", "total_seconds", "facts_per_second"),
+}
+
+SUBMITTED = re.compile(r"Job (\d+) has been submitted with SLURM jobid (\d+) \(log: (\S+)\)\.")
+
+
+def fail(message):
+    sys.exit(f"cluster test: FAILED: {message}")
+
+
+def project_copy(directory: Path) -> Path:
+    """The workflow files in a scratch directory (as the workflow tests do), so that the two runs
+    write beside each other and nothing into the checkout."""
+    shutil.rmtree(directory, ignore_errors=True)
+    directory.mkdir(parents=True)
+    for name in PROJECT_FILES:
+        source = PROJECT_ROOT / name
+        (shutil.copytree if source.is_dir() else shutil.copy)(source, directory / name)
+    return directory
+
+
+def site_profile(project: Path, account: str) -> Path:
+    """profiles/slurm as a site would fill it in: only the account differs."""
+    profile = yaml.safe_load((PROJECT_ROOT / "profiles/slurm/config.yaml").read_text())
+    profile["default-resources"]["slurm_account"] = account
+    directory = project / "site-profile"
+    directory.mkdir()
+    (directory / "config.yaml").write_text(yaml.safe_dump(profile, sort_keys=False))
+    return directory
+
+
+def run_snakemake(project: Path, name: str, *args: str) -> tuple[float, str]:
+    # Matplotlib stamps PDFs with the time they were drawn unless SOURCE_DATE_EPOCH fixes it
+    # (the reproducible-builds convention); the same value in both runs (sbatch passes the
+    # environment on) lets the PDFs be compared byte for byte.
+    env = dict(os.environ, SOURCE_DATE_EPOCH="0")
+    start = time.monotonic()
+    result = subprocess.run([SNAKEMAKE, *args, *CONFIG, "--", *TARGETS], cwd=project, env=env,
+                            capture_output=True, text=True)
+    seconds = time.monotonic() - start
+    text = result.stdout + result.stderr
+    (project / f"{name}.snakemake.txt").write_text(text)
+    if result.returncode != 0:
+        fail(f"the {name} run exited with {result.returncode}; its output: {project / f'{name}.snakemake.txt'}\n"
+             + text[-4000:])
+    return seconds, text
+
+
+def job_counts(text: str) -> dict[str, int]:
+    """The 'Job stats' table Snakemake prints at the start of a run: rule -> number of jobs."""
+    table = text.split("Job stats:", 1)[1].split("\n\n", 1)[0]
+    counts = {}
+    for line in table.splitlines():
+        fields = line.split()
+        if len(fields) == 2 and fields[1].isdigit() and fields[0] != "total":
+            counts[fields[0]] = int(fields[1])
+    return counts
+
+
+def sacct_jobs(job_ids: list[str]) -> pd.DataFrame:
+    """sacct's records of the jobs, once every one has ended (slurmdbd records job ends a moment
+    after Snakemake has seen them)."""
+    command = ["sacct", "-X", "-P", "-j", ",".join(job_ids),
+               "-o", "JobIDRaw,JobName,Partition,Account,AllocTRES,State,ExitCode,Comment"]
+    for _ in range(60):
+        result = subprocess.run(command, capture_output=True, text=True, check=True)
+        table = pd.read_csv(io.StringIO(result.stdout), sep="|", dtype=str, keep_default_na=False)
+        if len(table) == len(job_ids) and not table.State.isin(["PENDING", "RUNNING", "COMPLETING"]).any():
+            return table
+        time.sleep(1)
+    return table
+
+
+def gpu_rules() -> set[str]:
+    """Rules that declare `gpu=1` in their resources (those that run a model)."""
+    rules = set()
+    for path in sorted((PROJECT_ROOT / "workflow/rules").glob("*.smk")):
+        for block in re.split(r"^rule ", path.read_text(), flags=re.MULTILINE)[1:]:
+            name, body = block.split(":", 1)
+            if re.search(r"^\s+resources:\s*\n(?:\s+\w+=.*\n)*?\s+gpu=", body, flags=re.MULTILINE):
+                rules.add(name.strip())
+    return rules
+
+
+def check_submissions(project: Path, text: str, expected: dict[str, int]) -> pd.DataFrame:
+    submitted = SUBMITTED.findall(text)
+    rules = {}
+    for _, job_id, log in submitted:
+        # The plugin's log path: .snakemake/slurm_logs/rule_<rule>/<wildcards>/<job id>.log
+        rule = re.search(r"/rule_([^/]+)/", log).group(1)
+        rules[job_id] = rule
+        if Path(log).name != f"{job_id}.log":
+            fail(f"SLURM log of job {job_id} ({rule}) is not named after its job id: {log}")
+        if not (project / log).is_file() or not (project / log).read_text().strip():
+            fail(f"SLURM log of job {job_id} ({rule}) is missing or empty: {project / log}")
+    if sorted(pd.Series(list(rules.values())).value_counts().items()) != sorted(expected.items()):
+        fail(f"submitted jobs per rule {pd.Series(list(rules.values())).value_counts().to_dict()} differ from the "
+             f"local run's DAG {expected}")
+    table = sacct_jobs(list(rules))
+    if sorted(table.JobIDRaw) != sorted(rules):
+        fail(f"sacct knows jobs {sorted(table.JobIDRaw)}, Snakemake submitted {sorted(rules)}")
+    table["rule"] = table.JobIDRaw.map(rules)
+    # The plugin names every job of one Snakemake run after the run's id.
+    if table.JobName.nunique() != 1:
+        fail(f"the jobs carry several names (run ids): {sorted(table.JobName.unique())}")
+    bad = table[(table.State != "COMPLETED") | (table.ExitCode != "0:0")]
+    if len(bad):
+        fail(f"jobs that did not complete:\n{bad.to_string()}")
+    if not table.apply(lambda row: row.Comment.startswith(f"rule_{row.rule}"), axis=1).all():
+        fail(f"sacct comments do not name the submitted rules:\n{table.to_string()}")
+    on_gpu = table.rule.isin(gpu_rules())
+    has_gpu = table.AllocTRES.str.contains("gres/gpu=1")
+    wrong = table[(on_gpu != (table.Partition == "gpu")) | (on_gpu != has_gpu)]
+    if len(wrong):
+        fail(f"jobs on the wrong partition (model rules: gpu partition with a GPU; others: cpu):\n{wrong.to_string()}")
+    return table
+
+
+def without(value, keys):
+    """A JSON value without the given keys, at any depth."""
+    if isinstance(value, dict):
+        return {k: without(v, keys) for k, v in value.items() if k not in keys}
+    if isinstance(value, list):
+        return [without(v, keys) for v in value]
+    return value
+
+
+def same_objects(a, b) -> bool:
+    """Equal nested dicts/lists of tensors and plain values (tensors: same dtype, shape, values)."""
+    import torch
+
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        return isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b)
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(same_objects(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return type(a) is type(b) and len(a) == len(b) and all(same_objects(x, y) for x, y in zip(a, b))
+    return type(a) is type(b) and a == b
+
+
+def same_output(local: Path, cluster: Path, dropped) -> bool:
+    if not dropped:
+        return local.read_bytes() == cluster.read_bytes()
+    if dropped == TORCH_LOAD:
+        import torch
+
+        return same_objects(*(torch.load(p, map_location="cpu", weights_only=False) for p in (local, cluster)))
+    if local.suffix == ".parquet":
+        a, b = (pd.read_parquet(p) for p in (local, cluster))
+        for table in (a, b):
+            if missing := set(dropped) - set(table.columns):
+                fail(f"{local.name}: timing columns {sorted(missing)} are gone: update COMPARED")
+        return a.drop(columns=list(dropped)).equals(b.drop(columns=list(dropped)))
+    lines = (p.read_text().splitlines() if p.suffix == ".jsonl" else [p.read_text()] for p in (local, cluster))
+    a, b = ([without(json.loads(line), set(dropped)) for line in text] for text in lines)
+    return a == b
+
+
+def verdict(dropped) -> str:
+    if not dropped:
+        return "bytes"
+    return "tensors (torch.load)" if dropped == TORCH_LOAD else f"without {', '.join(dropped)}"
+
+
+def compare_outputs(local: Path, cluster: Path) -> dict[str, str]:
+    produced = {
+        str(p.relative_to(root)) for root in (local, cluster) for top in ("results", "figures")
+        for p in (root / top).rglob("*") if p.is_file()
+    }
+    unlisted = sorted(produced - set(COMPARED))
+    if unlisted:
+        fail(f"outputs not in COMPARED (add them): {unlisted}")
+    verdicts, problems = {}, []
+    for path, dropped in COMPARED.items():
+        if not (local / path).is_file() or not (cluster / path).is_file():
+            problems.append(f"{path}: missing from the {'local' if not (local / path).is_file() else 'cluster'} run")
+        elif not same_output(local / path, cluster / path, dropped):
+            problems.append(f"{path} differs between the local and the cluster run ({verdict(dropped)})")
+        else:
+            verdicts[path] = f"identical {verdict(dropped)}"
+    if problems:
+        fail("\n".join(problems))
+    return verdicts
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp/backlens-cluster-test"))
+    parser.add_argument("--account", default=os.environ.get("BACKLENS_SLURM_ACCOUNT", "backlens"))
+    args = parser.parse_args()
+    slurm_version = subprocess.run(["sinfo", "--version"], capture_output=True, text=True, check=True).stdout.strip()
+
+    local = project_copy(args.workdir / "local")
+    local_seconds, local_text = run_snakemake(local, "local", "--cores", "2")
+    expected = job_counts(local_text)
+    print(f"cluster test: local run --cores 2: {sum(expected.values())} jobs in {local_seconds:.0f} s", flush=True)
+
+    cluster = project_copy(args.workdir / "slurm")
+    profile = site_profile(cluster, args.account)
+    # Kept SLURM logs show each job's id in its file name; 10 s before the first status query
+    # instead of 40 (the jobs take about a minute each).
+    cluster_seconds, cluster_text = run_snakemake(
+        cluster, "slurm", "--profile", str(profile), "--slurm-keep-successful-logs",
+        "--slurm-init-seconds-before-status-checks", "10",
+    )
+    table = check_submissions(cluster, cluster_text, expected)
+    print(f"cluster test: slurm run: {len(table)} sbatch jobs, all COMPLETED, in {cluster_seconds:.0f} s", flush=True)
+    print(table[["JobIDRaw", "rule", "Partition", "Account", "AllocTRES", "State"]].to_string(index=False))
+
+    verdicts = compare_outputs(local, cluster)
+    kinds = pd.Series(list(verdicts.values())).str.split(" ").str[1].value_counts().to_dict()
+    print(f"cluster test: {len(verdicts)} outputs agree: {kinds.get('bytes', 0)} byte for byte, "
+          f"{kinds.get('without', 0)} with their timing fields dropped, {kinds.get('tensors', 0)} as loaded tensors")
+    summary = {
+        "slurm_version": slurm_version,
+        "local_seconds": round(local_seconds, 1),
+        "cluster_seconds": round(cluster_seconds, 1),
+        "sbatch_jobs": len(table),
+        "jobs": table[["JobIDRaw", "rule", "Partition", "Account", "AllocTRES", "State", "ExitCode"]]
+        .to_dict("records"),
+        "outputs": verdicts,
+    }
+    (args.workdir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print(f"cluster test: passed (summary: {args.workdir / 'summary.json'})")
+
+
+if __name__ == "__main__":
+    main()
