@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from tolerances import assert_close_float32
 from backlens.data.known_facts import KnownFact
 from backlens.models.adapters import causal_attention_mask
 from backlens.tracing.facts import prepare_fact, screen_facts
@@ -74,7 +75,8 @@ def test_run_layers_matches_the_model_forward_and_a_cached_prefix(tiny_model):
     with torch.no_grad():
         expected = tiny_model.model(ids).logits[0, -1]
     run = recorded_run(adapter, adapter.token_embeddings(ids), answer_id=0)
-    torch.testing.assert_close(adapter.logit_lens(run.residual[-1][0, -1]), expected, rtol=1e-5, atol=1e-5)
+    # The final norm and unembedding applied outside the model, in another kernel.
+    assert_close_float32(adapter.logit_lens(run.residual[-1][0, -1]), expected, reduction=adapter.unembedding.shape[1], chain=2)
     split = 4
     prefix = KeyValuePrefix(
         {i: k[:, :, :split] for i, k in run.keys.items()}, {i: v[:, :, :split] for i, v in run.values.items()}
@@ -82,7 +84,8 @@ def test_run_layers_matches_the_model_forward_and_a_cached_prefix(tiny_model):
     suffix = adapter.run_layers(
         run.residual[1][:, split:], 1, adapter.n_layers, first_position=split, key_values=prefix
     )
-    torch.testing.assert_close(suffix, run.residual[-1][:, split:], rtol=1e-5, atol=1e-6)
+    # Attention over a cached prefix sums the same terms in another order, once per layer.
+    assert_close_float32(suffix, run.residual[-1][:, split:], reduction=adapter.unembedding.shape[1], chain=adapter.n_layers)
 
 
 def test_run_layers_rejects_a_suffix_without_keys_and_values(tiny_llama):
