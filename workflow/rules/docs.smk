@@ -16,19 +16,6 @@ register_outputs(
 )
 
 
-def headline(pattern, name):
-    """Input function: ``pattern`` (with {run}) for the run whose copy of ``name`` the docs show."""
-    return lambda wc: pattern.format(run=headline_run(name.format(**dict(wc.items()))))
-
-
-def docs_command(script, output_key, inputs, output):
-    """A Hydra call of scripts/<script>.py with ++paths.<key>= for every input and the output
-    (these keys are not in conf/config.yaml's paths: the docs rules alone set them)."""
-    words = [f"++paths.{key}={value}" for key, value in inputs.items()]
-    words += [f"++paths.{output_key}={output}", f"hydra.run.dir=logs/hydra/headline/{script}"]
-    return f"{PYTHON} scripts/{script}.py " + " ".join(shlex.quote(w) for w in words)
-
-
 rule gallery_image:
     """docs/gallery/<figure>.png: the headline figure, scaled to the width the README shows it at 2x."""
     input:
