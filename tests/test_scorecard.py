@@ -54,13 +54,13 @@ def averages(peaks):
 
 
 def test_tracing_verdicts_need_romes_segment_and_depth():
-    summary = {"window": 6, "n_layers": 30}
+    summary = {"window": 6, "n_layers": 30, "n_traced": 5}
     middle, early = scorecard.tracing_rows(averages({"mlp": ("last_subject", 14), "attention": ("last", 25)}), summary,
                                            PAPER), scorecard.tracing_rows(
         averages({"mlp": ("last_subject", 2), "attention": ("last_subject", 5)}), summary, PAPER)
     assert [r.verdict for r in middle] == ["holds", "holds"]
     assert [r.verdict for r in early] == ["partly", "does not"]
-    assert "layer 2 of 30" in early[0].ours and "window 6 of 30" in early[0].ours
+    assert "layer 2 of 30" in early[0].ours and "5 facts, window 6 of 30" in early[0].ours
 
 
 def test_readme_copy_between_markers(tmp_path):

@@ -55,7 +55,7 @@ def _text_colour(rgba) -> str:
     return "black" if 0.2126 * r + 0.7152 * g + 0.0722 * b > 0.25 else "white"
 
 
-def _panel(ax: plt.Axes, cells: pd.DataFrame, tokens: pd.DataFrame, vector: str, target_id: int) -> None:
+def _panel(ax: plt.Axes, cells: pd.DataFrame, tokens: pd.DataFrame, vector: str, target_id: int, edit: str) -> None:
     title, hit_end, cmap_name = PANELS[vector]
     cells = cells[cells.vector == vector]
     n_layers, n_positions = int(cells.layer.max()) + 1, int(cells.position.max()) + 1
@@ -84,7 +84,7 @@ def _panel(ax: plt.Axes, cells: pd.DataFrame, tokens: pd.DataFrame, vector: str,
     ax.set_yticks(range(n_layers), range(n_layers))
     ax.tick_params(axis="y", labelsize=MIN_FONT_PT)
     ax.set_ylabel("layer")
-    ax.set_title(f"{title}\n(cell: most \\ least probable token)")
+    ax.set_title(f"{edit}\n{title}")
     colourbar(image, ax, f"L2 norm of {'x_i' if vector == 'ff1_input' else 'delta_i'} (log scale)", pad=0.02)
 
 
@@ -101,11 +101,11 @@ def logit_lens_figure(cells: pd.DataFrame, tokens: pd.DataFrame, examples: list[
     for row_axes, example in zip(axes, chosen):
         example_cells = cells[cells.example == example]
         head = example_cells.iloc[0]
+        true = f" (true \"{head.target_true}\")" if isinstance(head.target_true, str) else ""
+        edit = f"\"{head.prompt}\" -> \"{head.target_new}\"{true}"
         for ax, vector in zip(row_axes, PANELS):
-            _panel(ax, example_cells, tokens[tokens.example == example], vector, int(head.target_new_id))
-        true = f", true \"{head.target_true}\"" if isinstance(head.target_true, str) else ""
-        row_axes[0].annotate(f"\"{head.prompt}\" -> \"{head.target_new}\"{true}", xy=(0, 1.0), xycoords="axes fraction",
-                             xytext=(0, 30), textcoords="offset points", fontsize=10, fontweight="bold")
-    fig.suptitle(f"{model_name(cells)}: logit lens of the FF1 inputs and FF2 VJPs for an edit to target_new; "
-                 f"outlined bold: target_new at that end", fontsize=10)
+            _panel(ax, example_cells, tokens[tokens.example == example], vector, int(head.target_new_id), edit)
+    fig.suptitle(f"{model_name(cells)}: logit lens of FF1 inputs and FF2 VJPs\n"
+                 f"cell: most \\ least probable token; outlined bold: target_new among the {int(tokens.k.max()) + 1} at that end",
+                 fontsize=10)
     return fig

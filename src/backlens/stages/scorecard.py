@@ -140,7 +140,7 @@ def tracing_rows(averages: pd.DataFrame, summary: dict, paper: DictConfig) -> li
     rome, verdicts = paper.rome_tracing, paper.verdicts
     n_layers = int(summary.get("n_layers") or averages.layer.max() + 1)
     low, high = (float(x) for x in verdicts.middle_depth)
-    setting = f"window {summary['window']} of {n_layers} layers"
+    setting = f"{summary['n_traced']} facts, window {summary['window']} of {n_layers} layers"
     rows = []
     mlp = _peak(averages, "mlp")
     depth = mlp.layer / (n_layers - 1)
