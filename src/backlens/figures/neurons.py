@@ -61,10 +61,14 @@ def fig8_aligned_segment(updates: pd.DataFrame, prompts: pd.DataFrame) -> plt.Fi
         ax.set_xlabel("layer")
         ax.set_ylim(0, 1)
         ax.set_ylabel("share of top-k neuron changes")
-    for ax in axes.flat[len(matrices):]:
-        ax.set_visible(False)
     handles, names = axes.flat[0].get_legend_handles_labels()
-    fig.legend(handles[::-1], names[::-1], loc="outside right upper", frameon=False, title="best-aligned segment")
+    spare = axes.flat[len(matrices):]
+    for ax in spare:
+        ax.axis("off")
+    if len(spare):  # the legend fills the empty panel, clear of every title
+        spare[0].legend(handles[::-1], names[::-1], loc="center", frameon=False, title="best-aligned segment")
+    else:
+        fig.legend(handles[::-1], names[::-1], loc="outside right upper", frameon=False, title="best-aligned segment")
     fig.suptitle(f"{model_name(updates)}: where the spanning vector best aligned with each top-{updates.norm_order.max() + 1} "
                  "neuron change sits")
     return fig
@@ -97,13 +101,13 @@ def fig9_update_target_rank(updates: pd.DataFrame) -> plt.Figure:
     left.set_ylim(-0.02, 1.02)
     finish_line_axes(left, xlabel="layer", ylabel="target rank / (V-1), sign-aware",
                      title="LL(sign(a_last) x value change): 0 = step promotes target", legend=False)
-    left.legend(loc="upper right")
+    left.legend(loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=3, frameon=False)
     bins = [i / 20 for i in range(21)]
     right.hist(unsigned.relative, bins=bins, color="#bbbbbb", label="unsigned change")
     right.hist(signed.relative, bins=bins, histtype="step", color=colour, linewidth=1.5, label="sign-aware")
     finish_line_axes(right, xlabel="target rank / (V-1)", ylabel="top-k FF2 neuron changes (all layers)",
                      title="Unsigned ranks pile up at both ends", legend=False)
-    right.legend(loc="upper center")
+    right.legend(loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=2, frameon=False)
     fig.suptitle(f"{model_name(updates)}: where one SGD step's top FF2 value-vector changes put target_new "
                  f"({signed.case_id.nunique()} prompts, top {updates.norm_order.max() + 1} neurons per layer)")
     return fig
