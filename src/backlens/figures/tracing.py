@@ -7,7 +7,7 @@ import pandas as pd
 
 from backlens.analysis.aggregate import SEGMENT_LABELS
 from backlens.data.segments import SEGMENTS
-from backlens.figures.common import SEGMENT_COLOURS, colourbar, legend_outside
+from backlens.figures.common import SEGMENT_COLOURS, colourbar, legend_outside, model_name
 
 KIND_TITLES = {
     "residual": "single restored layer (residual stream)",
@@ -50,7 +50,7 @@ def tracing_examples(facts: pd.DataFrame, tokens: pd.DataFrame, effects: pd.Data
             ax.set_xlabel("layer")
             ax.set_title(f"{KIND_TITLES[kind]}\n{fact.prompt!r} -> {fact.answer_token!r}")
             colourbar(image, ax, f"P({fact.answer_token.strip()}) after restoring")
-    fig.suptitle(f"{facts.model.iloc[0]}: causal traces of single facts (* = subject token, noised); "
+    fig.suptitle(f"{model_name(facts)}: causal traces of single facts (* = subject token, noised); "
                  "colour floor = P with the subject corrupted")
     return fig
 
