@@ -59,13 +59,23 @@ def test_norm_table_covers_every_module(analysed):
 
 def test_logit_lens_tables(analysed):
     cells, tokens = read(analysed, "logit_lens_cells"), read(analysed, "logit_lens_tokens")
-    assert set(cells.vector) == {"ff1_input", "ff2_vjp"} and cells.example.nunique() == 2
+    assert set(cells.vector) == {"ff1_input", "ff2_vjp"}
+    assert cells.example.nunique() == len(analysed.analysis.logit_lens.examples)
     zero = cells[cells.is_zero]
     assert set(zero.vector) == {"ff2_vjp"} and zero.layer.eq(cells.layer.max()).all()
     assert not tokens.merge(zero[["example", "layer", "position", "vector"]]).shape[0]
     top = tokens[tokens.end == "top"].groupby(["example", "layer", "position", "vector"]).logit.first()
     bottom = tokens[tokens.end == "bottom"].groupby(["example", "layer", "position", "vector"]).logit.first()
     assert (top >= bottom).all()
+
+
+def test_logit_lens_ends_leave_out_special_tokens(analysed):
+    from backlens.models.loading import load_tokenizer
+    from backlens.stages.logit_lens_examples import special_token_ids
+
+    special = special_token_ids(load_tokenizer(analysed.model))
+    assert special  # both tiny models' tokenizers have an end-of-text token
+    assert not set(read(analysed, "logit_lens_tokens").token_id) & set(special)
 
 
 def test_report_states_measured_numbers(analysed):

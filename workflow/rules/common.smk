@@ -308,3 +308,23 @@ def editing_shards(wc):
 
 def comparison_inputs(wc):
     return {table: sweep_inputs(pattern)(wc) for table, pattern in COMPARISON_TABLES[wc.kind].items()}
+
+
+# --- docs/ (workflow/rules/docs.smk): what the repository shows, from the default run ---------
+def headline(pattern, name):
+    """Input function: ``pattern`` (with {run} and the rule's wildcards) for the run whose copy of
+    ``name`` (which may hold the wildcards too) the docs show."""
+
+    def inputs(wc):
+        values = {key: getattr(wc, key) for key in wc.keys()}
+        return pattern.format(run=headline_run(name.format(**values)), **values)
+
+    return inputs
+
+
+def docs_command(script, output_key, inputs, output):
+    """A Hydra call of scripts/<script>.py with ++paths.<key>= for every input and the output
+    (these keys are not in conf/config.yaml's paths: the docs rules alone set them)."""
+    words = [f"++paths.{key}={value}" for key, value in inputs.items()]
+    words += [f"++paths.{output_key}={output}", f"hydra.run.dir=logs/hydra/headline/{script}"]
+    return f"{PYTHON} scripts/{script}.py " + " ".join(shlex.quote(w) for w in words)

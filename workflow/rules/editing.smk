@@ -225,6 +225,7 @@ rule edit_fig26:
     """Fig 26: shift accuracies across eta and layer."""
     input:
         editing_sweep=f"{EDIT_DIR}/shift_sweep.parquet",
+        editing_sweep_choice=f"{EDIT_DIR}/shift_sweep_choice.json",
     output:
         pdf="figures/{run}/fig26.pdf",
         png=report("figures/{run}/fig26.png", caption="../report/caption.rst", category="{run}", subcategory="Editing"),
@@ -235,7 +236,7 @@ rule edit_fig26:
     benchmark:
         "logs/{run}/benchmarks/edit_fig26.tsv"
     params:
-        command=lambda wc, input, output: hydra_call("edit_fig26", wc, editing_sweep=input.editing_sweep, fig26=output.pdf),
+        command=lambda wc, input, output: hydra_call("edit_fig26", wc, **input, fig26=output.pdf),
         caption=caption_for("fig26"),
     shell:
         STAGE_SHELL

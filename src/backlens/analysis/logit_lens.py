@@ -7,7 +7,7 @@ many tokens at probability 0 and would misplace the target by thousands of place
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import torch
 
@@ -57,13 +57,21 @@ def target_ranks(
 
 
 def top_and_bottom(
-    adapter: ArchitectureAdapter, vectors_Nxd: torch.Tensor, k: int, *, normalized: bool = False
+    adapter: ArchitectureAdapter,
+    vectors_Nxd: torch.Tensor,
+    k: int,
+    *,
+    normalized: bool = False,
+    exclude_ids: Sequence[int] = (),
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(top ids, top logits, bottom ids, bottom logits), each (N, k): most and least probable tokens."""
+    """(top ids, top logits, bottom ids, bottom logits), each (N, k): most and least probable tokens,
+    never one of ``exclude_ids`` (e.g. special tokens, which no edit targets)."""
     outputs: list[list[torch.Tensor]] = [[], [], [], []]
+    excluded = torch.tensor(sorted(set(exclude_ids)), dtype=torch.long)
     for _, logits in lens_logits(adapter, vectors_Nxd, normalized=normalized):
-        top = logits.topk(k, dim=1)
-        bottom = logits.topk(k, dim=1, largest=False)
+        columns = excluded.to(logits.device)
+        top = logits.index_fill(1, columns, float("-inf")).topk(k, dim=1)
+        bottom = logits.index_fill(1, columns, float("inf")).topk(k, dim=1, largest=False)
         for store, value in zip(outputs, (top.indices, top.values, bottom.indices, bottom.values)):
             store.append(value.cpu())
     return tuple(torch.cat(parts) for parts in outputs)  # type: ignore[return-value]

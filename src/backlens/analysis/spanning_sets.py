@@ -6,6 +6,11 @@ One SGD step with learning rate 1 changes
 so every neuron's change lies in the span of the P vectors delta_i (FF2) or x_i (FF1).
 For the neurons that change most we record how their change aligns with each spanning
 vector (cosine) and where the target token ranks in the logit lens of the change.
+
+The change alone does not say which way it moves the output: at the last token neuron j adds
+a_j * v_j, so with a negative activation (SwiGLU and GELU both allow one) a change toward the
+target lowers it. ``target_rank_of_signed_update`` ranks the target in the lens of
+sign(coefficient at the last token) x change: the direction the step moves that output.
 """
 
 from __future__ import annotations
@@ -45,7 +50,7 @@ def neuron_update_rows(
     """One row per (prompt, layer, matrix, top-k neuron, spanning position): the cosine between
     that neuron's change and the spanning vector, with the neuron's share of the update's
     squared norm and the target's rank in the logit lens of the change."""
-    meta, changes_for_lens, targets = [], [], []
+    meta, changes_for_lens, signed_for_lens, targets = [], [], [], []
     for prompt, case_id in enumerate(case_ids):
         for layer, matrix in batch.sites:
             coefficients, spanning = neuron_change_factors(batch, prompt, layer, matrix)
@@ -57,16 +62,23 @@ def neuron_update_rows(
             changes = -(coefficients[:, top.indices].T @ spanning)  # (k, d_model)
             cosines = F.cosine_similarity(changes[:, None, :], spanning[None, :, :], dim=-1)
             cosines = cosines.masked_fill(is_zero_vector(spanning)[None, :], float("nan"))
+            last_coefficients = coefficients[-1, top.indices]
+            signs = torch.where(last_coefficients < 0, -1.0, 1.0).to(changes.dtype)
             for order, (neuron, norm) in enumerate(zip(top.indices.tolist(), top.values.tolist())):
-                meta.append((case_id, layer, matrix, neuron, order, norm, norm**2 / float(total), cosines[order].tolist()))
+                meta.append((case_id, layer, matrix, neuron, order, norm, norm**2 / float(total), cosines[order].tolist(),
+                             float(last_coefficients[order])))
                 changes_for_lens.append(changes[order])
+                signed_for_lens.append(signs[order] * changes[order])
                 targets.append(batch.target_ids[prompt])
     if not meta:
         return []
     lens_ranks = target_ranks(adapter, torch.stack(changes_for_lens), torch.stack(targets)).tolist()
+    signed_ranks = target_ranks(adapter, torch.stack(signed_for_lens), torch.stack(targets)).tolist()
     vocab_size = int(adapter.unembedding.shape[0])
     rows = []
-    for (case_id, layer, matrix, neuron, order, norm, share, cosines), lens_rank in zip(meta, lens_ranks):
+    for (case_id, layer, matrix, neuron, order, norm, share, cosines, last_coefficient), lens_rank, signed_rank in zip(
+        meta, lens_ranks, signed_ranks
+    ):
         for position, cosine in enumerate(cosines):
             rows.append(
                 {
@@ -78,6 +90,8 @@ def neuron_update_rows(
                     "update_norm": norm,
                     "update_share": share,
                     "target_rank_of_update": lens_rank,
+                    "last_coefficient": last_coefficient,
+                    "target_rank_of_signed_update": signed_rank,
                     "vocab_size": vocab_size,
                     "position": position,
                     "cosine": cosine,

@@ -1,4 +1,4 @@
-"""Small PNG copies of the default run's figures for the README gallery (docs/gallery/).
+"""PNG copies of the default run's figures for the README gallery (docs/gallery/), at most MAX_WIDTH wide.
 
     python -m backlens.figures.gallery figures/smollm2-135m/fig5.png docs/gallery/fig5.png
 """
@@ -12,7 +12,8 @@ from PIL import Image
 
 from backlens.io import atomic_path
 
-MAX_WIDTH = 640
+# About twice the width GitHub shows a full-width README image at (~900 px), for high-density screens.
+MAX_WIDTH = 1800
 
 
 def thumbnail(source: str | Path, target: str | Path, max_width: int = MAX_WIDTH) -> None:

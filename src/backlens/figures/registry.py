@@ -10,7 +10,7 @@ import pandas as pd
 
 from backlens.figures import backward_lens as bl
 from backlens.figures import neurons
-from backlens.figures.lens_tables import fig4_logit_lens_tables
+from backlens.figures.lens_tables import logit_lens_figure
 
 
 @dataclass(frozen=True)
@@ -29,9 +29,23 @@ FIGURES: dict[str, FigureSpec] = {
     ),
     "fig4": FigureSpec(
         ("logit_lens_cells", "logit_lens_tokens"),
-        lambda t: fig4_logit_lens_tables(t["logit_lens_cells"], t["logit_lens_tokens"]),
-        "Logit lens of FF1 inputs x_i and FF2 VJPs delta_i per layer (rows) and prompt token (columns): most \\ least "
-        "probable token; colour = rank of target_new / (V-1). Grey: exact-zero VJPs (last layer, before the last token).",
+        lambda t: logit_lens_figure(t["logit_lens_cells"], t["logit_lens_tokens"], [0]),
+        "Fig 4a: logit lens of the FF1 inputs x_i (left) and FF2 VJPs delta_i (right) per layer (rows) and prompt token "
+        "(columns) for the first configured edit: each cell's most \\ least probable token (special tokens left out); "
+        "colour = the vector's L2 norm (log scale); outlined bold = target_new at the top of LL(x_i) or the bottom of "
+        "LL(delta_i), the end a descent step promotes. Grey 'zero': exact-zero VJPs (last layer, before the last token).",
+    ),
+    "fig4b": FigureSpec(
+        ("logit_lens_cells", "logit_lens_tokens"),
+        lambda t: logit_lens_figure(t["logit_lens_cells"], t["logit_lens_tokens"], [1]),
+        "Fig 4b: the same logit-lens tables for the second configured edit.",
+    ),
+    "fig4_more": FigureSpec(
+        ("logit_lens_cells", "logit_lens_tokens"),
+        lambda t: logit_lens_figure(t["logit_lens_cells"], t["logit_lens_tokens"],
+                                    sorted(t["logit_lens_cells"].example.unique())[2:]),
+        "More logit-lens tables in the manner of the paper's Figs 11-15: the configured edits after the first two "
+        "(analysis.logit_lens.examples), one row per edit.",
     ),
     "fig5": FigureSpec(
         ("vjp_norms", "prompts"),
@@ -60,8 +74,10 @@ FIGURES: dict[str, FigureSpec] = {
     "fig9": FigureSpec(
         ("neuron_updates",),
         lambda t: neurons.fig9_update_target_rank(t["neuron_updates"]),
-        "Median rank of target_new in the logit lens of the top-k neurons' one-step changes (0 = most probable): "
-        "value vectors move toward the target, keys toward the prompt's own hidden states.",
+        "Rank of target_new in the logit lens of the top-k FF2 value vectors' one-step changes, signed by the neuron's "
+        "activation at the last token (a negative SwiGLU/GELU activation turns a change toward the target into a step "
+        "away from it): median with IQR and the share in the top 1% per layer (left); unsigned and sign-aware ranks "
+        "over all layers (right). The unsigned rank is two-peaked, so its median jumps between 0 and V-1.",
     ),
     "fig16": FigureSpec(
         ("vjp_norms", "prompts"),

@@ -7,6 +7,7 @@ import pandas as pd
 
 from backlens.analysis.aggregate import SEGMENT_LABELS
 from backlens.data.segments import SEGMENTS
+from backlens.figures.common import SEGMENT_COLOURS, colourbar, legend_outside, model_name
 
 KIND_TITLES = {
     "residual": "single restored layer (residual stream)",
@@ -34,7 +35,8 @@ def tracing_examples(facts: pd.DataFrame, tokens: pd.DataFrame, effects: pd.Data
     kinds = _kinds_present(effects, HEATMAP_KINDS)
     row_height = 0.32 * tokens.groupby("known_id").size().max()
     fig, axes = plt.subplots(
-        len(chosen), len(kinds), figsize=(4.2 * len(kinds), row_height * len(chosen) + 1.5), squeeze=False
+        len(chosen), len(kinds), figsize=(4.4 * len(kinds), row_height * len(chosen) + 2.0), squeeze=False,
+        layout="constrained",
     )
     for row, fact in zip(axes, chosen.itertuples()):
         fact_tokens = tokens[tokens.known_id == fact.known_id].sort_values("token_index")
@@ -44,56 +46,53 @@ def tracing_examples(facts: pd.DataFrame, tokens: pd.DataFrame, effects: pd.Data
             cells = effects[(effects.known_id == fact.known_id) & (effects.kind == kind)]
             grid = cells.pivot(index="token_index", columns="layer", values="p_restored").sort_index()
             image = ax.imshow(grid.values, aspect="auto", cmap=KIND_COLOURS[kind], vmin=fact.p_corrupted)
-            ax.set_yticks(range(len(labels)), labels, fontsize=7)
-            ax.set_xlabel("layer", fontsize=8)
-            ax.set_title(f"{KIND_TITLES[kind]}\n{fact.prompt!r} -> {fact.answer_token!r}", fontsize=8)
-            colorbar = plt.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
-            colorbar.set_label(f"P({fact.answer_token.strip()}) restored", fontsize=7)
-            colorbar.ax.tick_params(labelsize=6)
-    fig.suptitle(
-        "Causal traces of single facts (* = subject token, noised); colour floor = P with corrupted subject", fontsize=9
-    )
-    fig.tight_layout(rect=(0, 0, 1, 0.98))
+            ax.set_yticks(range(len(labels)), labels)
+            ax.set_xlabel("layer")
+            ax.set_title(f"{KIND_TITLES[kind]}\n{fact.prompt!r} -> {fact.answer_token!r}")
+            colourbar(image, ax, f"P({fact.answer_token.strip()}) after restoring")
+    fig.suptitle(f"{model_name(facts)}: causal traces of single facts (* = subject token, noised); "
+                 "colour floor = P with the subject corrupted")
     return fig
 
 
 def tracing_avg(averages: pd.DataFrame, summary: dict) -> plt.Figure:
     """Average indirect effect per ROME segment and layer, one heatmap per restored kind."""
     kinds = _kinds_present(averages, HEATMAP_KINDS)
-    fig, axes = plt.subplots(1, len(kinds), figsize=(4.6 * len(kinds), 3.4), squeeze=False)
-    for ax, kind in zip(axes[0], kinds):
+    # Stacked: each kind a full-width strip (segments x layers), so tick labels stay readable.
+    fig, axes = plt.subplots(len(kinds), 1, figsize=(7.6, 2.3 * len(kinds) + 0.8), squeeze=False, layout="constrained")
+    for ax, kind in zip(axes[:, 0], kinds):
         table = averages[averages.kind == kind]
         grid = table.pivot(index="segment", columns="layer", values="mean").reindex(list(SEGMENTS))
-        image = ax.imshow(grid.values, aspect="auto", cmap=KIND_COLOURS[kind])
-        ax.set_yticks(range(len(SEGMENTS)), [SEGMENT_LABELS[s] for s in SEGMENTS], fontsize=7)
-        ax.set_xlabel("layer", fontsize=8)
-        ax.set_title(f"average indirect effect: {KIND_TITLES[kind]}", fontsize=8)
-        plt.colorbar(image, ax=ax, fraction=0.046, pad=0.04).ax.tick_params(labelsize=6)
-    fig.suptitle(_setting(summary), fontsize=8)
-    fig.tight_layout()
+        image = ax.imshow(grid.values, aspect="auto", cmap=KIND_COLOURS[kind], vmin=min(0.0, float(grid.min().min())))
+        ax.set_yticks(range(len(SEGMENTS)), [SEGMENT_LABELS[s] for s in SEGMENTS])
+        ax.set_xlabel("layer")
+        ax.set_title(KIND_TITLES[kind])
+        colourbar(image, ax, "avg indirect effect\n(P restored - P corrupted)", pad=0.01)
+    fig.suptitle(_setting(summary))
     return fig
 
 
 def tracing_avg_lines(averages: pd.DataFrame, summary: dict) -> plt.Figure:
     """Average indirect effect per layer for each segment, with 95% bands over facts."""
     kinds = _kinds_present(averages, HEATMAP_KINDS)
-    fig, axes = plt.subplots(1, len(kinds), figsize=(4.6 * len(kinds), 3.4), squeeze=False, sharey=True)
-    colours = plt.get_cmap("tab10")
+    fig, axes = plt.subplots(1, len(kinds), figsize=(3.6 * len(kinds) + 1.8, 3.4), squeeze=False, sharey=True,
+                             layout="constrained")
     for ax, kind in zip(axes[0], kinds):
-        for index, segment in enumerate(SEGMENTS):
+        for segment in SEGMENTS:
             line = averages[(averages.kind == kind) & (averages.segment == segment)].sort_values("layer")
             if line.empty:
                 continue
-            ax.plot(line.layer, line["mean"], color=colours(index), label=SEGMENT_LABELS[segment], linewidth=1.2)
-            ax.fill_between(line.layer, line.ci_low, line.ci_high, color=colours(index), alpha=0.2, linewidth=0)
+            colour = SEGMENT_COLOURS[segment]
+            ax.plot(line.layer, line["mean"], color=colour, label=SEGMENT_LABELS[segment], linewidth=1.4)
+            ax.fill_between(line.layer, line.ci_low, line.ci_high, color=colour, alpha=0.2, linewidth=0)
         ax.axhline(0, color="grey", linewidth=0.6)
-        ax.set_xlabel("layer", fontsize=8)
-        ax.set_title(KIND_TITLES[kind], fontsize=8)
+        ax.set_xlabel("layer")
+        ax.set_title(KIND_TITLES[kind])
         ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("average indirect effect", fontsize=8)
-    axes[0][-1].legend(fontsize=6)
-    fig.suptitle(_setting(summary) + "; bands: 95% normal interval over facts", fontsize=8)
-    fig.tight_layout()
+    axes[0][0].set_ylabel("average indirect effect")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside right upper", frameon=False)
+    fig.suptitle(_setting(summary) + "; bands: 95% normal interval over facts")
     return fig
 
 
@@ -101,20 +100,19 @@ def tracing_severed(averages: pd.DataFrame, summary: dict) -> plt.Figure:
     """At the last subject token: restoring the residual stream with and without severed MLP / attention."""
     kinds = _kinds_present(averages, ("residual", "residual_mlp_severed", "residual_attention_severed"))
     at_subject = averages[averages.segment == "last_subject"]
-    fig, ax = plt.subplots(figsize=(5.6, 3.4))
+    fig, ax = plt.subplots(figsize=(7.2, 3.6), layout="constrained")
     colours = {"residual": "tab:purple", "residual_mlp_severed": "tab:green", "residual_attention_severed": "tab:red"}
     for kind in kinds:
         line = at_subject[at_subject.kind == kind].sort_values("layer")
         ax.plot(line.layer, line["mean"], color=colours[kind], label=KIND_TITLES[kind], linewidth=1.4)
         ax.fill_between(line.layer, line.ci_low, line.ci_high, color=colours[kind], alpha=0.2, linewidth=0)
     ax.axhline(0, color="grey", linewidth=0.6)
-    ax.set_xlabel("layer of the restored residual state", fontsize=8)
-    ax.set_ylabel("average indirect effect at last subject token", fontsize=8)
-    ax.set_title("Severing later MLP / attention at the last subject token", fontsize=9)
+    ax.set_xlabel("layer of the restored residual state")
+    ax.set_ylabel("avg indirect effect,\nlast subject token")
+    ax.set_title(f"{summary['model']}: severing the later MLP / attention outputs at the last subject token")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.text(0.01, -0.04, _setting(summary), fontsize=7)
-    fig.tight_layout()
+    legend_outside(ax)
+    fig.supxlabel(_setting(summary), fontsize=8)
     return fig
 
 
@@ -123,7 +121,8 @@ def _setting(summary: dict) -> str:
     return (
         f"{summary['model']}: {summary['n_traced']} {chosen} (of {summary['n_correct']} correct / "
         f"{summary['n_screened']} known facts), {summary['noise_samples']} noise samples, "
-        f"noise std {summary['noise_std']:.3g}, window {summary['window']}"
+        f"noise std {summary['noise_std']:.3g}, MLP/attention window {summary['window']} of "
+        f"{summary.get('n_layers', '?')} layers"
     )
 
 

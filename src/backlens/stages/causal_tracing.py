@@ -44,14 +44,25 @@ TOKEN_COLUMNS = ["model", "known_id", "token_index", "token_id", "token", "segme
 EFFECT_COLUMNS = ["model", "known_id", "token_index", "layer", "kind", "p_restored", "indirect_effect"]
 
 
-def trace_settings(cfg: DictConfig, std: float) -> TraceSettings:
+def window_layers(tracing: DictConfig, n_layers: int) -> int:
+    """Layers restored around each MLP / attention centre: ``tracing.window`` if set, else
+    ``tracing.window_fraction`` of the depth (ROME: 10 of GPT-2 XL's 48), rounded, at least 1."""
+    if tracing.get("window") is not None:
+        return int(tracing.window)
+    fraction = tracing.get("window_fraction")
+    if fraction is None or not 0 < float(fraction) <= 1:
+        raise ValueError(f"tracing.window_fraction={fraction}; set a fraction in (0, 1] or tracing.window=<layers>")
+    return max(1, round(float(fraction) * n_layers))
+
+
+def trace_settings(cfg: DictConfig, std: float, n_layers: int) -> TraceSettings:
     tracing = cfg.tracing
     return TraceSettings(
         kinds=tuple(tracing.kinds),
         severed_kinds=tuple(tracing.severed_kinds),
         noise_std=std,
         noise_samples=int(tracing.noise_samples),
-        window=int(tracing.window),
+        window=window_layers(tracing, n_layers),
         max_rows=int(tracing.max_rows),
         severed_at=str(tracing.severed_at),
     )
@@ -67,7 +78,8 @@ def settings_record(cfg: DictConfig, std: float | None) -> dict:
         "noise_scale": float(tracing.noise_scale),
         "noise_std": std,
         "noise_samples": int(tracing.noise_samples),
-        "window": int(tracing.window),
+        "window": tracing.get("window"),
+        "window_fraction": tracing.get("window_fraction"),
         "kinds": list(tracing.kinds),
         "severed_kinds": list(tracing.severed_kinds),
         "severed_at": str(tracing.severed_at),
@@ -189,7 +201,7 @@ def trace_shard(cfg: DictConfig) -> None:
     records = {fact.known_id: fact for fact in load_known_facts_from_config(cfg.known_facts).records}
     prompts = [prepare_fact(loaded.tokenizer, records[known_id]) for known_id in known_ids]
     std = noise_std(loaded.adapter, float(cfg.tracing.noise_scale))
-    settings = trace_settings(cfg, std)
+    settings = trace_settings(cfg, std, loaded.adapter.n_layers)
     facts, tokens, effects, fact_seconds = [], [], [], []
     traced_at = time.perf_counter()
     for prompt in tqdm(prompts, desc=f"causal tracing facts {start}-{start + len(prompts) - 1}", unit="fact"):
@@ -216,6 +228,8 @@ def trace_shard(cfg: DictConfig) -> None:
         "trace_seconds": trace_seconds,
         "fact_seconds": fact_seconds,
         "settings": settings_record(cfg, std),
+        "window_layers": settings.window,
+        "n_layers": loaded.adapter.n_layers,
         "device": str(loaded.device),
         "dtype": str(loaded.dtype),
         "num_threads": torch.get_num_threads(),

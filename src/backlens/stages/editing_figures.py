@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pandas as pd
 from omegaconf import DictConfig
 
@@ -9,4 +12,5 @@ from backlens.figures.editing import shift_sweep_figure
 
 
 def run(cfg: DictConfig) -> None:
-    shift_sweep_figure(pd.read_parquet(cfg.paths.editing_sweep), cfg.model.name, cfg.paths.fig26)
+    choice = json.loads(Path(cfg.paths.editing_sweep_choice).read_text())
+    shift_sweep_figure(pd.read_parquet(cfg.paths.editing_sweep), cfg.model.name, cfg.paths.fig26, choice)

@@ -23,8 +23,15 @@ from backlens.models.loading import LoadedModel, load_model
 log = logging.getLogger(__name__)
 
 
+def special_token_ids(tokenizer) -> list[int]:
+    """Special and added control tokens (SmolLM2's <filename>, <gh_stars>, ...): they fill the
+    ends of the lens of early hidden states but are no words an edit could target."""
+    added = getattr(tokenizer, "added_tokens_decoder", {}) or {}
+    return sorted(set(tokenizer.all_special_ids) | {int(i) for i, token in added.items() if token.special})
+
+
 def example_tables(
-    loaded: LoadedModel, example_index: int, example, *, top_k: int, normalized: bool
+    loaded: LoadedModel, example_index: int, example, *, top_k: int, normalized: bool, mask_special: bool = True
 ) -> tuple[list[dict], list[dict]]:
     """(cell rows, token rows) of one example."""
     tokenizer, adapter = loaded.tokenizer, loaded.adapter
@@ -44,7 +51,10 @@ def example_tables(
             index.extend((layer, position, kind) for position in range(len(segmented)))
     stacked = torch.cat(vectors)
     ranks = target_ranks(adapter, stacked, torch.full((len(stacked),), target_id), normalized=normalized).tolist()
-    top_ids, top_logits, bottom_ids, bottom_logits = top_and_bottom(adapter, stacked, top_k, normalized=normalized)
+    excluded = special_token_ids(tokenizer) if mask_special else []
+    top_ids, top_logits, bottom_ids, bottom_logits = top_and_bottom(
+        adapter, stacked, top_k, normalized=normalized, exclude_ids=excluded
+    )
     zero = is_zero_vector(stacked).tolist()
     norms = stacked.norm(dim=-1).tolist()
     common = {"example": example_index, "prompt": example.prompt, "target_new": example.target_new,
@@ -72,7 +82,8 @@ def run(cfg: DictConfig) -> None:
     cells, tokens = [], []
     for example_index, example in enumerate(settings.examples):
         example_cells, example_tokens = example_tables(
-            loaded, example_index, example, top_k=int(settings.top_k), normalized=bool(settings.normalized)
+            loaded, example_index, example, top_k=int(settings.top_k), normalized=bool(settings.normalized),
+            mask_special=bool(settings.get("mask_special_tokens", True)),
         )
         cells.extend(example_cells)
         tokens.extend(example_tokens)

@@ -1,0 +1,16 @@
+"""Write docs/ from the default run's tables (rule docs_tracing_summary)."""
+
+import hydra
+from omegaconf import DictConfig
+
+from backlens.cli import run_stage
+from backlens.stages import tracing_report
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+def main(cfg: DictConfig) -> None:
+    run_stage(cfg, tracing_report.run)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,92 @@
+"""The claims scorecard: verdict rules on hand-made tables, and its copy in README.md."""
+
+import subprocess
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from backlens.stages import scorecard
+from conftest import compose_config
+
+ROOT = Path(__file__).resolve().parents[1]
+PAPER = compose_config().paper
+
+
+def target_ranks(bottom_layers, n_layers=10, vocab_size=1001):
+    """Two prompts of three tokens; the last token's target rank is V-1 in ``bottom_layers``, V/2 elsewhere."""
+    rows = []
+    for case_id in (0, 1):
+        for layer in range(n_layers):
+            for position in range(3):
+                rank = (vocab_size - 1 if layer in bottom_layers else vocab_size // 2) if position == 2 else 7
+                rows.append({"case_id": case_id, "layer": layer, "position": position, "rank": rank,
+                             "vocab_size": vocab_size})
+    prompts = pd.DataFrame([{"case_id": c, "position": p, "is_last": p == 2} for c in (0, 1) for p in range(3)])
+    return pd.DataFrame(rows), prompts
+
+
+@pytest.mark.parametrize("bottom_layers, verdict", [(range(6), "holds"), (range(5), "partly"), ((), "does not")])
+def test_fig6_verdict_counts_layers_at_the_least_probable_end(bottom_layers, verdict):
+    ranks, prompts = target_ranks(set(bottom_layers))
+    row = scorecard.fig6_row(ranks, prompts, PAPER)
+    assert row.verdict == verdict
+    assert row.ours.startswith(f"{len(bottom_layers)} of 10 layers")
+
+
+def test_gradient_rank_rows_use_the_papers_threshold():
+    ranks = pd.DataFrame({"layer": [0, 0, 1, 1, 2, 2], "rank": [4, 4, 4, 3, 1, 1], "n_tokens": [4] * 6})
+    inner, last = scorecard.gradient_rank_rows(ranks, PAPER)
+    assert inner.verdict == "partly" and inner.ours.startswith("75.00% of 4")  # below 98.5%, above 50%
+    assert last.verdict == "holds" and last.ours.startswith("100.0% of 2")
+
+
+def averages(peaks):
+    """An average-effects table whose kinds peak at the given (segment, layer)."""
+    rows = []
+    for kind, (segment, layer) in peaks.items():
+        for each in ("last_subject", "last"):
+            for l in range(30):
+                mean = 0.2 if (each, l) == (segment, layer) else 0.01
+                rows.append({"kind": kind, "segment": each, "layer": l, "mean": mean, "ci_low": mean - 0.01,
+                             "ci_high": mean + 0.01, "n_facts": 5})
+    return pd.DataFrame(rows)
+
+
+def test_tracing_verdicts_need_romes_segment_and_depth():
+    summary = {"window": 6, "n_layers": 30, "n_traced": 5}
+    middle, early = scorecard.tracing_rows(averages({"mlp": ("last_subject", 14), "attention": ("last", 25)}), summary,
+                                           PAPER), scorecard.tracing_rows(
+        averages({"mlp": ("last_subject", 2), "attention": ("last_subject", 5)}), summary, PAPER)
+    assert [r.verdict for r in middle] == ["holds", "holds"]
+    assert [r.verdict for r in early] == ["partly", "does not"]
+    assert "layer 2 of 30" in early[0].ours and "5 facts, window 6 of 30" in early[0].ours
+
+
+def test_readme_copy_between_markers(tmp_path):
+    readme, card = tmp_path / "README.md", tmp_path / "scorecard.md"
+    card.write_text("# Claims scorecard\n\nintro\n\n| a | b |\n|---|---|\n| x | [fig3](gallery/fig3.png) |\n")
+    readme.write_text(f"top\n{scorecard.BEGIN}\nold\n{scorecard.END}\nbottom\n")
+    scorecard.update_readme(readme, card)
+    text = readme.read_text()
+    assert text.startswith("top\n") and text.endswith("bottom\n") and "old" not in text
+    assert "[fig3](docs/gallery/fig3.png)" in text
+    readme.write_text("no markers\n")
+    with pytest.raises(ValueError, match="no scorecard markers"):
+        scorecard.update_readme(readme, card)
+
+
+def test_readme_shows_the_committed_scorecard():
+    """README.md's scorecard is docs/scorecard.md's, as the rule readme_scorecard writes it."""
+    text = (ROOT / "README.md").read_text()
+    block = scorecard.readme_block((ROOT / "docs" / "scorecard.md").read_text())
+    assert block in text
+    assert text.index(scorecard.BEGIN) < text.index("## Gallery")
+
+
+def test_no_tracked_outputs_under_results_or_figures():
+    """Committed files under results/ or figures/ would make Snakemake skip the jobs that write them."""
+    listed = subprocess.run(["git", "ls-files", "results", "figures"], cwd=ROOT, capture_output=True, text=True)
+    if listed.returncode != 0:
+        pytest.skip("not a git checkout")
+    assert listed.stdout.split() == []

@@ -1,0 +1,163 @@
+# What the repository shows (committed under docs/, rewritten by these rules from the default
+# run's outputs): the claims scorecard (also copied into README.md between marker comments), the
+# analysis and tracing reports, Table 1 and Table 7, and the README gallery. results/ and figures/
+# hold only outputs, so every README command rebuilds them on a fresh clone.
+GALLERY = [*FIGURES, *TRACING_FIGURES.values(), "fig26"]
+# Tracing examples: one PNG per page of tracing_examples (the single-fact heatmaps).
+DOCS_TABLES = ["table1", "table7"]
+register_outputs(
+    "docs",
+    *[f"docs/gallery/{name}.png" for name in GALLERY],
+    *[f"docs/tables/{table}.md" for table in DOCS_TABLES],
+    "docs/analysis.md",
+    "docs/tracing.md",
+    "docs/scorecard.md",
+    "logs/headline/readme_scorecard.done",
+)
+
+
+rule gallery_image:
+    """docs/gallery/<figure>.png: the headline figure, scaled to the width the README shows it at 2x."""
+    input:
+        png=headline("figures/{run}/{figure}.png", "{figure}"),
+    output:
+        png="docs/gallery/{figure}.png",
+    conda:
+        CONDA_ENV
+    log:
+        "logs/headline/gallery_{figure}.log",
+    benchmark:
+        "logs/headline/benchmarks/gallery_{figure}.tsv"
+    params:
+        python=PYTHON,
+    shell:
+        "{params.python} -m backlens.figures.gallery {input.png} {output.png} > {log} 2>&1"
+
+
+rule docs_table:
+    """docs/tables/<table>.{csv,md,tex}: the default run's Table 1 / Table 7."""
+    input:
+        csv=headline("results/{run}/tables/{table}.csv", "{table}"),
+        md=headline("results/{run}/tables/{table}.md", "{table}"),
+        tex=headline("results/{run}/tables/{table}.tex", "{table}"),
+    output:
+        csv="docs/tables/{table}.csv",
+        md="docs/tables/{table}.md",
+        tex="docs/tables/{table}.tex",
+    conda:
+        CONDA_ENV
+    log:
+        "logs/headline/docs_{table}.log",
+    benchmark:
+        "logs/headline/benchmarks/docs_{table}.tsv"
+    shell:
+        "(cp {input.csv} {output.csv} && cp {input.md} {output.md} && cp {input.tex} {output.tex}) > {log} 2>&1"
+
+
+rule docs_analysis_report:
+    """docs/analysis.md: the default run's analysis report."""
+    input:
+        headline("results/{run}/analysis.md", "analysis_report"),
+    output:
+        "docs/analysis.md",
+    conda:
+        CONDA_ENV
+    log:
+        "logs/headline/docs_analysis.log",
+    benchmark:
+        "logs/headline/benchmarks/docs_analysis.tsv"
+    shell:
+        "cp {input} {output} > {log} 2>&1"
+
+
+SCORECARD_INPUTS = {
+    "prompts": headline("results/{run}/prompts.parquet", "analysis_report"),
+    "gradient_ranks": headline("results/{run}/gradient_ranks.parquet", "fig3"),
+    "vjp_norms": headline("results/{run}/vjp_norms.parquet", "fig5"),
+    "target_ranks": headline("results/{run}/target_ranks.parquet", "fig6"),
+    "neuron_updates": headline("results/{run}/neuron_updates.parquet", "fig9"),
+    "logit_lens_cells": headline("results/{run}/logit_lens_cells.parquet", "fig4"),
+    "logit_lens_tokens": headline("results/{run}/logit_lens_tokens.parquet", "fig4"),
+    "tracing_average_effects": headline("results/{run}/tracing/average_effects.parquet", "tracing_avg"),
+    "tracing_summary": headline("results/{run}/tracing/summary.json", "tracing_avg"),
+    "table1": headline("results/{run}/tables/table1.csv", "table1"),
+    "table7": headline("results/{run}/tables/table7.csv", "table7"),
+}
+
+
+rule docs_tracing_summary:
+    """docs/tracing.md: where each kind's average indirect effect peaks, and the run's settings."""
+    input:
+        tracing_average_effects=SCORECARD_INPUTS["tracing_average_effects"],
+        tracing_summary=SCORECARD_INPUTS["tracing_summary"],
+    output:
+        "docs/tracing.md",
+    conda:
+        CONDA_ENV
+    log:
+        "logs/headline/docs_tracing.log",
+    benchmark:
+        "logs/headline/benchmarks/docs_tracing.tsv"
+    params:
+        command=lambda wc, input, output: docs_command("tracing_report", "tracing_report", input, output[0]),
+    shell:
+        "{params.command} > {log} 2>&1"
+
+
+rule scorecard:
+    """docs/scorecard.md: one row per claim (paper, ROME's tracing) with its number, ours and a verdict."""
+    input:
+        **SCORECARD_INPUTS,
+    output:
+        "docs/scorecard.md",
+    conda:
+        CONDA_ENV
+    log:
+        "logs/headline/scorecard.log",
+    benchmark:
+        "logs/headline/benchmarks/scorecard.tsv"
+    params:
+        command=lambda wc, input, output: docs_command("scorecard", "scorecard", input, output[0]),
+    shell:
+        "{params.command} > {log} 2>&1"
+
+
+rule readme_scorecard:
+    """Copy docs/scorecard.md's table into README.md between its scorecard marker comments."""
+    input:
+        scorecard="docs/scorecard.md",
+        readme="README.md",
+    output:
+        touch("logs/headline/readme_scorecard.done"),
+    conda:
+        CONDA_ENV
+    log:
+        "logs/headline/readme_scorecard.log",
+    benchmark:
+        "logs/headline/benchmarks/readme_scorecard.tsv"
+    params:
+        python=PYTHON,
+    shell:
+        "{params.python} -m backlens.stages.scorecard --readme {input.readme} {input.scorecard} > {log} 2>&1"
+
+
+# The baselines' and the shift's sweeps (hours of CPU; not in the default target): the chosen
+# values are committed in conf/method/<method>.yaml, the sweep tables under docs/sweeps/<run>/.
+rule docs_sweep:
+    """docs/sweeps/<run>/<method>_sweep{.parquet,_choice.json}: a sweep's table and its choice."""
+    input:
+        table="results/{run}/editing/{swept_or_shift}_sweep.parquet",
+        choice="results/{run}/editing/{swept_or_shift}_sweep_choice.json",
+    output:
+        table="docs/sweeps/{run}/{swept_or_shift}_sweep.parquet",
+        choice="docs/sweeps/{run}/{swept_or_shift}_sweep_choice.json",
+    wildcard_constraints:
+        swept_or_shift="|".join([*SWEPT_METHODS, "shift"]),
+    conda:
+        CONDA_ENV
+    log:
+        "logs/{run}/docs_sweep_{swept_or_shift}.log",
+    benchmark:
+        "logs/{run}/benchmarks/docs_sweep_{swept_or_shift}.tsv"
+    shell:
+        "(cp {input.table} {output.table} && cp {input.choice} {output.choice}) > {log} 2>&1"
