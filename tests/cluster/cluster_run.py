@@ -280,9 +280,9 @@ def main():
     print(table[["JobIDRaw", "rule", "Partition", "Account", "AllocTRES", "State"]].to_string(index=False))
 
     verdicts = compare_outputs(local, cluster)
-    kinds = pd.Series(list(verdicts.values())).str.split(" ").str[1].value_counts().to_dict()
-    print(f"cluster test: {len(verdicts)} outputs agree: {kinds.get('bytes', 0)} byte for byte, "
-          f"{kinds.get('without', 0)} with their timing fields dropped, {kinds.get('tensors', 0)} as loaded tensors")
+    kinds = {how: sum(v == f"identical ({how})" for v in verdicts.values()) for how in (BYTES, TIMINGS, TIMINGS_ONLY)}
+    print(f"cluster test: {len(verdicts)} outputs agree: {kinds[BYTES]} byte for byte, {kinds[TIMINGS]} "
+          f"{TIMINGS}, {kinds[TIMINGS_ONLY]} hold timings only", flush=True)
     summary = {
         "slurm_version": slurm_version,
         "local_seconds": round(local_seconds, 1),
