@@ -22,7 +22,7 @@ def snakemake(*args, cwd=PROJECT_ROOT, timeout=600, env_extra=None):
 @pytest.fixture()
 def project_copy(tmp_path):
     """The workflow files in a scratch directory, so a test run writes nothing into the checkout."""
-    for name in ("Snakefile", "workflow", "conf", "scripts", "profiles", "environment.yml"):
+    for name in ("Snakefile", "workflow", "conf", "scripts", "profiles", "environment.yml", "README.md", "docs"):
         source = PROJECT_ROOT / name
         (shutil.copytree if source.is_dir() else shutil.copy)(source, tmp_path / name)
     return tmp_path
