@@ -15,7 +15,6 @@ from backlens.errors import UserError
 log = logging.getLogger("backlens")
 
 
-
 def run_stage(cfg: DictConfig, stage: Callable[[DictConfig], None]) -> None:
     """Log the resolved config, run one stage, and turn user errors into one clear line."""
     log.info("resolved config:\n%s", OmegaConf.to_yaml(cfg, resolve=True))

@@ -114,7 +114,6 @@ def shared_run(wildcards, prefixes):
 def run_config(run_name):
     """The run's resolved Hydra config (for case counts the shard jobs are cut from)."""
     from hydra import compose, initialize_config_dir
-
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 

@@ -9,8 +9,8 @@ import pandas as pd
 from transformers import PreTrainedTokenizerBase
 
 from backlens.data.counterfact import SUBJECT_SLOT, CounterFactRecord
-from backlens.errors import positive_int
 from backlens.data.segments import SEGMENTS, SegmentationError, SegmentedPrompt, first_target_token, segment_prompt
+from backlens.errors import positive_int
 
 CASE_COLUMNS = ("case_id", "prompt", "subject", "target_new", "target_true", "target_new_id", "n_tokens")
 

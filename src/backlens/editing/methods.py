@@ -7,12 +7,12 @@ from collections.abc import Mapping
 from omegaconf import DictConfig, OmegaConf
 
 from backlens.editing.base import Editor, NoEdit
-from backlens.errors import ConfigError
 from backlens.editing.ft import ConstrainedFineTuning
 from backlens.editing.memit import MassEditingMemory
 from backlens.editing.mend import MendEditor
 from backlens.editing.rome import RankOneModelEditing
 from backlens.editing.shift import ForwardPassShift
+from backlens.errors import ConfigError
 from backlens.models.loading import LoadedModel
 
 EDITORS: dict[str, type[Editor]] = {
@@ -64,11 +64,12 @@ def known_hparams(method_cfg: Mapping) -> set[str]:
 def check_method_overrides(method_name: str, overrides: Mapping, method_cfg: Mapping) -> None:
     """Reject ``methods.<method_name>.<key>`` overrides of keys the method does not have (a typo
     would otherwise run with the default and name a result directory after the typo)."""
-    unknown = sorted(set(overrides) - known_hparams(method_cfg))
+    known = known_hparams(method_cfg)
+    unknown = sorted(set(overrides) - known)
     if unknown:
         raise ConfigError(
             f"methods.{method_name}.{unknown[0]}: {method_name} has no hyper-parameter {unknown[0]!r}; "
-            f"known: {', '.join(sorted(known_hparams(method_cfg)))}"
+            f"known: {', '.join(sorted(known))}"
         )
 
 

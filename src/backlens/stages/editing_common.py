@@ -45,8 +45,8 @@ def check_all_method_overrides(methods) -> None:
 
 
 def user_method_overrides(cfg: DictConfig, method_name: str) -> dict:
-    """The ``methods.<method_name>.*`` overrides of this run (applied over base and per_model)."""
-    check_all_method_overrides(cfg.get("methods"))
+    """The ``methods.<method_name>.*`` overrides of this run (applied over base and per_model);
+    run_stage has checked them against the method configs (check_run_config)."""
     overrides = (cfg.get("methods") or {}).get(method_name)
     return dict(OmegaConf.to_container(overrides, resolve=True)) if overrides is not None else {}
 
