@@ -11,27 +11,30 @@ SWEEP = pd.DataFrame({
     "eta": [0.1, 0.3, 1.0, 0.1],
     "efficacy": [0.2, 0.9, 1.0, 0.8],
     "paraphrase": [0.1, 0.2, 0.6, 0.2],
-    "neighborhood": [0.06, 0.06, 0.00, 0.06],
+    "neighborhood_success": [0.66, 0.60, 0.40, 0.66],
 })
 
 
-def test_the_rule_keeps_neighborhood_then_maximises_efficacy_plus_paraphrase():
-    # layer 22 / eta 1.0 has the best efficacy + paraphrase but drops neighborhood by 6 points.
-    chosen = choose(SWEEP, baseline_neighborhood=0.06, max_drop=0.05, settings=["eta", "layer"])
-    assert chosen == {"eta": 0.3, "layer": 22, "efficacy": 0.9, "paraphrase": 0.2, "neighborhood": 0.06}
+def test_the_rule_keeps_ns_then_maximises_efficacy_plus_paraphrase():
+    # layer 22 / eta 1.0 has the best efficacy + paraphrase but drops NS by 26 points.
+    chosen = choose(SWEEP, baseline_ns=0.66, max_drop=0.10, settings=["eta", "layer"])
+    assert chosen == {"eta": 0.3, "layer": 22, "efficacy": 0.9, "paraphrase": 0.2, "neighborhood_success": 0.60,
+                      "feasible": True}
     assert isinstance(chosen["layer"], int)
 
 
 def test_ties_go_to_the_smaller_setting():
-    chosen = choose(SWEEP, baseline_neighborhood=0.06, max_drop=0.05, settings=["layer", "eta"])
+    chosen = choose(SWEEP, baseline_ns=0.66, max_drop=0.10, settings=["layer", "eta"])
     assert (chosen["layer"], chosen["eta"]) == (22, 0.3)
     tied = SWEEP.assign(efficacy=[0.9, 0.9, 0.0, 0.9], paraphrase=[0.2, 0.2, 0.0, 0.2])  # three equal
-    assert choose(tied, 0.06, 0.05, ["eta", "layer"])["layer"] == 4
+    assert choose(tied, 0.66, 0.10, ["eta", "layer"])["layer"] == 4
 
 
-def test_a_grid_where_every_setting_breaks_neighborhood_is_an_error():
-    with pytest.raises(ValueError, match="widen the grid"):
-        choose(SWEEP.assign(neighborhood=0.0), baseline_neighborhood=0.5, max_drop=0.05, settings=["eta"])
+def test_a_grid_where_every_setting_breaks_ns_is_reported_as_infeasible():
+    chosen = choose(SWEEP.assign(neighborhood_success=[0.1, 0.3, 0.2, 0.3]), baseline_ns=0.66, max_drop=0.10,
+                    settings=["eta", "layer"])
+    # Nothing keeps NS in range: the highest-NS setting (ties to the smaller eta), flagged.
+    assert chosen["feasible"] is False and (chosen["eta"], chosen["layer"]) == (0.1, 26)
 
 
 def test_grid_settings_are_every_combination_in_config_order():
@@ -49,7 +52,7 @@ def test_the_sweep_stage_runs_a_grid_and_writes_its_choice(tmp_path):
     cfg = compose_config(
         "model=tiny-gpt2", "method=ft", f"paths.results={tmp_path}", "editing.n_cases=2",
         "editing.method_sweeps.ft.n_cases=2", "editing.method_sweeps.ft.grid={norm_constraint:[0.0,1.0]}",
-        "editing.method_sweeps.ft.max_neighborhood_drop=1.0", "++methods.ft.num_steps=3",
+        "editing.method_sweeps.ft.max_ns_drop=1.0", "++methods.ft.num_steps=3",
     )
     editing_method_sweep.run(cfg)
     cases = pd.read_parquet(cfg.paths.editing_method_sweep)
@@ -59,6 +62,48 @@ def test_the_sweep_stage_runs_a_grid_and_writes_its_choice(tmp_path):
     assert set(cases["case_id"]) == {5000, 5001}  # outside the evaluation range 0-1
     choice = json.loads((tmp_path / "editing" / "ft_sweep_choice.json").read_text())
     assert choice["norm_constraint"] in (0.0, 1.0) and choice["fixed_hparams"]["num_steps"] == 3
+    assert choice["feasible"] and 0.0 <= choice["baseline"]["neighborhood_success"] <= 1.0
     # A zero bound cannot move the weights: efficacy stays at the unedited model's.
     frozen = cases[cases["norm_constraint"] == 0.0]
     assert (frozen["efficacy"] == frozen["efficacy_before"]).all()
+
+
+@pytest.fixture
+def tiny_gpt2_stats(tiny_gpt2, tmp_path):
+    """A statistics file in edit_covariance's format: a random positive definite C per layer."""
+    import torch
+
+    mom2 = {}
+    for layer in range(tiny_gpt2.adapter.n_layers):
+        d = tiny_gpt2.adapter.ff2_site(layer).in_features
+        keys = torch.randn(4 * d, d, generator=torch.Generator().manual_seed(layer), dtype=torch.float64)
+        mom2[layer] = keys.T @ keys / len(keys)
+    path = tmp_path / "ff2_mom2.pt"
+    torch.save({"mom2": mom2, "corpus": "random"}, path)
+    return path
+
+
+def test_the_shift_sweep_runs_every_variant_and_draws_fig26(tmp_path, tiny_gpt2_stats):
+    import json
+
+    from backlens.figures.editing import shift_sweep_figure
+    from backlens.stages import editing_sweep
+    from conftest import compose_config, require_shared
+
+    require_shared("data", "counterfact")
+    cfg = compose_config(
+        "model=tiny-gpt2", f"paths.results={tmp_path}", f"paths.editing_stats={tiny_gpt2_stats}", "editing.n_cases=2",
+        "editing.sweep.n_cases=3", "editing.sweep.layers=[0,1,5]", "editing.sweep.etas=[0.5,50.0]", "editing.sweep.max_ns_drop=1.0",
+    )
+    editing_sweep.run(cfg)
+    cases = pd.read_parquet(cfg.paths.editing_sweep)
+    # Three variants x two layers (5 is beyond tiny GPT-2's depth) x two etas x three cases.
+    assert len(cases) == 3 * 2 * 2 * 3 and set(cases["method"]) == {"shift", "shift_centered", "shift_whitened"}
+    assert set(cases[cases["method"] == "shift_whitened"]["key"]) == {"whitened"}
+    choice = json.loads((tmp_path / "editing" / "shift_sweep_choice.json").read_text())
+    assert set(choice["methods"]) == {"shift", "shift_centered", "shift_whitened"}
+    chosen = choice["methods"]["shift_centered"]
+    assert chosen["layer"] in (0, 1) and chosen["feasible"]
+    assert sum(group["n_cases"] for group in chosen["by_target_length"].values()) == 3
+    shift_sweep_figure(cases, "tiny-gpt2", tmp_path / "fig26.pdf", choice)
+    assert (tmp_path / "fig26.png").stat().st_size > 0

@@ -79,6 +79,22 @@ rule lemma_check:
         STAGE_SHELL
 
 
+rule embedding_anisotropy:
+    """Rank of t in LL(e_t) and LL(e_t - mean embedding) for a seeded sample of tokens (issue 17's diagnostic)."""
+    output:
+        **table_paths(["embedding_anisotropy"]),
+    conda:
+        CONDA_ENV
+    log:
+        "logs/{run}/embedding_anisotropy.log",
+    benchmark:
+        "logs/{run}/benchmarks/embedding_anisotropy.tsv"
+    params:
+        command=lambda wc, output: hydra_call("embedding_anisotropy", wc, **output),
+    shell:
+        STAGE_SHELL
+
+
 rule logit_lens_examples:
     """Logit-lens tables of FF1 inputs and FF2 VJPs for the configured edits (Fig 4)."""
     output:
@@ -122,7 +138,7 @@ rule figure:
 rule analysis_report:
     """results/{run}/analysis.md: measured numbers beside the paper's claims."""
     input:
-        **table_paths(["prompts", "lemma_check", "gradient_ranks", "vjp_norms", "target_ranks"]),
+        **table_paths(["prompts", "lemma_check", "gradient_ranks", "vjp_norms", "target_ranks", "embedding_anisotropy"]),
     output:
         report="results/{run}/analysis.md",
     conda:

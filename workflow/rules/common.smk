@@ -254,6 +254,7 @@ RESULT_TABLES = {
     "logit_lens_cells": "logit_lens_cells.parquet",
     "logit_lens_tokens": "logit_lens_tokens.parquet",
     "lemma_check": "lemma_check.parquet",
+    "embedding_anisotropy": "embedding_anisotropy.parquet",
 }
 
 
@@ -284,8 +285,8 @@ def table_paths(names):
 # --- Editing: artefacts shared between runs, shard jobs, comparisons ------------------------
 # Overrides the statistics (and held-out text) or MEND's editor depend on; a run differing only in
 # others (e.g. methods.shift.eta) reuses the artefacts of the run with just these overrides.
-STATS_KEYS = ("model.", "dtype", "seed", "experiment", "editing.corpus", "editing.covariance_methods",
-              "methods.rome", "methods.memit")
+STATS_KEYS = ("model.", "dtype", "seed", "experiment", "editing.corpus", "editing.covariance_methods", "editing.sweep.layers",
+              "methods.rome", "methods.memit", "methods.shift_whitened")
 MEND_KEYS = ("model.", "dtype", "seed", "experiment", "dataset", "editing.mend_training", "methods.mend")
 
 

@@ -179,9 +179,10 @@ rule headline_table:
 
 
 rule edit_shift_sweep:
-    """Forward pass shift over layers x eta on cases outside the evaluation range, with the chosen setting."""
+    """Every shift variant (editing.sweep.methods) over layers x eta on cases outside the evaluation range, with each one's chosen setting."""
     input:
         data_inputs("dataset"),
+        unpack(shared_statistics),
     output:
         editing_sweep=f"{EDIT_DIR}/shift_sweep.parquet",
         editing_sweep_choice=f"{EDIT_DIR}/shift_sweep_choice.json",
@@ -194,7 +195,7 @@ rule edit_shift_sweep:
     benchmark:
         "logs/{run}/benchmarks/edit_shift_sweep.tsv"
     params:
-        command=lambda wc, output: hydra_call("edit_shift_sweep", wc, **output),
+        command=lambda wc, input, output: hydra_call("edit_shift_sweep", wc, **input, **output),
     shell:
         STAGE_SHELL
 
@@ -222,7 +223,7 @@ rule edit_method_sweep:
 
 
 rule edit_fig26:
-    """Fig 26: shift accuracies across eta and layer."""
+    """Fig 26: each shift variant's efficacy, paraphrase and NS across layer and eta."""
     input:
         editing_sweep=f"{EDIT_DIR}/shift_sweep.parquet",
         editing_sweep_choice=f"{EDIT_DIR}/shift_sweep_choice.json",

@@ -13,8 +13,9 @@ OTHER_CAPTIONS = {
     "tracing_avg_lines": "Average indirect effect per layer for each segment, with 95% bands over facts.",
     "tracing_severed": "At the last subject token: restoring the residual stream with and without the later "
     "MLP (attention) outputs kept corrupted (ROME's severed paths).",
-    "fig26": "Fig 26: forward pass shift's efficacy, paraphrase and neighborhood accuracy across eta (log x) "
-    "and layer, on CounterFact cases outside the evaluation range.",
+    "fig26": "Fig 26: forward pass shift variants (the paper's e_t; centred e_t; centred e_t with a whitened key), "
+    "efficacy and paraphrase accuracy and NS over layer x eta, on CounterFact cases outside the evaluation range; "
+    "the chosen setting of each is boxed.",
     "table1": "Table 1: single-edit CounterFact accuracies (efficacy, paraphrase, neighborhood, %), generation "
     "n-gram entropy and ROME's probability metrics per method, mean +- std over cases; the paper's numbers "
     "beside ours when the model is GPT-2 XL.",

@@ -1,35 +1,63 @@
-"""Fig 26: forward pass shift's efficacy, paraphrase and neighborhood accuracy across eta and layer."""
+"""Fig 26: the forward pass shift variants' efficacy, paraphrase and NS across layer and eta."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import matplotlib.pyplot as plt
+import numpy as np
 import pandas as pd
 
-from backlens.figures.common import legend_outside, save_figure
+from backlens.figures.common import colourbar, save_figure
 
-PANELS = [("efficacy", "Efficacy"), ("paraphrase", "Paraphrase"), ("neighborhood", "Neighborhood")]
+# Accuracy for efficacy and paraphrase (the paper's Fig 26), NS for locality: neighbourhood
+# accuracy sits at its floor on SmolLM2 (6% unedited) and cannot show the damage NS shows.
+PANELS = [("efficacy", "Efficacy (accuracy)"), ("paraphrase", "Paraphrase (accuracy)"),
+          ("neighborhood_success", "NS (neighbours keep P(true) > P(new))")]
 
 
-def shift_sweep_figure(cases: pd.DataFrame, model_name: str, pdf_path: str | Path, chosen: dict | None = None) -> None:
-    """One panel per accuracy; x: eta (log scale), one line per layer; y: mean accuracy (%).
-    ``chosen`` (the sweep's choice: layer, eta) is marked with a ring in every panel."""
-    summary = cases.groupby(["layer", "eta"], as_index=False)[[p for p, _ in PANELS]].mean()
-    fig, axes = plt.subplots(1, len(PANELS), figsize=(3.4 * len(PANELS) + 1.4, 3.4), sharey=True, layout="constrained")
-    colors = plt.cm.viridis([i / max(1, summary["layer"].nunique() - 1) for i in range(summary["layer"].nunique())])
-    for ax, (column, title) in zip(axes, PANELS):
-        for color, (layer, group) in zip(colors, summary.groupby("layer")):
-            ax.plot(group["eta"], 100 * group[column], marker="o", ms=3, color=color, label=f"layer {layer}")
-        if chosen is not None:
-            point = summary[(summary["layer"] == chosen["layer"]) & (summary["eta"] == chosen["eta"])]
-            ax.scatter(point["eta"], 100 * point[column], s=140, facecolors="none", edgecolors="black", linewidths=1.6,
-                       zorder=5, label=f"chosen: layer {chosen['layer']}, eta {chosen['eta']}")
-        ax.set_xscale("log")
-        ax.set_xlabel("eta")
-        ax.set_title(title)
-        ax.grid(alpha=0.3)
-    axes[0].set_ylabel("accuracy (%)")
-    legend_outside(axes[-1])
-    fig.suptitle(f"{model_name}: forward pass shift sweep ({cases['case_id'].nunique()} CounterFact cases)")
+def shift_sweep_figure(cases: pd.DataFrame, model_name: str, pdf_path: str | Path, choice: dict | None = None) -> None:
+    """One row per shift variant (``method``), one layer x eta heatmap per metric (% of cases);
+    each variant's chosen setting (``choice["methods"][method]``) is boxed, the unedited NS is in the title."""
+    methods = list(pd.unique(cases["method"]))
+    summary = cases.groupby(["method", "layer", "eta"], as_index=False)[[p for p, _ in PANELS]].mean()
+    layers = sorted(summary["layer"].unique())
+    etas = sorted(summary["eta"].unique())
+    fig, axes = plt.subplots(len(methods), len(PANELS), figsize=(11.5, 2.6 * len(methods) + 0.6),
+                             layout="constrained", squeeze=False)
+    chosen_all = (choice or {}).get("methods", {})
+    for row, method in enumerate(methods):
+        group = summary[summary["method"] == method]
+        variant = cases[cases["method"] == method].iloc[0]
+        for col, (column, title) in enumerate(PANELS):
+            ax = axes[row, col]
+            grid = group.pivot(index="layer", columns="eta", values=column).reindex(index=layers, columns=etas)
+            image = ax.imshow(100 * grid.to_numpy(), origin="lower", aspect="auto", cmap="viridis", vmin=0, vmax=100)
+            for i, j in np.ndindex(grid.shape):
+                value = 100 * grid.iat[i, j]
+                if not np.isnan(value):
+                    ax.text(j, i, f"{value:.0f}", ha="center", va="center", fontsize=7,
+                            color="black" if value > 60 else "white")
+            chosen = chosen_all.get(method)
+            if chosen is not None:
+                i, j = layers.index(chosen["layer"]), etas.index(chosen["eta"])
+                ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=2))
+            ax.set_xticks(range(len(etas)), [f"{e:g}" for e in etas], rotation=45)
+            ax.set_yticks(range(len(layers)), [str(layer) for layer in layers])
+            ax.set_xlabel("eta")
+            if col == 0:
+                ax.set_ylabel(f"{method_title(variant)}\nlayer")
+            ax.set_title(title)
+        colourbar(image, axes[row, -1], "% of cases")
+    baseline = (choice or {}).get("baseline", {}).get("neighborhood_success")
+    note = f"; unedited NS {100 * baseline:.0f}%" if baseline is not None else ""
+    fig.suptitle(f"{model_name}: forward pass shift sweep, {cases['case_id'].nunique()} CounterFact cases "
+                 f"(red box: chosen setting{note})")
     save_figure(fig, pdf_path)
+
+
+def method_title(variant: pd.Series) -> str:
+    """Row label: the value vector and the key of a shift variant."""
+    value = "e_t" if variant["direction"] == "embedding" else "e_t - mean(E)"
+    key = "a_n" if variant["key"] == "activation" else "whitened a_n"
+    return f"{value}, key {key}"

@@ -65,11 +65,14 @@ def other_method_hparams(cfg: DictConfig, method_name: str, n_layers: int) -> di
 
 
 def statistics_layers(cfg: DictConfig, n_layers: int) -> list[int]:
-    """FF2 layers whose second moments some configured method needs (ROME's layer, MEMIT's layers)."""
+    """FF2 layers whose second moments some configured method needs (ROME's layer, MEMIT's layers,
+    a whitened-key shift's layer and, for its sweep, every swept layer)."""
     layers: set[int] = set()
     for name in cfg.editing.covariance_methods:
         hparams = other_method_hparams(cfg, str(name), n_layers)
         layers.update(int(x) for x in hparams.get("layers", []))
         if "layer" in hparams:
             layers.add(int(hparams["layer"]))
+        if hparams.get("key") == "whitened":
+            layers.update(int(x) for x in cfg.editing.sweep.layers if int(x) < n_layers)
     return sorted(layers)

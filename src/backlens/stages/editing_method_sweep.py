@@ -21,11 +21,11 @@ from backlens.io import write_json, write_table
 from backlens.models.loading import load_model
 from backlens.stages.editing_common import requests_in_range, user_method_overrides
 from backlens.stages.editing_sweep import (
-    ACCURACIES,
+    METRICS,
     SELECTION_RULE,
     check_outside_evaluation,
     choose,
-    mean_neighborhood,
+    mean_metric,
     unedited_metrics,
 )
 
@@ -58,20 +58,21 @@ def run(cfg: DictConfig) -> None:
             row = evaluate_case(editor, request, evaluation, generate=False, perplexity_blocks=None)
             rows.append({"model": cfg.model.name, "method": method, **setting, "case_id": request.case_id,
                          "skipped": row["skipped"], "edit_seconds": row["edit_seconds"],
-                         "efficacy_before": row["efficacy_before"], **{k: row[k] for k in ACCURACIES}})
+                         "efficacy_before": row["efficacy_before"], **{k: row[k] for k in METRICS}})
             progress.update()
     progress.close()
     cases = pd.DataFrame(rows)
     names = list(settings[0])
-    summary = cases.groupby(names, as_index=False)[[*ACCURACIES, "edit_seconds"]].mean()
+    summary = cases.groupby(names, as_index=False)[[*METRICS, "edit_seconds"]].mean()
     unedited = cases.drop_duplicates("case_id")
-    baseline_neighborhood = mean_neighborhood(unedited_metrics(loaded, requests, int(evaluation["batch_size"])))
-    chosen = choose(summary, baseline_neighborhood, float(sweep.max_neighborhood_drop), names)
+    baseline = unedited_metrics(loaded, requests, int(evaluation["batch_size"]))
+    baseline_means = {k: mean_metric(baseline, k) for k in METRICS}
+    chosen = choose(summary, baseline_means["neighborhood_success"], float(sweep.max_ns_drop), names)
     write_table(cases, cfg.paths.editing_method_sweep)
-    write_json({"method": method, **chosen, "baseline_neighborhood": baseline_neighborhood,
+    write_json({"method": method, **chosen, "baseline": baseline_means,
                 "baseline_efficacy": float(unedited["efficacy_before"].mean()), "n_cases": len(requests),
                 "first_case": first_case, "rule": SELECTION_RULE,
-                "max_neighborhood_drop": float(sweep.max_neighborhood_drop), "fixed_hparams": hparams_without(hparams, names),
+                "max_ns_drop": float(sweep.max_ns_drop), "fixed_hparams": hparams_without(hparams, names),
                 "grid": summary.to_dict(orient="records")}, cfg.paths.editing_method_sweep_choice)
     log.info("%s sweep on %s: chose %s", method, cfg.model.name, chosen)
 

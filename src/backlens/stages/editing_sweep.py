@@ -1,4 +1,5 @@
-"""Rule ``edit_shift_sweep``: forward pass shift across layers and eta (Fig 26) and the chosen setting."""
+"""Rule ``edit_shift_sweep``: every forward pass shift variant across layers and eta (Fig 26) and
+each variant's chosen setting."""
 
 from __future__ import annotations
 
@@ -12,40 +13,50 @@ from tqdm import tqdm
 
 from backlens.editing.base import NoEdit
 from backlens.editing.evaluation import case_metrics
+from backlens.editing.requests import continuation
 from backlens.editing.shift import ForwardPassShift
 from backlens.editing.weights import restored_after
 from backlens.io import write_json, write_table
 from backlens.models.loading import load_model
-from backlens.stages.editing_common import requests_in_range
+from backlens.stages.editing_common import other_method_hparams, requests_in_range
 
 log = logging.getLogger(__name__)
 ACCURACIES = ["efficacy", "paraphrase", "neighborhood"]
+# ROME's probability comparisons: NS can see locality damage where neighbourhood accuracy sits at
+# its floor (SmolLM2: 6% unedited accuracy, 66% NS).
+SUCCESSES = ["efficacy_success", "paraphrase_success", "neighborhood_success"]
+METRICS = ACCURACIES + SUCCESSES
 
 
-SELECTION_RULE = "neighborhood >= baseline - max_neighborhood_drop; max efficacy + paraphrase; ties to the smaller setting"
+SELECTION_RULE = ("NS (neighborhood_success) >= unedited NS - max_ns_drop; then the highest efficacy + paraphrase "
+                  "accuracy; ties to the smaller setting")
 
 
-def choose(summary: pd.DataFrame, baseline_neighborhood: float, max_drop: float, settings: list[str]) -> dict:
-    """The documented rule: neighborhood within ``max_drop`` of the unedited model, then the highest
-    efficacy + paraphrase; ties go to the smaller values of ``settings`` (in that order)."""
-    allowed = summary[summary["neighborhood"] >= baseline_neighborhood - max_drop]
-    if allowed.empty:
-        raise ValueError(f"no sweep setting keeps neighborhood within {max_drop} of {baseline_neighborhood:.3f}; widen the grid")
-    ranked = allowed.assign(objective=allowed["efficacy"] + allowed["paraphrase"]).sort_values(
-        ["objective", *settings], ascending=[False] + [True] * len(settings)
-    )
+def choose(summary: pd.DataFrame, baseline_ns: float, max_drop: float, settings: list[str]) -> dict:
+    """The documented rule: NS within ``max_drop`` of the unedited model's, then the highest
+    efficacy + paraphrase accuracy; ties go to the smaller values of ``settings`` (in that order).
+    When no setting keeps NS in range the result says so (``feasible`` false) and takes the
+    setting with the highest NS, so a sweep never silently reports a damaging edit as chosen."""
+    allowed = summary[summary["neighborhood_success"] >= baseline_ns - max_drop]
+    feasible = not allowed.empty
+    if feasible:
+        ranked = allowed.assign(objective=allowed["efficacy"] + allowed["paraphrase"]).sort_values(
+            ["objective", *settings], ascending=[False] + [True] * len(settings))
+    else:
+        ranked = summary.sort_values(["neighborhood_success", *settings], ascending=[False] + [True] * len(settings))
     # Column by column, so an integer setting (layer) stays an integer.
-    return {**{k: ranked[k].iloc[0].item() for k in settings}, **{k: float(ranked[k].iloc[0]) for k in ACCURACIES}}
+    return {**{k: ranked[k].iloc[0].item() for k in settings},
+            **{k: float(ranked[k].iloc[0]) for k in METRICS if k in ranked}, "feasible": feasible}
 
 
 def unedited_metrics(loaded, requests, batch_size: int) -> dict[int, dict]:
-    """case_id -> the unedited model's accuracies on each sweep case (the selection rule's baseline)."""
+    """case_id -> the unedited model's metrics on each sweep case (the selection rule's baseline)."""
     editor = NoEdit(loaded, {})
     return {r.case_id: case_metrics(editor, r, batch_size=batch_size) for r in requests}
 
 
-def mean_neighborhood(metrics: dict[int, dict]) -> float:
-    return float(pd.Series([m["neighborhood"] for m in metrics.values()], dtype=float).dropna().mean())
+def mean_metric(metrics: dict[int, dict], key: str) -> float:
+    return float(pd.Series([m[key] for m in metrics.values()], dtype=float).dropna().mean())
 
 
 def check_outside_evaluation(cfg: DictConfig, first_case: int, n_cases: int, label: str) -> None:
@@ -55,6 +66,40 @@ def check_outside_evaluation(cfg: DictConfig, first_case: int, n_cases: int, lab
         raise ValueError(f"{label} cases {first_case}..{first_case + n_cases - 1} overlap the evaluation range; move {label}.first_case")
 
 
+def by_target_length(cases: pd.DataFrame, setting: dict, settings: list[str]) -> dict:
+    """Mean metrics of one setting on single-token and multi-token targets separately."""
+    rows = cases
+    for key in settings:
+        rows = rows[rows[key] == setting[key]]
+    groups = {"single_token": rows[~rows["multi_token"]], "multi_token": rows[rows["multi_token"]]}
+    return {name: {"n_cases": len(group), **{k: float(group[k].mean()) for k in METRICS}}
+            for name, group in groups.items() if len(group)}
+
+
+def sweep_variant(cfg, loaded, method: str, layers, requests, baseline, batch_size: int) -> list[dict]:
+    """Rows (layer, eta, case) of one shift variant; the unit update is computed once per layer and case."""
+    rows = []
+    editors = {}
+    for layer, request in tqdm(list(product(layers, requests)), desc=f"{method} sweep", unit="case"):
+        if layer not in editors:  # one editor per layer: a whitened key inverts C once
+            hparams = {**other_method_hparams(cfg, method, loaded.adapter.n_layers), "layer": layer, "eta": 1.0}
+            editors = {layer: ForwardPassShift(loaded, hparams)}
+        editor = editors[layer]
+        unit_update, already_predicted, _ = editor.shift_update(request)
+        multi_token = len(continuation(loaded.tokenizer, request.prompt, request.target_new).target_ids) > 1
+        for eta in cfg.editing.sweep.etas:
+            metrics = baseline[request.case_id]
+            if not already_predicted:
+                with restored_after(editor.edited_parameters()):
+                    with torch.no_grad():
+                        editor.edited_parameters()[0].add_(float(eta) * unit_update)
+                    metrics = case_metrics(editor, request, batch_size=batch_size)
+            rows.append({"model": cfg.model.name, "method": method, "direction": editor.direction, "key": editor.key,
+                         "layer": layer, "eta": float(eta), "case_id": request.case_id, "skipped": already_predicted,
+                         "multi_token": multi_token, **{k: metrics[k] for k in METRICS}})
+    return rows
+
+
 def run(cfg: DictConfig) -> None:
     sweep = cfg.editing.sweep
     check_outside_evaluation(cfg, int(sweep.first_case), int(sweep.n_cases), "editing.sweep")
@@ -62,26 +107,20 @@ def run(cfg: DictConfig) -> None:
     requests = requests_in_range(cfg, int(sweep.first_case), int(sweep.n_cases), "editing.sweep")
     batch_size = int(cfg.editing.evaluation.batch_size)
     layers = [int(x) for x in sweep.layers if int(x) < loaded.adapter.n_layers]
-    rows = []
     baseline = unedited_metrics(loaded, requests, batch_size)
-    for layer, request in tqdm(list(product(layers, requests)), desc="shift sweep", unit="case"):
-        editor = ForwardPassShift(loaded, {"layer": layer, "eta": 1.0})
-        unit_update, already_predicted, _ = editor.shift_update(request)
-        for eta in sweep.etas:
-            metrics = baseline[request.case_id]
-            if not already_predicted:
-                with restored_after(editor.edited_parameters()):
-                    with torch.no_grad():
-                        editor.edited_parameters()[0].add_(float(eta) * unit_update)
-                    metrics = case_metrics(editor, request, batch_size=batch_size)
-            rows.append({"model": cfg.model.name, "layer": layer, "eta": float(eta), "case_id": request.case_id,
-                         "skipped": already_predicted, **{k: metrics[k] for k in ACCURACIES}})
+    baseline_means = {k: mean_metric(baseline, k) for k in METRICS}
+    rows = [row for method in sweep.methods for row in sweep_variant(cfg, loaded, str(method), layers, requests, baseline, batch_size)]
     cases = pd.DataFrame(rows)
-    summary = cases.groupby(["layer", "eta"], as_index=False)[ACCURACIES].mean()
-    baseline_neighborhood = mean_neighborhood(baseline)
-    chosen = choose(summary, baseline_neighborhood, float(sweep.max_neighborhood_drop), ["eta", "layer"])
+    choices = {}
+    for method, group in cases.groupby("method", sort=False):
+        summary = group.groupby(["layer", "eta"], as_index=False)[METRICS].mean()
+        chosen = choose(summary, baseline_means["neighborhood_success"], float(sweep.max_ns_drop), ["eta", "layer"])
+        choices[method] = {**chosen, "by_target_length": by_target_length(group, chosen, ["eta", "layer"]),
+                           "grid": summary.to_dict(orient="records")}
+        log.info("shift sweep on %s, %s: chose layer %d, eta %g (%s)", cfg.model.name, method, chosen["layer"], chosen["eta"],
+                 {k: v for k, v in chosen.items() if k in METRICS})
     write_table(cases, cfg.paths.editing_sweep)
-    write_json({**chosen, "baseline_neighborhood": baseline_neighborhood, "n_cases": len(requests),
-                "first_case": int(sweep.first_case), "rule": SELECTION_RULE, "max_neighborhood_drop": float(sweep.max_neighborhood_drop),
-                "grid": summary.to_dict(orient="records")}, cfg.paths.editing_sweep_choice)
-    log.info("shift sweep on %s: chose layer %d, eta %g (%s)", cfg.model.name, chosen["layer"], chosen["eta"], chosen)
+    write_json({"methods": choices, "baseline": baseline_means, "n_cases": len(requests),
+                "n_multi_token": int(cases.drop_duplicates("case_id")["multi_token"].sum()),
+                "first_case": int(sweep.first_case), "rule": SELECTION_RULE, "max_ns_drop": float(sweep.max_ns_drop)},
+               cfg.paths.editing_sweep_choice)

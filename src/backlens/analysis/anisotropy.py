@@ -1,0 +1,60 @@
+"""How well the input embedding e_t alone points at its own token through the final norm and
+unembedding (issue 17): the forward pass shift writes eta * e_t into the residual stream, so when
+LL(e_t) does not rank t first, the shift pushes prompts toward whatever LL(e_t) does rank first.
+
+On an anisotropic embedding matrix (a large common mean) LL(e_t) ranks the same few tokens first
+for most t; removing the mean, LL(e_t - mean_j e_j), shows what the centred shift variant writes.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+import torch
+
+from backlens.models.adapters import ArchitectureAdapter
+
+VARIANTS = ("raw", "centered")
+
+
+@torch.no_grad()
+def embedding_self_ranks(adapter: ArchitectureAdapter, token_ids: list[int], *, batch_size: int = 256) -> pd.DataFrame:
+    """One row per (token, variant): the rank of t in LL(e_t) (0 = most probable), the top token
+    of LL(e_t) and the cosine of e_t with the mean embedding. ``raw``: e_t; ``centered``: e_t - mean_j e_j."""
+    embedding_VxD = adapter.input_embedding.detach().float()
+    mean_D = embedding_VxD.mean(0)
+    ids = torch.tensor(token_ids, dtype=torch.long)
+    rows = []
+    for start in range(0, len(ids), batch_size):
+        batch = ids[start : start + batch_size]
+        vectors_BxD = embedding_VxD[batch]
+        cosine_B = torch.nn.functional.cosine_similarity(vectors_BxD, mean_D[None], dim=-1)
+        for variant, probe_BxD in (("raw", vectors_BxD), ("centered", vectors_BxD - mean_D)):
+            logits_BxV = adapter.logit_lens(probe_BxD).float()
+            own_B = logits_BxV.gather(1, batch[:, None])
+            ranks_B = (logits_BxV > own_B).sum(1)
+            top_B = logits_BxV.argmax(1)
+            rows += [{"token_id": int(t), "variant": variant, "rank": int(r), "top_token_id": int(top),
+                      "cosine_with_mean": float(c)} for t, r, top, c in zip(batch, ranks_B, top_B, cosine_B)]
+    return pd.DataFrame(rows)
+
+
+def sample_token_ids(vocab_size: int, n_tokens: int | None, seed: int) -> list[int]:
+    """Every token id (n_tokens None or >= V) or a seeded sample of n_tokens, sorted."""
+    if n_tokens is None or n_tokens >= vocab_size:
+        return list(range(vocab_size))
+    generator = torch.Generator().manual_seed(seed)
+    return sorted(torch.randperm(vocab_size, generator=generator)[:n_tokens].tolist())
+
+
+def anisotropy_summary(ranks: pd.DataFrame, n_recurring: int = 5) -> pd.DataFrame:
+    """Per variant: share of tokens ranked first in their own lens, median rank, and the top tokens
+    of LL(e_t) that recur most (``top_token`` text and the share of sampled tokens whose lens they top)."""
+    rows = []
+    for variant in VARIANTS:
+        group = ranks[ranks["variant"] == variant]
+        recurring = group["top_token"].value_counts(normalize=True).head(n_recurring)
+        rows.append({"variant": variant, "n_tokens": len(group), "share_rank_first": float((group["rank"] == 0).mean()),
+                     "median_rank": float(group["rank"].median()),
+                     "mean_cosine_with_mean": float(group["cosine_with_mean"].mean()),
+                     "recurring_top_tokens": ", ".join(f"{t!r} {100 * s:.0f}%" for t, s in recurring.items())})
+    return pd.DataFrame(rows)
