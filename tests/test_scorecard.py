@@ -90,3 +90,12 @@ def test_no_tracked_outputs_under_results_or_figures():
     if listed.returncode != 0:
         pytest.skip("not a git checkout")
     assert listed.stdout.split() == []
+
+
+@pytest.mark.parametrize("efficacy, ns, verdict", [(97.0, 50.0, "holds"), (97.0, 30.0, "partly"), (80.0, 30.0, "does not")])
+def test_shift_variant_row_compares_efficacy_and_ns_with_rome(efficacy, ns, verdict):
+    table = pd.DataFrame({
+        "method": ["rome", "shift", "shift_centered"], "label": ["ROME", "Forward pass shift", "Forward pass shift (centred e_t)"],
+        "efficacy_mean": [100.0, 78.0, efficacy], "neighborhood_success_mean": [58.0, 12.0, ns]}).set_index("method")
+    (row,) = scorecard.shift_variant_rows(table, PAPER)
+    assert row.verdict == verdict and "centred e_t" in row.claim and f"NS {ns:.0f} vs ROME 58" in row.ours
