@@ -1,4 +1,4 @@
-"""Shared fixtures: project paths, Hydra composition, tiny random GPT-2 and Llama models."""
+"""Shared fixtures: project paths, Hydra composition, tiny random GPT-2, Llama, Qwen2 and GPT-NeoX models."""
 
 from __future__ import annotations
 
@@ -55,6 +55,19 @@ def tiny_llama():
     return load_model(compose_config("model=tiny-llama").model)
 
 
-@pytest.fixture(params=["tiny_gpt2", "tiny_llama"], scope="session")
+@pytest.fixture(scope="session")
+def tiny_qwen2():
+    return load_model(compose_config("model=tiny-qwen2").model)
+
+
+@pytest.fixture(scope="session")
+def tiny_neox():
+    require_shared("assets", "gpt2_tokenizer")
+    return load_model(compose_config("model=tiny-neox").model)
+
+
+# Every family an adapter serves: GPT-2 (Conv1D), Llama and Qwen2 (gated MLP; Qwen2 with biased
+# q/k/v), GPT-NeoX (parallel attention and MLP, partial rotary).
+@pytest.fixture(params=["tiny_gpt2", "tiny_llama", "tiny_qwen2", "tiny_neox"], scope="session")
 def tiny_model(request):
     return request.getfixturevalue(request.param)

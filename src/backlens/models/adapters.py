@@ -13,6 +13,8 @@ from typing import ClassVar, Literal, Protocol
 import torch
 from torch import nn
 
+from backlens.errors import UserError
+
 WeightLayout = Literal["in_out", "out_in"]
 
 
@@ -20,7 +22,7 @@ WeightLayout = Literal["in_out", "out_in"]
 class LinearSite:
     """One linear map y_i = W x_i applied at every prompt position.
 
-    ``matrix`` names its role: ``ff1`` (GPT-2), ``ff1_gate`` / ``ff1_up`` (gated MLPs)
+    ``matrix`` names its role: ``ff1`` (GPT-2, GPT-NeoX), ``ff1_gate`` / ``ff1_up`` (gated MLPs)
     or ``ff2``. ``layout`` says how ``module.weight`` stores W: GPT-2's Conv1D keeps
     (in, out), ``nn.Linear`` keeps (out, in).
     """
@@ -70,10 +72,17 @@ def causal_attention_mask(n_new: int, first_position: int, dtype: torch.dtype, d
     return mask.masked_fill(blocked, torch.finfo(dtype).min)[None, None]
 
 
+class UnsupportedArchitectureError(UserError, ValueError):
+    """The model's family has no adapter; the message names it and the supported families."""
+
+
 class ArchitectureAdapter(ABC):
     """Uniform access to the parts of a decoder-only transformer the analyses need."""
 
     families: ClassVar[tuple[str, ...]]
+    # Blocks receive the cache under this keyword; a wrong name would be swallowed by **kwargs
+    # and the cache silently ignored, so a family that names it differently must say so.
+    _cache_keyword: ClassVar[str] = "past_key_values"
 
     def __init__(self, model: nn.Module):
         self.model = model
@@ -176,7 +185,11 @@ class ArchitectureAdapter(ABC):
         hidden = hidden_BxSxd
         for layer in range(start, end):
             output = self.blocks[layer](
-                hidden, attention_mask=mask, past_key_values=key_values, use_cache=key_values is not None, **extra
+                hidden,
+                attention_mask=mask,
+                use_cache=key_values is not None,
+                **{self._cache_keyword: key_values},
+                **extra,
             )
             hidden = output[0] if isinstance(output, tuple) else output
         return hidden
@@ -185,7 +198,8 @@ class ArchitectureAdapter(ABC):
         """Facts worth logging next to results: family, layers, norm type and eps."""
         norm = self.final_norm
         return {
-            "family": self.families[0],
+            # The model's own type: one adapter serves several families (Qwen2 is not Llama).
+            "family": getattr(self.model.config, "model_type", self.families[0]),
             "n_layers": self.n_layers,
             "final_norm": type(norm).__name__,
             "final_norm_eps": float(getattr(norm, "eps", getattr(norm, "variance_epsilon", float("nan")))),
@@ -272,17 +286,60 @@ class GatedMLPAdapter(ArchitectureAdapter):
         return {"position_embeddings": position_embeddings, "position_ids": position_ids_1xS}
 
 
-_ADAPTERS: tuple[type[ArchitectureAdapter], ...] = (GPT2Adapter, GatedMLPAdapter)
+class GPTNeoXAdapter(ArchitectureAdapter):
+    """GPT-NeoX / Pythia: ``nn.Linear`` dense_h_to_4h / dense_4h_to_h (out, in), untied unembedding.
+
+    With ``use_parallel_residual`` attention and MLP both read the block's input stream and
+    the block adds both outputs to it, so the attention output never reaches this block's MLP;
+    patching either output (tracing) or adding to the MLP output (MEMIT) still moves the block
+    output by exactly that amount.
+    """
+
+    families = ("gpt_neox",)
+    _cache_keyword = "layer_past"
+
+    @property
+    def blocks(self) -> nn.ModuleList:
+        return self.model.gpt_neox.layers
+
+    def ff1_sites(self, layer: int) -> tuple[LinearSite, ...]:
+        return (LinearSite(layer, "ff1", self.blocks[layer].mlp.dense_h_to_4h, "out_in"),)
+
+    def ff2_site(self, layer: int) -> LinearSite:
+        return LinearSite(layer, "ff2", self.blocks[layer].mlp.dense_4h_to_h, "out_in")
+
+    def attention(self, layer: int) -> nn.Module:
+        return self.blocks[layer].attention
+
+    def mlp(self, layer: int) -> nn.Module:
+        return self.blocks[layer].mlp
+
+    @property
+    def final_norm(self) -> nn.Module:
+        return self.model.gpt_neox.final_layer_norm
+
+    def _block_kwargs(self, hidden_BxSxd: torch.Tensor, position_ids_1xS: torch.Tensor) -> dict[str, object]:
+        # The layers do not compute rotary (partial: rotary_pct of each head) themselves;
+        # GPTNeoXModel.forward does, once for all of them, so a layer-range forward must too.
+        position_embeddings = self.model.gpt_neox.rotary_emb(hidden_BxSxd, position_ids=position_ids_1xS)
+        return {"position_embeddings": position_embeddings, "position_ids": position_ids_1xS}
+
+
+_ADAPTERS: tuple[type[ArchitectureAdapter], ...] = (GPT2Adapter, GatedMLPAdapter, GPTNeoXAdapter)
+
+
+def supported_families() -> list[str]:
+    return sorted(family for cls in _ADAPTERS for family in cls.families)
 
 
 def adapter_for(model: nn.Module) -> ArchitectureAdapter:
-    """Pick the adapter from ``model.config.model_type``."""
+    """Pick the adapter from ``model.config.model_type``; the single entry point for every family."""
     model_type = getattr(model.config, "model_type", None)
     for adapter_class in _ADAPTERS:
         if model_type in adapter_class.families:
             return adapter_class(model)
-    supported = sorted(f for cls in _ADAPTERS for f in cls.families)
-    raise ValueError(
-        f"no architecture adapter for model_type={model_type!r}; supported: {', '.join(supported)}. "
-        "Add a subclass of ArchitectureAdapter in backlens/models/adapters.py."
+    raise UnsupportedArchitectureError(
+        f"no architecture adapter for model_type={model_type!r} ({type(model).__name__}); supported: "
+        f"{', '.join(supported_families())}. Add an ArchitectureAdapter subclass to _ADAPTERS in "
+        "backlens/models/adapters.py"
     )
