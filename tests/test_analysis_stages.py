@@ -4,7 +4,9 @@ import pandas as pd
 import pytest
 
 from backlens.figures.registry import FIGURES
-from backlens.stages import analysis_report, backward_lens, lemma_check, logit_lens_examples, render_figure, sample_prompts
+from backlens.stages import (
+    analysis_report, backward_lens, embedding_anisotropy, lemma_check, logit_lens_examples, render_figure, sample_prompts,
+)
 from conftest import compose_config, require_shared
 
 
@@ -15,7 +17,7 @@ def analysed(request, tmp_path_factory):
     results = tmp_path_factory.mktemp(request.param)
     cfg = compose_config(f"model={request.param}", "n_prompts=6", f"paths.results={results}",
                          "analysis.batch_size=4", "analysis.lemma.n_crosscheck=2")
-    for stage in (sample_prompts, backward_lens, lemma_check, logit_lens_examples, analysis_report):
+    for stage in (sample_prompts, backward_lens, lemma_check, logit_lens_examples, embedding_anisotropy, analysis_report):
         stage.run(cfg)
     return cfg
 

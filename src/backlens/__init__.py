@@ -1,0 +1,25 @@
+"""Backward Lens: project language-model gradients into the vocabulary space.
+
+    from backlens import BackwardLens
+    lens = BackwardLens("smollm2-135m")
+    lens.run("Obama grew up in", " Paris").summary()
+
+The public names (``BackwardLens``, ``edit``, ``trace``, ``load``, ``next_tokens``) are imported on
+first use, so ``import backlens`` stays fast (torch and transformers load only when needed).
+"""
+
+from __future__ import annotations
+
+import importlib
+
+__all__ = ["BackwardLens", "EditResult", "LensTables", "TracedFact", "edit", "load", "next_tokens", "trace"]
+
+
+def __getattr__(name: str):
+    if name in __all__:
+        return getattr(importlib.import_module("backlens.api"), name)
+    raise AttributeError(f"module 'backlens' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])

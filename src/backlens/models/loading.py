@@ -8,8 +8,10 @@ import importlib.util
 import logging
 import os
 import socket
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -202,18 +204,47 @@ def check_available(cfg: Mapping) -> str:
     return _locate(cfg).description
 
 
-def load_model(cfg: Mapping, device: str = "cpu", dtype: str = "float32") -> LoadedModel:
-    """Load the model a ``conf/model/*.yaml`` describes, in eval mode, on ``device``."""
+@contextmanager
+def quiet_loading(quiet: bool = True) -> Iterator[None]:
+    """Silence transformers' progress bars and info logging, and the GGUF de-quantisation bar
+    (a plain ``tqdm`` inside transformers' GGUF reader), for the duration of a load."""
+    if not quiet:
+        yield
+        return
+    import transformers.modeling_gguf_pytorch_utils as gguf_utils
+    from transformers.utils import logging as hf_logging
+
+    bars_were_on = hf_logging.is_progress_bar_enabled()
+    verbosity = hf_logging.get_verbosity()
+    gguf_tqdm = getattr(gguf_utils, "tqdm", None)
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    if gguf_tqdm is not None:
+        gguf_utils.tqdm = partial(gguf_tqdm, disable=True)
+    try:
+        yield
+    finally:
+        if gguf_tqdm is not None:
+            gguf_utils.tqdm = gguf_tqdm
+        hf_logging.set_verbosity(verbosity)
+        if bars_were_on:
+            hf_logging.enable_progress_bar()
+
+
+def load_model(cfg: Mapping, device: str = "cpu", dtype: str = "float32", *, quiet: bool = False) -> LoadedModel:
+    """Load the model a ``conf/model/*.yaml`` describes, in eval mode, on ``device``; ``quiet``
+    hides the loaders' progress bars (GGUF de-quantisation, weight loading) and info logs."""
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)
-    tokenizer = load_tokenizer(cfg)
-    if cfg["source"] == "random" and not cfg.get("path"):
-        model = _random_model(cfg, len(tokenizer), torch_dtype, torch_device)
-        description = f"random init ({cfg['architecture']}, seed {cfg.get('seed', 0)})"
-    else:
-        location = _locate(cfg)
-        model = AutoModelForCausalLM.from_pretrained(location.name_or_path, dtype=torch_dtype, **location.kwargs)
-        description = location.description
+    with quiet_loading(quiet):
+        tokenizer = load_tokenizer(cfg)
+        if cfg["source"] == "random" and not cfg.get("path"):
+            model = _random_model(cfg, len(tokenizer), torch_dtype, torch_device)
+            description = f"random init ({cfg['architecture']}, seed {cfg.get('seed', 0)})"
+        else:
+            location = _locate(cfg)
+            model = AutoModelForCausalLM.from_pretrained(location.name_or_path, dtype=torch_dtype, **location.kwargs)
+            description = location.description
     model = model.to(torch_device).eval()
     log.info("loaded %s from %s on %s (%s)", cfg["name"], description, torch_device, torch_dtype)
     return LoadedModel(cfg["name"], model, tokenizer, adapter_for(model), torch_device, torch_dtype, description)

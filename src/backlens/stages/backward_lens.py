@@ -4,26 +4,19 @@ from __future__ import annotations
 
 import json
 import logging
-import time
-from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
 
 import pandas as pd
 from omegaconf import DictConfig
-from tqdm import tqdm
 
-from backlens.analysis.capture import CapturedBatch, capture_gradient_factors
-from backlens.analysis.gradient_tables import ff2_target_rank_rows, gradient_rank_rows, vjp_norm_rows
-from backlens.analysis.spanning_sets import neuron_update_rows, vjp_similarity_rows
+from backlens.api.lens import GRADIENT_TABLES, BackwardLens, LensPrompt, LensSettings
 from backlens.data.prompt_table import prompts_from_table
 from backlens.io import write_json, write_table
 from backlens.models.loading import LoadedModel, load_model
 from backlens.stages import sharding
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -44,10 +37,12 @@ class PromptBatchSource:
     def sliced(self, start: int, stop: int) -> PromptBatchSource:
         return PromptBatchSource(self.case_ids[start:stop], self.input_ids[start:stop], self.target_ids[start:stop])
 
-    def batches(self, size: int):
-        for start in range(0, len(self.case_ids), size):
-            stop = start + size
-            yield self.case_ids[start:stop], self.input_ids[start:stop], self.target_ids[start:stop]
+    def items(self) -> list[LensPrompt]:
+        """The prompts as the API's LensPrompt (ids only: the five tables need no text)."""
+        return [
+            LensPrompt(int(case_id), tuple(ids), int(target), label=f"CounterFact case {case_id}")
+            for case_id, ids, target in zip(self.case_ids, self.input_ids, self.target_ids)
+        ]
 
 
 def read_prompts(path: str, model_name: str) -> PromptBatchSource:
@@ -58,34 +53,12 @@ def read_prompts(path: str, model_name: str) -> PromptBatchSource:
 
 
 def capture_batches(loaded: LoadedModel, prompts: PromptBatchSource, batch_size: int, *, submodules: bool = True):
-    """Yield (case_ids, CapturedBatch) over all prompts with a progress bar."""
-    pad_id = loaded.tokenizer.pad_token_id
-    with tqdm(total=len(prompts.case_ids), desc="capture", unit="prompt") as progress:
-        for case_ids, input_ids, target_ids in prompts.batches(batch_size):
-            for case_id, ids in zip(case_ids, input_ids):
-                loaded.check_fits(len(ids), f"CounterFact case {case_id}")
-            batch = capture_gradient_factors(
-                loaded.model, loaded.adapter, input_ids, target_ids, pad_id=pad_id, submodules=submodules
-            )
-            yield case_ids, batch
-            progress.update(len(case_ids))
+    """Yield (case_ids, CapturedBatch) over all prompts with a progress bar (the API's loop)."""
+    for chunk, batch in BackwardLens(loaded).capture(prompts.items(), batch_size, submodules=submodules):
+        yield [item.case_id for item in chunk], batch
 
 
-def timed(iterable: Iterable[T], seconds: dict[str, float], key: str) -> Iterator[T]:
-    """Iterate, adding the time spent producing each item to ``seconds[key]``."""
-    iterator = iter(iterable)
-    while True:
-        tick = time.perf_counter()
-        try:
-            item = next(iterator)
-        except StopIteration:
-            return
-        finally:
-            seconds[key] += time.perf_counter() - tick
-        yield item
-
-
-TABLES = ["gradient_ranks", "vjp_norms", "target_ranks", "neuron_updates", "vjp_similarity"]
+TABLES = list(GRADIENT_TABLES)
 
 
 def shard_range(cfg: DictConfig, n_prompts: int) -> tuple[int, int]:
@@ -112,24 +85,12 @@ def run(cfg: DictConfig) -> None:
     start, stop = shard_range(cfg, len(all_prompts.case_ids))
     prompts = all_prompts.sliced(start, stop)
     settings = cfg.analysis
-    builders: dict[str, Callable[[CapturedBatch, list[int]], list[dict]]] = {
-        "gradient_ranks": gradient_rank_rows,
-        "vjp_norms": vjp_norm_rows,
-        "target_ranks": lambda b, c: ff2_target_rank_rows(b, c, loaded.adapter, normalized=settings.normalized),
-        "neuron_updates": lambda b, c: neuron_update_rows(b, c, loaded.adapter, top_k=settings.top_k_neurons),
-        "vjp_similarity": vjp_similarity_rows,
-    }
-    rows: dict[str, list[dict]] = {name: [] for name in builders}
-    seconds = {"capture": 0.0, **{name: 0.0 for name in builders}}
-    started = time.perf_counter()
-    for case_ids, batch in timed(capture_batches(loaded, prompts, int(settings.batch_size)), seconds, "capture"):
-        for name, build in builders.items():
-            tick = time.perf_counter()
-            rows[name].extend(build(batch, case_ids))
-            seconds[name] += time.perf_counter() - tick
-    for name, table_rows in rows.items():
-        table = pd.DataFrame(table_rows)
-        table.insert(0, "model", cfg.model.name)
+    result = BackwardLens(loaded).run_prepared(
+        prompts.items(), batch_size=int(settings.batch_size), tables=TABLES,
+        settings=LensSettings(normalized=bool(settings.normalized), top_k_neurons=int(settings.top_k_neurons)),
+    )
+    for name in TABLES:
+        table = result.tables[name]
         write_table(table, cfg.paths[name])
         log.info("wrote %s (%d rows)", cfg.paths[name], len(table))
     write_json(
@@ -142,7 +103,7 @@ def run(cfg: DictConfig) -> None:
             "prompts": [start, stop],
             "loss": cfg.paper.loss,
             "rank_tolerance": "singular values of the P x P factor core above P * eps(float32) x the largest",
-            "seconds": {**seconds, "total": time.perf_counter() - started},
+            "seconds": result.seconds,
         },
         cfg.paths.analysis_meta,
     )

@@ -20,15 +20,16 @@ import torch
 from omegaconf import DictConfig
 from tqdm import tqdm
 
+from backlens.api.tracing import trace_prepared, trace_settings, window_layers  # noqa: F401 (window_layers: re-export)
 from backlens.data.known_facts import load_known_facts_from_config
 from backlens.data.segments import SEGMENTS, SegmentationError
 from backlens.data.sources import identity_from_config
 from backlens.io import write_json, write_table
 from backlens.models.loading import load_model
 from backlens.tracing.facts import TracedPrompt, prepare_fact, screen_facts
-from backlens.tracing.runs import fact_generator, noise_std
-from backlens.tracing.tables import concat_or_empty, effect_rows, fact_row, token_rows
-from backlens.tracing.trace import TraceSettings, model_flops, trace_fact
+from backlens.tracing.runs import noise_std
+from backlens.tracing.tables import concat_or_empty
+from backlens.tracing.trace import model_flops
 from backlens.stages import sharding
 
 log = logging.getLogger(__name__)
@@ -42,30 +43,6 @@ FACT_COLUMNS = [
 ]
 TOKEN_COLUMNS = ["model", "known_id", "token_index", "token_id", "token", "segment", *SEGMENTS]
 EFFECT_COLUMNS = ["model", "known_id", "token_index", "layer", "kind", "p_restored", "indirect_effect"]
-
-
-def window_layers(tracing: DictConfig, n_layers: int) -> int:
-    """Layers restored around each MLP / attention centre: ``tracing.window`` if set, else
-    ``tracing.window_fraction`` of the depth (ROME: 10 of GPT-2 XL's 48), rounded, at least 1."""
-    if tracing.get("window") is not None:
-        return int(tracing.window)
-    fraction = tracing.get("window_fraction")
-    if fraction is None or not 0 < float(fraction) <= 1:
-        raise ValueError(f"tracing.window_fraction={fraction}; set a fraction in (0, 1] or tracing.window=<layers>")
-    return max(1, round(float(fraction) * n_layers))
-
-
-def trace_settings(cfg: DictConfig, std: float, n_layers: int) -> TraceSettings:
-    tracing = cfg.tracing
-    return TraceSettings(
-        kinds=tuple(tracing.kinds),
-        severed_kinds=tuple(tracing.severed_kinds),
-        noise_std=std,
-        noise_samples=int(tracing.noise_samples),
-        window=window_layers(tracing, n_layers),
-        max_rows=int(tracing.max_rows),
-        severed_at=str(tracing.severed_at),
-    )
 
 
 def settings_record(cfg: DictConfig, std: float | None) -> dict:
@@ -206,20 +183,11 @@ def trace_shard(cfg: DictConfig) -> None:
     traced_at = time.perf_counter()
     for prompt in tqdm(prompts, desc=f"causal tracing facts {start}-{start + len(prompts) - 1}", unit="fact"):
         fact_started = time.perf_counter()
-        segmented = prompt.segmented
-        trace = trace_fact(
-            loaded.adapter,
-            segmented.input_ids,
-            segmented.subject_start,
-            segmented.subject_end,
-            prompt.answer_id,
-            settings,
-            fact_generator(int(cfg.seed), prompt.fact.known_id),
-        )
+        traced = trace_prepared(loaded.adapter, prompt, settings, int(cfg.seed))
         fact_seconds.append(time.perf_counter() - fact_started)
-        facts.append(fact_row(prompt, trace))
-        tokens.append(token_rows(prompt))
-        effects.append(effect_rows(prompt, trace))
+        facts.append(traced.fact)
+        tokens.append(traced.tokens)
+        effects.append(traced.effects)
     trace_seconds = time.perf_counter() - traced_at
     tables = [pd.DataFrame(facts), concat_or_empty(tokens), concat_or_empty(effects)]
     for table in tables:

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from backlens.models.adapters import ArchitectureAdapter
 from backlens.tracing.restore import restore_token, restored_rows
@@ -75,8 +76,11 @@ def trace_fact(
     answer_id: int,
     settings: TraceSettings,
     generator: torch.Generator,
+    *,
+    progress: bool = False,
 ) -> FactTrace:
-    """Trace every (kind, token, layer) of one prompt whose subject is tokens [subject_start, subject_end)."""
+    """Trace every (kind, token, layer) of one prompt whose subject is tokens [subject_start, subject_end);
+    ``progress`` shows a bar over the traced tokens."""
     device = adapter.input_embedding.device
     ids = torch.tensor([list(input_ids)], device=device)
     clean_embeddings = adapter.token_embeddings(ids)
@@ -99,7 +103,7 @@ def trace_fact(
     sums = np.zeros_like(restored)
     token_layers = token_layers_full = runs = 0
     # Tokens before the subject see no noise, so restoring them changes nothing: they keep p_corrupted.
-    for token in range(subject_start, n_tokens):
+    for token in tqdm(range(subject_start, n_tokens), desc="trace", unit="token", disable=not progress):
         severed_here = settings.severed_at == "all" or token == subject_end - 1
         rows = all_rows if severed_here else every_token_rows
         token_layers_full += len(rows) * n_tokens * n_layers

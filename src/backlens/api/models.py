@@ -1,0 +1,74 @@
+"""Which model a name stands for: a config in conf/model/, a local folder, or a Hugging Face id."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from backlens.errors import UserError
+from backlens.models.loading import LoadedModel, ModelUnavailableError, load_model
+
+DEFAULT_MODEL = "smollm2-135m"
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+
+
+class UnknownModelError(UserError, ValueError):
+    """The model name is neither a config, a folder nor a Hugging Face id."""
+
+
+def project_root() -> Path:
+    """The checkout this package runs from (src/backlens/api/ -> the root), or $BACKLENS_ROOT."""
+    return Path(os.environ.get("BACKLENS_ROOT") or Path(__file__).resolve().parents[3])
+
+
+def config_names() -> list[str]:
+    folder = project_root() / "conf" / "model"
+    return sorted(p.stem for p in folder.glob("*.yaml")) if folder.is_dir() else []
+
+
+def _absolute(path: str | None) -> str | None:
+    """Config paths are relative to the project root (where the pipeline runs)."""
+    if not path or Path(path).is_absolute():
+        return path
+    return str(project_root() / path)
+
+
+def model_config(spec: str) -> dict:
+    """The ``conf/model/*.yaml``-style mapping for ``spec``: a config name, a local folder or a hub id."""
+    config_file = project_root() / "conf" / "model" / f"{spec}.yaml"
+    if re.fullmatch(r"[\w.-]+", spec) and config_file.exists():
+        cfg = OmegaConf.to_container(OmegaConf.load(config_file), resolve=True)
+        cfg["path"] = _absolute(cfg.get("path"))
+        if isinstance(cfg.get("tokenizer"), dict):
+            cfg["tokenizer"]["path"] = _absolute(cfg["tokenizer"].get("path"))
+        return cfg
+    folder = Path(spec).expanduser()
+    if folder.is_dir():
+        if not (folder / "config.json").exists():
+            raise UnknownModelError(f"model folder {folder} has no config.json: not a Hugging Face model folder")
+        return {"name": folder.resolve().name, "source": "hub", "hub_id": str(folder), "path": str(folder.resolve())}
+    if HUB_ID.fullmatch(spec) and not spec.startswith((".", "/")):
+        return {"name": spec, "source": "hub", "hub_id": spec, "path": None}
+    raise UnknownModelError(
+        f"unknown model {spec!r}: not a config in conf/model ({', '.join(config_names()) or 'none found'}), "
+        "not a local folder and not a Hugging Face id (owner/name)"
+    )
+
+
+def load(model: str | LoadedModel = DEFAULT_MODEL, *, device: str = "cpu", dtype: str = "float32",
+         verbose: bool = False) -> LoadedModel:
+    """Load ``model`` (config name, folder or hub id); a LoadedModel is returned as it is."""
+    if isinstance(model, LoadedModel):
+        return model
+    cfg = model_config(model)
+    try:
+        return load_model(cfg, device=device, dtype=dtype, quiet=not verbose)
+    except ModelUnavailableError as error:
+        raise ModelUnavailableError(f"{error} (here: pass the folder as the model, e.g. --model /path/to/it)") from error
+    except ValueError as error:
+        if "no architecture adapter" in str(error):
+            raise UserError(f"model {model!r}: {error}") from error
+        raise

@@ -1,0 +1,1 @@
+"""The ``backlens`` console command (``backlens.commands.main``)."""
