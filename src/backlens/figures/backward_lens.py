@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import matplotlib.pyplot as plt
+from matplotlib.colors import LogNorm
 import numpy as np
 import pandas as pd
 
@@ -44,12 +45,22 @@ def fig3_rank_equals_length(ranks: pd.DataFrame) -> plt.Figure:
 
 
 def _segment_heatmap(ax: plt.Axes, means: pd.DataFrame, title: str) -> None:
+    """Log colour scale: layer 0's norms are 10-100x the rest (attention output: ~10 against ~0.1),
+    which on a linear scale leaves every other layer white. Exact zeros (the last layer before the
+    last token, where the loss cannot reach) are grey."""
     grid = means.pivot(index="layer", columns="segment", values="mean").reindex(columns=list(SEGMENTS))
-    image = ax.imshow(grid.values, aspect="auto", cmap="Purples", origin="lower", vmin=0)
+    values = grid.to_numpy(dtype=float)
+    positive = values[values > 0]
+    top = float(positive.max()) if positive.size else 1.0
+    bottom = max(float(positive.min()), top / 1e4) if positive.size else top / 10
+    cmap = plt.get_cmap("Purples").copy()
+    cmap.set_bad("#d9d9d9")
+    image = ax.imshow(np.ma.masked_less_equal(values, 0), aspect="auto", cmap=cmap, origin="lower",
+                      norm=LogNorm(vmin=bottom, vmax=top))
     ax.set_xticks(range(len(SEGMENTS)), [SEGMENT_LABELS[s] for s in SEGMENTS], rotation=40, ha="right")
     ax.set_ylabel("layer")
     ax.set_title(title)
-    colourbar(image, ax, NORM_LABEL)
+    colourbar(image, ax, NORM_LABEL + " (log scale; grey: 0)")
 
 
 def fig5_segment_norms(norms: pd.DataFrame, prompts: pd.DataFrame) -> plt.Figure:
