@@ -109,3 +109,10 @@ def test_the_paper_experiment_fails_at_once_without_the_hub(project_copy):
     assert result.returncode != 0
     assert "error: model 'gpt2-xl' (hub id 'gpt2-xl') is not in the local cache" in result.stderr
     assert not (project_copy / "results").exists()
+
+
+def test_table1_holds_the_methods_the_run_config_names(project_copy):
+    # The DAG reads the run's composed config: an override of editing.table1_methods changes the
+    # jobs as it changes the table the stage writes.
+    text = dry_run_jobs("--config", "overrides=editing.table1_methods=[shift]", "outputs=table1", cwd=project_copy)
+    assert "editing/shift/shards/0-25.parquet" in text and "editing/rome/" not in text

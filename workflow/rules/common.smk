@@ -299,6 +299,17 @@ def shared_mend(wc):
     return {"editing_mend": f"results/{shared_run(wc, MEND_KEYS)}/editing/mend_editor.pt"} if wc.method == "mend" else {}
 
 
+def table1_results(*kinds):
+    """Input function: results/{run}/editing/<method>/<kind> for every Table 1 method of the run
+    (its composed config: editing.table1_methods may be overridden), keyed <stem>_<method>."""
+
+    def inputs(wc):
+        methods = run_config(wc.run).editing.table1_methods
+        return {f"{Path(kind).stem}_{name}": f"results/{wc.run}/editing/{name}/{kind}" for name in methods for kind in kinds}
+
+    return inputs
+
+
 def editing_shards(wc):
     """The shard tables of one method, cut from the run's editing.n_cases."""
     size = config["editing_shard_size"]

@@ -2,16 +2,12 @@
 # run that agrees on what they depend on), each method's evaluation in shard jobs merged by a rule,
 # Table 1 / Table 7, the forward pass shift sweep (Fig 26) and the baselines' sweeps.
 EDIT_METHODS = sorted(p.stem for p in Path("conf/method").glob("*.yaml"))
-EDITING_DEFAULTS = yaml.safe_load(Path("conf/editing/default.yaml").read_text())
-TABLE1_METHODS = EDITING_DEFAULTS["table1_methods"]
-SWEPT_METHODS = sorted(EDITING_DEFAULTS["method_sweeps"])
+# Methods that may be swept (a wildcard constraint, so any run's grid); which methods a run's
+# Table 1 holds is read from its composed config (editing.table1_methods may be overridden).
+SWEPT_METHODS = sorted(yaml.safe_load(Path("conf/editing/default.yaml").read_text())["method_sweeps"])
 EDIT_DIR = "results/{run}/editing"
-# Inputs of the table rules: every Table 1 method's cases and summary.
-TABLE1_RESULTS = {
-    f"{kind}_{name}": f"{EDIT_DIR}/{name}/{kind}.{ext}"
-    for name in TABLE1_METHODS
-    for kind, ext in (("cases", "parquet"), ("summary", "json"))
-}
+
+
 
 
 register_outputs("table1", "results/{run}/tables/table1.md", "results/{run}/tables/edit_timings.md")
@@ -121,7 +117,7 @@ rule edit_merge:
 rule edit_table:
     """Table 1 (accuracies, entropy, probabilities) or Table 7 (perplexity) as CSV, Markdown and LaTeX."""
     input:
-        **TABLE1_RESULTS,
+        unpack(table1_results("cases.parquet", "summary.json")),
     output:
         csv=report("results/{run}/tables/{table}.csv", caption="../report/caption.rst", category="{run}", subcategory="Editing"),
         md="results/{run}/tables/{table}.md",
@@ -142,7 +138,7 @@ rule edit_table:
 rule edit_timings:
     """Seconds per edit of the Table 1 methods, apart from Table 1 (timings differ run to run, Table 1 does not)."""
     input:
-        **{f"{kind}_{name}": f"{EDIT_DIR}/{name}/{kind}.json" for name in TABLE1_METHODS for kind in ("timings", "summary")},
+        unpack(table1_results("timings.json", "summary.json")),
     output:
         csv="results/{run}/tables/edit_timings.csv",
         md="results/{run}/tables/edit_timings.md",
