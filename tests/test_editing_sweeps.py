@@ -4,37 +4,39 @@ import pandas as pd
 import pytest
 
 from backlens.stages.editing_method_sweep import grid_settings
-from backlens.stages.editing_sweep import choose
+from backlens.stages.editing_sweep import accuracy_score, choose
 
 SWEEP = pd.DataFrame({
     "layer": [4, 22, 22, 26],
     "eta": [0.1, 0.3, 1.0, 0.1],
     "efficacy": [0.2, 0.9, 1.0, 0.8],
     "paraphrase": [0.1, 0.2, 0.6, 0.2],
-    "neighborhood_success": [0.66, 0.60, 0.40, 0.66],
+    "neighborhood_success": [0.66, 0.60, 0.05, 0.66],
 })
 
 
-def test_the_rule_keeps_ns_then_maximises_efficacy_plus_paraphrase():
-    # layer 22 / eta 1.0 has the best efficacy + paraphrase but drops NS by 26 points.
+def test_the_score_is_the_harmonic_mean_and_zero_when_one_part_is():
+    frame = pd.DataFrame({"efficacy": [1.0, 0.5, 0.0], "paraphrase": [1.0, 0.5, 0.9], "neighborhood_success": [1.0, 0.25, 0.9]})
+    assert accuracy_score(frame).tolist() == pytest.approx([1.0, 3 / (2 + 2 + 4), 0.0])
+
+
+def test_the_rule_maximises_the_score_and_flags_ns():
+    # layer 22 / eta 1.0 has the best efficacy + paraphrase but leaves 5% NS: its score (0.13) loses to
+    # layer 26 / eta 0.1 (0.8 / 0.2 / 0.66: 0.38) and layer 22 / eta 0.3 (0.9 / 0.2 / 0.60: 0.38 + tie-break).
     chosen = choose(SWEEP, baseline_ns=0.66, max_drop=0.10, settings=["eta", "layer"])
-    assert chosen == {"eta": 0.3, "layer": 22, "efficacy": 0.9, "paraphrase": 0.2, "neighborhood_success": 0.60,
-                      "feasible": True}
-    assert isinstance(chosen["layer"], int)
+    expected = 3 / (1 / 0.8 + 1 / 0.2 + 1 / 0.66)
+    assert (chosen["eta"], chosen["layer"]) == (0.1, 26) and chosen["score"] == pytest.approx(expected)
+    assert chosen["ns_within_max_drop"] is True and isinstance(chosen["layer"], int)
+    strict = choose(SWEEP.assign(neighborhood_success=[0.66, 0.3, 0.05, 0.3]), baseline_ns=0.66, max_drop=0.10,
+                    settings=["eta", "layer"])
+    # The best trade-off is still chosen; the flag says its NS is not within 10 points of the unedited 66%.
+    assert strict["ns_within_max_drop"] is False and strict["efficacy"] > 0
 
 
 def test_ties_go_to_the_smaller_setting():
-    chosen = choose(SWEEP, baseline_ns=0.66, max_drop=0.10, settings=["layer", "eta"])
-    assert (chosen["layer"], chosen["eta"]) == (22, 0.3)
-    tied = SWEEP.assign(efficacy=[0.9, 0.9, 0.0, 0.9], paraphrase=[0.2, 0.2, 0.0, 0.2])  # three equal
+    tied = SWEEP.assign(efficacy=[0.9, 0.9, 0.0, 0.9], paraphrase=[0.2, 0.2, 0.0, 0.2], neighborhood_success=[0.6] * 4)
     assert choose(tied, 0.66, 0.10, ["eta", "layer"])["layer"] == 4
-
-
-def test_a_grid_where_every_setting_breaks_ns_is_reported_as_infeasible():
-    chosen = choose(SWEEP.assign(neighborhood_success=[0.1, 0.3, 0.2, 0.3]), baseline_ns=0.66, max_drop=0.10,
-                    settings=["eta", "layer"])
-    # Nothing keeps NS in range: the highest-NS setting (ties to the smaller eta), flagged.
-    assert chosen["feasible"] is False and (chosen["eta"], chosen["layer"]) == (0.1, 26)
+    assert (choose(tied, 0.66, 0.10, ["layer", "eta"])["layer"], choose(tied, 0.66, 0.10, ["layer", "eta"])["eta"]) == (4, 0.1)
 
 
 def test_grid_settings_are_every_combination_in_config_order():
@@ -62,7 +64,7 @@ def test_the_sweep_stage_runs_a_grid_and_writes_its_choice(tmp_path):
     assert set(cases["case_id"]) == {5000, 5001}  # outside the evaluation range 0-1
     choice = json.loads((tmp_path / "editing" / "ft_sweep_choice.json").read_text())
     assert choice["norm_constraint"] in (0.0, 1.0) and choice["fixed_hparams"]["num_steps"] == 3
-    assert choice["feasible"] and 0.0 <= choice["baseline"]["neighborhood_success"] <= 1.0
+    assert "ns_within_max_drop" in choice and 0.0 <= choice["baseline"]["neighborhood_success"] <= 1.0
     # A zero bound cannot move the weights: efficacy stays at the unedited model's.
     frozen = cases[cases["norm_constraint"] == 0.0]
     assert (frozen["efficacy"] == frozen["efficacy_before"]).all()
@@ -103,7 +105,7 @@ def test_the_shift_sweep_runs_every_variant_and_draws_fig26(tmp_path, tiny_gpt2_
     choice = json.loads((tmp_path / "editing" / "shift_sweep_choice.json").read_text())
     assert set(choice["methods"]) == {"shift", "shift_centered", "shift_whitened"}
     chosen = choice["methods"]["shift_centered"]
-    assert chosen["layer"] in (0, 1) and chosen["feasible"]
+    assert chosen["layer"] in (0, 1) and "score" in chosen
     assert sum(group["n_cases"] for group in chosen["by_target_length"].values()) == 3
     shift_sweep_figure(cases, "tiny-gpt2", tmp_path / "fig26.pdf", choice)
     assert (tmp_path / "fig26.png").stat().st_size > 0

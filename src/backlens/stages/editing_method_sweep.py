@@ -23,6 +23,7 @@ from backlens.stages.editing_common import requests_in_range, user_method_overri
 from backlens.stages.editing_sweep import (
     METRICS,
     SELECTION_RULE,
+    accuracy_score,
     check_outside_evaluation,
     choose,
     mean_metric,
@@ -62,19 +63,23 @@ def run(cfg: DictConfig) -> None:
             progress.update()
     progress.close()
     cases = pd.DataFrame(rows)
-    names = list(settings[0])
-    summary = cases.groupby(names, as_index=False)[[*METRICS, "edit_seconds"]].mean()
-    unedited = cases.drop_duplicates("case_id")
     baseline = unedited_metrics(loaded, requests, int(evaluation["batch_size"]))
     baseline_means = {k: mean_metric(baseline, k) for k in METRICS}
-    chosen = choose(summary, baseline_means["neighborhood_success"], float(sweep.max_ns_drop), names)
     write_table(cases, cfg.paths.editing_method_sweep)
-    write_json({"method": method, **chosen, "baseline": baseline_means,
-                "baseline_efficacy": float(unedited["efficacy_before"].mean()), "n_cases": len(requests),
-                "first_case": first_case, "rule": SELECTION_RULE,
-                "max_ns_drop": float(sweep.max_ns_drop), "fixed_hparams": hparams_without(hparams, names),
-                "grid": summary.to_dict(orient="records")}, cfg.paths.editing_method_sweep_choice)
-    log.info("%s sweep on %s: chose %s", method, cfg.model.name, chosen)
+    choice = method_choice(cases, baseline_means, sweep, method, list(settings[0]), hparams_without(hparams, list(settings[0])))
+    write_json(choice, cfg.paths.editing_method_sweep_choice)
+    log.info("%s sweep on %s: chose %s", method, cfg.model.name, {k: v for k, v in choice.items() if k != "grid"})
+
+
+def method_choice(cases: pd.DataFrame, baseline_means: dict, sweep, method: str, names: list[str], fixed_hparams: dict) -> dict:
+    """The chosen setting of a baseline's sweep table (the shift sweep's rule), with the grid's means."""
+    summary = cases.groupby(names, as_index=False)[[*METRICS, "edit_seconds"]].mean()
+    chosen = choose(summary, baseline_means["neighborhood_success"], float(sweep.max_ns_drop), names)
+    unedited = cases.drop_duplicates("case_id")
+    return {"method": method, **chosen, "baseline": baseline_means,
+            "baseline_efficacy": float(unedited["efficacy_before"].mean()), "n_cases": int(cases["case_id"].nunique()),
+            "first_case": int(cases["case_id"].min()), "rule": SELECTION_RULE, "max_ns_drop": float(sweep.max_ns_drop),
+            "fixed_hparams": fixed_hparams, "grid": summary.assign(score=accuracy_score(summary)).to_dict(orient="records")}
 
 
 def hparams_without(hparams: dict, names: list[str]) -> dict:

@@ -28,25 +28,32 @@ SUCCESSES = ["efficacy_success", "paraphrase_success", "neighborhood_success"]
 METRICS = ACCURACIES + SUCCESSES
 
 
-SELECTION_RULE = ("NS (neighborhood_success) >= unedited NS - max_ns_drop; then the highest efficacy + paraphrase "
-                  "accuracy; ties to the smaller setting")
+SELECTION_RULE = ("the highest harmonic mean of efficacy, paraphrase (accuracies) and NS (neighborhood_success), "
+                  "an accuracy analogue of ROME's Score; ties to the smaller setting; ns_within_max_drop says whether "
+                  "NS stays within max_ns_drop of the unedited model's")
+
+
+def accuracy_score(frame: pd.DataFrame) -> pd.Series:
+    """Harmonic mean of efficacy, paraphrase and NS per row (0 when any is 0): an edit must work,
+    generalise and leave neighbours alone at once. ROME's Score averages ES/PS/NS the same way, but
+    ES and PS (probability comparisons) are met by edits too weak to change the argmax."""
+    parts = frame[["efficacy", "paraphrase", "neighborhood_success"]].astype(float)
+    score = 3 / (1 / parts).sum(axis=1)
+    return score.where((parts > 0).all(axis=1), 0.0)
 
 
 def choose(summary: pd.DataFrame, baseline_ns: float, max_drop: float, settings: list[str]) -> dict:
-    """The documented rule: NS within ``max_drop`` of the unedited model's, then the highest
-    efficacy + paraphrase accuracy; ties go to the smaller values of ``settings`` (in that order).
-    When no setting keeps NS in range the result says so (``feasible`` false) and takes the
-    setting with the highest NS, so a sweep never silently reports a damaging edit as chosen."""
-    allowed = summary[summary["neighborhood_success"] >= baseline_ns - max_drop]
-    feasible = not allowed.empty
-    if feasible:
-        ranked = allowed.assign(objective=allowed["efficacy"] + allowed["paraphrase"]).sort_values(
-            ["objective", *settings], ascending=[False] + [True] * len(settings))
-    else:
-        ranked = summary.sort_values(["neighborhood_success", *settings], ascending=[False] + [True] * len(settings))
+    """The documented rule: the highest accuracy_score, ties to the smaller values of ``settings``
+    (in that order). ``ns_within_max_drop`` reports whether the chosen NS is within ``max_drop`` of
+    the unedited model's (on SmolLM2 no setting of the shift sweep that edits at all is: the rule
+    then still picks the best trade-off and the flag says so)."""
+    ranked = summary.assign(score=accuracy_score(summary)).sort_values(
+        ["score", *settings], ascending=[False] + [True] * len(settings))
+    best = ranked.iloc[0]
     # Column by column, so an integer setting (layer) stays an integer.
     return {**{k: ranked[k].iloc[0].item() for k in settings},
-            **{k: float(ranked[k].iloc[0]) for k in METRICS if k in ranked}, "feasible": feasible}
+            **{k: float(best[k]) for k in METRICS if k in ranked}, "score": float(best["score"]),
+            "ns_within_max_drop": bool(best["neighborhood_success"] >= baseline_ns - max_drop)}
 
 
 def unedited_metrics(loaded, requests, batch_size: int) -> dict[int, dict]:
@@ -111,16 +118,20 @@ def run(cfg: DictConfig) -> None:
     baseline_means = {k: mean_metric(baseline, k) for k in METRICS}
     rows = [row for method in sweep.methods for row in sweep_variant(cfg, loaded, str(method), layers, requests, baseline, batch_size)]
     cases = pd.DataFrame(rows)
+    write_table(cases, cfg.paths.editing_sweep)
+    write_json(shift_choices(cases, baseline_means, sweep), cfg.paths.editing_sweep_choice)
+
+
+def shift_choices(cases: pd.DataFrame, baseline_means: dict, sweep) -> dict:
+    """Each variant's chosen setting (with its single / multi-token breakdown and grid) from the sweep table."""
     choices = {}
     for method, group in cases.groupby("method", sort=False):
         summary = group.groupby(["layer", "eta"], as_index=False)[METRICS].mean()
         chosen = choose(summary, baseline_means["neighborhood_success"], float(sweep.max_ns_drop), ["eta", "layer"])
         choices[method] = {**chosen, "by_target_length": by_target_length(group, chosen, ["eta", "layer"]),
-                           "grid": summary.to_dict(orient="records")}
-        log.info("shift sweep on %s, %s: chose layer %d, eta %g (%s)", cfg.model.name, method, chosen["layer"], chosen["eta"],
+                           "grid": summary.assign(score=accuracy_score(summary)).to_dict(orient="records")}
+        log.info("shift sweep, %s: chose layer %d, eta %g (%s)", method, chosen["layer"], chosen["eta"],
                  {k: v for k, v in chosen.items() if k in METRICS})
-    write_table(cases, cfg.paths.editing_sweep)
-    write_json({"methods": choices, "baseline": baseline_means, "n_cases": len(requests),
-                "n_multi_token": int(cases.drop_duplicates("case_id")["multi_token"].sum()),
-                "first_case": int(sweep.first_case), "rule": SELECTION_RULE, "max_ns_drop": float(sweep.max_ns_drop)},
-               cfg.paths.editing_sweep_choice)
+    return {"methods": choices, "baseline": baseline_means, "n_cases": int(cases["case_id"].nunique()),
+            "n_multi_token": int(cases.drop_duplicates("case_id")["multi_token"].sum()),
+            "first_case": int(sweep.first_case), "rule": SELECTION_RULE, "max_ns_drop": float(sweep.max_ns_drop)}
