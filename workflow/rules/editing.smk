@@ -226,6 +226,8 @@ rule edit_fig26:
     output:
         pdf="figures/{run}/fig26.pdf",
         png=report("figures/{run}/fig26.png", caption="../report/caption.rst", category="{run}", subcategory="Editing"),
+        frontier_pdf="figures/{run}/fig26_frontier.pdf",
+        frontier_png="figures/{run}/fig26_frontier.png",
     conda:
         CONDA_ENV
     log:

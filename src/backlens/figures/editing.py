@@ -12,6 +12,8 @@ from backlens.figures.common import colourbar, save_figure
 
 # Accuracy for efficacy and paraphrase (the paper's Fig 26), NS for locality: neighbourhood
 # accuracy sits at its floor on SmolLM2 (6% unedited) and cannot show the damage NS shows.
+# One colour per variant in the trade-off panel (colour-blind safe, Okabe-Ito).
+VARIANT_COLOURS = ["#d55e00", "#0072b2", "#009e73", "#cc79a7"]
 PANELS = [("efficacy", "Efficacy (accuracy)"), ("paraphrase", "Paraphrase (accuracy)"),
           ("neighborhood_success", "NS (neighbours keep P(true) > P(new))")]
 
@@ -54,6 +56,36 @@ def shift_sweep_figure(cases: pd.DataFrame, model_name: str, pdf_path: str | Pat
     fig.suptitle(f"{model_name}: forward pass shift sweep, {cases['case_id'].nunique()} CounterFact cases "
                  f"(red box: chosen setting{note})")
     save_figure(fig, pdf_path)
+    frontier, ax = plt.subplots(figsize=(5.6, 4.6), layout="constrained")
+    frontier_axes(ax, summary, cases, chosen_all, baseline)
+    frontier.suptitle(f"{model_name}: shift variants, efficacy against NS ({cases['case_id'].nunique()} cases)")
+    save_figure(frontier, frontier_path(pdf_path))
+
+
+def frontier_path(pdf_path: str | Path) -> Path:
+    """Fig 26's companion: the efficacy / NS trade-off, beside it (fig26_frontier.pdf)."""
+    pdf_path = Path(pdf_path)
+    return pdf_path.with_name(f"{pdf_path.stem}_frontier{pdf_path.suffix}")
+
+
+def frontier_axes(ax: plt.Axes, summary: pd.DataFrame, cases: pd.DataFrame, chosen_all: dict, baseline_ns: float | None) -> None:
+    """Efficacy against NS for every (layer, eta) of every variant: the trade-off the sweep measures."""
+    for (method, group), colour in zip(summary.groupby("method", sort=False), VARIANT_COLOURS):
+        title = method_title(cases[cases["method"] == method].iloc[0])
+        ax.scatter(100 * group["neighborhood_success"], 100 * group["efficacy"], s=18, color=colour, alpha=0.8, label=title)
+        chosen = chosen_all.get(method)
+        if chosen is not None:
+            ax.scatter(100 * chosen["neighborhood_success"], 100 * chosen["efficacy"], s=120, facecolors="none",
+                       edgecolors=colour, linewidths=2)
+    if baseline_ns is not None:
+        ax.axvline(100 * baseline_ns, color="grey", linestyle="--", linewidth=1, label="unedited NS")
+    ax.set_xlim(-2, 102)
+    ax.set_ylim(-2, 102)
+    ax.set_xlabel("NS (% of cases)")
+    ax.set_ylabel("efficacy (% of cases)")
+    ax.set_title("each dot one (layer, eta) of the sweep; ring: the chosen one")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, frameon=False)
 
 
 def method_title(variant: pd.Series) -> str:
