@@ -17,6 +17,7 @@ validate(config, "workflow/schemas/config.schema.yaml")
 include: "workflow/rules/common.smk"
 include: "workflow/rules/prompts.smk"
 include: "workflow/rules/analysis.smk"
+include: "workflow/rules/beyond.smk"
 include: "workflow/rules/tracing.smk"
 include: "workflow/rules/figures.smk"
 include: "workflow/rules/editing.smk"

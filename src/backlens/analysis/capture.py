@@ -1,21 +1,24 @@
-"""One forward and one backward pass that capture the spanning sets of every MLP gradient.
+"""One forward and one backward pass that capture the spanning sets of every MLP gradient
+(and, on request, of every attention projection's).
 
 For each MLP linear map y_i = W x_i (FF1: GPT-2 ``c_fc``, gated ``gate_proj``/``up_proj``;
 FF2: ``c_proj``/``down_proj``) we keep its inputs x_i and its VJPs delta_i = dL/dy_i. By
 Lemma 4.1 these P x d factors determine dL/dW = sum_i delta_i x_i^T exactly, so nothing
 of weight size is ever materialised: ``torch.autograd.grad`` is asked only for the VJPs
-with respect to module outputs, and parameter ``.grad`` stays untouched.
+with respect to module outputs, and parameter ``.grad`` stays untouched. With ``attention=True``
+the attention projections' maps (W_Q, W_K, W_V, W_O; a fused Q/K/V matrix as one site) are
+captured in the same pass, kept apart from the MLP sites so every MLP table is unchanged.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 
-from backlens.models.adapters import ArchitectureAdapter, LinearSite
+from backlens.models.adapters import ArchitectureAdapter, LinearSite, Projection
 from backlens.models.hooks import record_module_io
 
 SiteKey = tuple[int, str]  # (layer, matrix name)
@@ -38,6 +41,12 @@ class CapturedBatch:
     vjps: dict[SiteKey, torch.Tensor]
     submodule_vjps: dict[SiteKey, torch.Tensor]
     n_layers: int
+    # Attention (``attention=True`` only): sites keyed (layer, "attn_q" | ... | "attn_qkv"), their
+    # (B, T, d_in) inputs and (B, T, d_out) VJPs, and the projections keyed (layer, "q" | "k" | "v" | "o").
+    attention_sites: dict[SiteKey, LinearSite] = field(default_factory=dict)
+    attention_inputs: dict[SiteKey, torch.Tensor] = field(default_factory=dict)
+    attention_vjps: dict[SiteKey, torch.Tensor] = field(default_factory=dict)
+    projections: dict[SiteKey, Projection] = field(default_factory=dict)
 
     @property
     def batch_size(self) -> int:
@@ -56,6 +65,21 @@ class CapturedBatch:
         """dL/dW of one prompt rebuilt from its factors, in the module's weight layout."""
         inputs, vjps = self.factors(prompt, key)
         return self.sites[key].gradient_from_factors(inputs, vjps)
+
+    def projection_factors(self, prompt: int, layer: int, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """(inputs P x d_in, vjps P x d_proj) of one attention projection of one prompt, padding removed:
+        the VJP restricted to the projection's units of its (possibly fused) site."""
+        projection = self.projections[(layer, name)]
+        key = (layer, projection.site.matrix)
+        length = self.lengths[prompt]
+        vjps = projection.select_outputs(self.attention_vjps[key][prompt, :length])
+        return self.attention_inputs[key][prompt, :length], vjps
+
+    def projection_gradient(self, prompt: int, layer: int, name: str) -> torch.Tensor:
+        """dL/dW of one projection from its factors, in its site's weight layout (its rows or
+        columns of a fused weight's gradient)."""
+        inputs, vjps = self.projection_factors(prompt, layer, name)
+        return self.projections[(layer, name)].site.gradient_from_factors(inputs, vjps)
 
 
 def pad_batch(input_ids: Sequence[Sequence[int]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -84,8 +108,10 @@ def capture_gradient_factors(
     *,
     pad_id: int,
     submodules: bool = True,
+    attention: bool = False,
 ) -> CapturedBatch:
-    """Forward and backward one batch; return the factors of every FF gradient.
+    """Forward and backward one batch; return the factors of every FF gradient (and, with
+    ``attention``, of every attention projection's, from the same pass).
 
     The summed loss makes each prompt's VJPs exactly those of its own loss: prompts in a
     batch never interact (padding is masked and sits after the real tokens).
@@ -102,23 +128,33 @@ def capture_gradient_factors(
         for layer in range(adapter.n_layers):
             submodule_modules[f"{layer}/attention"] = adapter.attention(layer)
             submodule_modules[f"{layer}/mlp"] = adapter.mlp(layer)
+    projections = {}
+    if attention:
+        projections = {
+            (p.layer, p.name): p for layer in range(adapter.n_layers) for p in adapter.attention_projections(layer)
+        }
+    attention_sites = {(p.layer, p.site.matrix): p.site for p in projections.values()}
+    attention_modules = {f"{layer}/{matrix}": site.module for (layer, matrix), site in attention_sites.items()}
 
     with torch.enable_grad(), record_module_io(site_modules) as site_io, record_module_io(
         submodule_modules, inputs=False
-    ) as sub_io:
+    ) as sub_io, record_module_io(attention_modules) as attn_io:
         logits = model(input_ids=ids, attention_mask=mask).logits
         losses = last_position_loss(logits, lengths, targets)
+        # Attention keys go last, so without them the list (and the MLP VJPs) is exactly as before.
         output_keys = list(site_modules) + list(submodule_modules)
         outputs = [site_io.outputs[k] if k in site_io.outputs else sub_io.outputs[k] for k in output_keys]
+        outputs += [attn_io.outputs[k] for k in attention_modules]
         grads = torch.autograd.grad(losses.sum(), outputs, allow_unused=True)
 
     def as_key(name: str) -> SiteKey:
         layer, matrix = name.split("/")
         return int(layer), matrix
 
+    all_keys = output_keys + [f"attention:{k}" for k in attention_modules]
     vjp_by_name = {
         name: (grad if grad is not None else torch.zeros_like(output)).detach()
-        for name, output, grad in zip(output_keys, outputs, grads)
+        for name, output, grad in zip(all_keys, outputs, grads)
     }
     return CapturedBatch(
         lengths=lengths,
@@ -129,4 +165,8 @@ def capture_gradient_factors(
         vjps={as_key(name): vjp_by_name[name] for name in site_modules},
         submodule_vjps={as_key(name): vjp_by_name[name] for name in submodule_modules},
         n_layers=adapter.n_layers,
+        attention_sites=attention_sites,
+        attention_inputs={as_key(name): attn_io.inputs[name].detach() for name in attention_modules},
+        attention_vjps={as_key(name): vjp_by_name[f"attention:{name}"] for name in attention_modules},
+        projections=projections,
     )

@@ -23,6 +23,7 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
+from backlens.analysis.attention_tables import attention_rank_rows, attention_target_rank_rows, attention_vjp_norm_rows
 from backlens.analysis.capture import CapturedBatch, capture_gradient_factors
 from backlens.analysis.gradient_tables import ff2_target_rank_rows, gradient_rank_rows, vjp_norm_rows
 from backlens.analysis.logit_lens import is_zero_vector, target_ranks, top_and_bottom
@@ -36,7 +37,9 @@ T = TypeVar("T")
 # The backward_lens stage's five tables, then the logit-lens tables of the Fig 4 stage.
 GRADIENT_TABLES = ("gradient_ranks", "vjp_norms", "target_ranks", "neuron_updates", "vjp_similarity")
 LENS_TABLES = ("lens_cells", "lens_tokens")
-ALL_TABLES = GRADIENT_TABLES + LENS_TABLES
+# Beyond the paper (issue 16): the same views of the attention projections W_Q, W_K, W_V, W_O.
+ATTENTION_TABLES = ("attention_ranks", "attention_vjp_norms", "attention_target_ranks")
+ALL_TABLES = GRADIENT_TABLES + LENS_TABLES + ATTENTION_TABLES
 DEFAULT_TABLES = ("gradient_ranks", "vjp_norms", "target_ranks", *LENS_TABLES)
 # Tables that read the attention / MLP output VJPs (captured only when one of them is asked for).
 SUBMODULE_TABLES = frozenset({"vjp_norms"})
@@ -182,8 +185,9 @@ class BackwardLens:
         return items
 
     def capture(self, items: Sequence[LensPrompt], batch_size: int, *, submodules: bool = True,
-                progress: bool = True) -> Iterator[tuple[list[LensPrompt], CapturedBatch]]:
-        """Yield (prompts, CapturedBatch) per right-padded batch of ``batch_size`` prompts."""
+                attention: bool = False, progress: bool = True) -> Iterator[tuple[list[LensPrompt], CapturedBatch]]:
+        """Yield (prompts, CapturedBatch) per right-padded batch of ``batch_size`` prompts
+        (``attention``: the attention projections' factors too, from the same pass)."""
         pad_id = self.tokenizer.pad_token_id
         with tqdm(total=len(items), desc="capture", unit="prompt", disable=not progress) as bar:
             for start in range(0, len(items), batch_size):
@@ -192,7 +196,7 @@ class BackwardLens:
                     self.loaded.check_fits(len(item.input_ids), item.label or f"prompt {item.case_id}")
                 batch = capture_gradient_factors(
                     self.loaded.model, self.adapter, [list(i.input_ids) for i in chunk], [i.target_id for i in chunk],
-                    pad_id=pad_id, submodules=submodules,
+                    pad_id=pad_id, submodules=submodules, attention=attention,
                 )
                 yield chunk, batch
                 bar.update(len(chunk))
@@ -266,6 +270,11 @@ class BackwardLens:
                 "neuron_updates": neuron_update_rows(b, ids(c), adapter, top_k=settings.top_k_neurons)},
             "vjp_similarity": lambda b, c: {"vjp_similarity": vjp_similarity_rows(b, ids(c))},
             "lens": lens,
+            "attention_ranks": lambda b, c: {"attention_ranks": attention_rank_rows(b, ids(c))},
+            "attention_vjp_norms": lambda b, c: {"attention_vjp_norms": attention_vjp_norm_rows(b, ids(c))},
+            "attention_target_ranks": lambda b, c: {
+                "attention_target_ranks": attention_target_rank_rows(
+                    b, ids(c), adapter, normalized=settings.normalized)},
         }
         unknown = sorted(set(tables) - set(ALL_TABLES))
         if unknown:
@@ -281,7 +290,8 @@ class BackwardLens:
         rows: dict[str, list[dict]] = {name: [] for name in tables}
         seconds = {"capture": 0.0, **{name: 0.0 for name in builders}}
         started = time.perf_counter()
-        batches = self.capture(items, batch_size, submodules=bool(SUBMODULE_TABLES & set(tables)), progress=progress)
+        batches = self.capture(items, batch_size, submodules=bool(SUBMODULE_TABLES & set(tables)),
+                               attention=bool(set(ATTENTION_TABLES) & set(tables)), progress=progress)
         for chunk, batch in timed(batches, seconds, "capture"):
             for name, build in builders.items():
                 tick = time.perf_counter()

@@ -88,8 +88,10 @@ def fig16_submodule_norms(norms: pd.DataFrame, prompts: pd.DataFrame) -> plt.Fig
     return fig
 
 
-def fig6_target_ranks(target_ranks: pd.DataFrame, prompts: pd.DataFrame) -> plt.Figure:
-    """Rank of target_new's first token in LL(delta_i) per segment and layer (mean, IQR band)."""
+def fig6_target_ranks(target_ranks: pd.DataFrame, prompts: pd.DataFrame, *, vector: str = "the FF2 VJP",
+                      symbol: str = "delta") -> plt.Figure:
+    """Rank of target_new's first token in LL(delta_i) per segment and layer (mean, IQR band).
+    ``vector`` / ``symbol`` name the VJP in the title and axis (another site's, e.g. W_O's)."""
     usable = target_ranks[target_ranks["rank"] >= 0]
     vocab_size = int(target_ranks.vocab_size.iloc[0])
     merged = with_segment_flags(usable, prompts)
@@ -105,8 +107,8 @@ def fig6_target_ranks(target_ranks: pd.DataFrame, prompts: pd.DataFrame) -> plt.
     ax.axhline(vocab_size - 1, color="black", linestyle=":", linewidth=1, label="least probable (V-1)")
     ax.axhline((vocab_size - 1) / 2, color="grey", linestyle="--", linewidth=1, label="chance (V/2)")
     ax.set_ylim(0, 1.03 * vocab_size)
-    finish_line_axes(ax, xlabel="layer", ylabel="rank of target in LL(delta)",
-                     title=f"{model_name(target_ranks)}: target rank in the FF2 VJP's logit lens "
+    finish_line_axes(ax, xlabel="layer", ylabel=f"rank of target in LL({symbol})",
+                     title=f"{model_name(target_ranks)}: target rank in {vector}'s logit lens "
                            f"(mean, band = IQR; 0 = most probable)")
     return fig
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from backlens.figures.registry import FIGURES
+from backlens.figures.registry import ALL_FIGURES
 
 OTHER_CAPTIONS = {
     "tracing_examples": "ROME causal tracing of single facts: P(answer) after restoring the clean hidden state "
@@ -31,8 +31,8 @@ OTHER_CAPTIONS = {
 def caption_for(name: str) -> str:
     """The caption of figure or table ``name`` (a registry figure, a tracing or editing output,
     or compare_<kind>)."""
-    if name in FIGURES:
-        return FIGURES[name].caption
+    if name in ALL_FIGURES:
+        return ALL_FIGURES[name].caption
     if name.startswith("compare_editing_"):
         return OTHER_CAPTIONS["compare_editing"]
     if name not in OTHER_CAPTIONS:

@@ -1,4 +1,9 @@
-"""Every figure of the analysis: the tables it reads, how it is drawn, and its caption."""
+"""Every figure of the analysis: the tables it reads, how it is drawn, and its caption.
+
+``FIGURES`` are the paper's (each its own output group in the default target); ``BEYOND_FIGURES``
+belong to the on-request groups of issue 16 (workflow/rules/beyond.smk) and stay out of the default
+target, the headline copies and the gallery.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +14,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 from backlens.figures import backward_lens as bl
+from backlens.figures import beyond
 from backlens.figures import neurons
 from backlens.figures.lens_tables import logit_lens_figure
 
@@ -96,3 +102,37 @@ FIGURES: dict[str, FigureSpec] = {
         "Mean cosine similarity between the last token's FF2 VJPs of two layers (layer x layer), over prompts.",
     ),
 }
+
+
+BEYOND_FIGURES: dict[str, FigureSpec] = {
+    "attn_fig3": FigureSpec(
+        ("attention_ranks",),
+        lambda t: beyond.attention_rank_figure(t["attention_ranks"]),
+        "Our analysis beyond the paper (Fig 3 style): share of prompts whose W_Q, W_K, W_V or W_O gradient rank equals "
+        "the prompt length P, per layer index / number of layers; ranks from each projection's P x d factors (a fused "
+        "Q/K/V matrix split by output units), tolerance P x eps32 of the largest singular value.",
+    ),
+    "attn_fig5": FigureSpec(
+        ("attention_vjp_norms", "prompts"),
+        lambda t: beyond.attention_norm_figure(t["attention_vjp_norms"], t["prompts"]),
+        "Our analysis beyond the paper (Fig 5 style): mean L2 norm of the VJP of each attention projection's output "
+        "(queries, keys, values, attention output) per layer and ROME segment.",
+    ),
+    "attn_fig6": FigureSpec(
+        ("attention_target_ranks", "prompts"),
+        lambda t: beyond.attention_target_rank_figure(t["attention_target_ranks"], t["prompts"]),
+        "Our analysis beyond the paper (Fig 6 style): rank of target_new's first token in the logit lens of W_O's "
+        "VJP (the attention output's) per segment and layer; mean over prompts, band = IQR; exact-zero VJPs left out.",
+    ),
+    "ft_trace_steps": FigureSpec(
+        ("ft_trace",),
+        lambda t: beyond.ft_trace_figure(t["ft_trace"]),
+        "Our analysis beyond the paper: an FF2 edit optimised for K steps (plain gradient descent or Adam on one FF2 "
+        "weight, the paper's loss), per edited layer and step, mean over CounterFact cases: loss and P(target) after "
+        "the step, the target's rank in the output, the accumulated update's rank over P, the cosine of each step's "
+        "update with the first, and the target's rank in LL(-delta) at the last token.",
+    ),
+}
+
+# Every figure scripts/render_figure.py can draw.
+ALL_FIGURES: dict[str, FigureSpec] = {**FIGURES, **BEYOND_FIGURES}

@@ -7,48 +7,17 @@ final norm", never for ``mlp.c_proj`` or ``down_proj``.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
-from typing import ClassVar, Literal, Protocol
+from typing import ClassVar, Protocol
 
 import torch
 from torch import nn
 
 from backlens.errors import UserError
 
-WeightLayout = Literal["in_out", "out_in"]
-
-
-@dataclass(frozen=True)
-class LinearSite:
-    """One linear map y_i = W x_i applied at every prompt position.
-
-    ``matrix`` names its role: ``ff1`` (GPT-2, GPT-NeoX), ``ff1_gate`` / ``ff1_up`` (gated MLPs)
-    or ``ff2``. ``layout`` says how ``module.weight`` stores W: GPT-2's Conv1D keeps
-    (in, out), ``nn.Linear`` keeps (out, in).
-    """
-
-    layer: int
-    matrix: str
-    module: nn.Module
-    layout: WeightLayout
-
-    @property
-    def weight(self) -> torch.Tensor:
-        return self.module.weight
-
-    @property
-    def in_features(self) -> int:
-        return self.weight.shape[0 if self.layout == "in_out" else 1]
-
-    @property
-    def out_features(self) -> int:
-        return self.weight.shape[1 if self.layout == "in_out" else 0]
-
-    def gradient_from_factors(self, inputs_PxIn: torch.Tensor, vjps_PxOut: torch.Tensor) -> torch.Tensor:
-        """Lemma 4.1: dL/dW = sum_i delta_i x_i^T, returned in the module's weight layout."""
-        if self.layout == "in_out":
-            return inputs_PxIn.T @ vjps_PxOut
-        return vjps_PxOut.T @ inputs_PxIn
+# Re-exported: the sites are the adapters' vocabulary (``from backlens.models.adapters import LinearSite``).
+from backlens.models.sites import (  # noqa: F401
+    PROJECTIONS, LinearSite, Projection, WeightLayout, head_interleaved_ranges,
+)
 
 
 class KeyValueSource(Protocol):
@@ -110,6 +79,18 @@ class ArchitectureAdapter(ABC):
     @abstractmethod
     def attention(self, layer: int) -> nn.Module:
         """Module whose (first) output is the attention contribution to the residual."""
+
+    @abstractmethod
+    def attention_projections(self, layer: int) -> tuple[Projection, ...]:
+        """W_Q, W_K, W_V, W_O of the layer (names ``PROJECTIONS``), each as units of a LinearSite.
+        W_O's output is the attention output (its VJP the attention-output VJP)."""
+
+    def attention_sites(self, layer: int) -> tuple[LinearSite, ...]:
+        """The distinct linear maps behind the projections (a fused Q/K/V matrix appears once)."""
+        sites: dict[str, LinearSite] = {}
+        for projection in self.attention_projections(layer):
+            sites.setdefault(projection.site.matrix, projection.site)
+        return tuple(sites.values())
 
     @abstractmethod
     def mlp(self, layer: int) -> nn.Module:
@@ -227,6 +208,20 @@ class GPT2Adapter(ArchitectureAdapter):
     def attention(self, layer: int) -> nn.Module:
         return self.blocks[layer].attn
 
+    def attention_projections(self, layer: int) -> tuple[Projection, ...]:
+        attn = self.blocks[layer].attn
+        if getattr(attn, "is_cross_attention", False):
+            raise NotImplementedError("GPT-2 cross-attention (q_attn) is not a decoder-only block")
+        # c_attn's output is split into contiguous thirds: query, key, value (GPT2Attention.forward).
+        fused = LinearSite(layer, "attn_qkv", attn.c_attn, "in_out")
+        d = attn.embed_dim
+        return (
+            Projection("q", fused, ((0, d),)),
+            Projection("k", fused, ((d, 2 * d),)),
+            Projection("v", fused, ((2 * d, 3 * d),)),
+            Projection("o", LinearSite(layer, "attn_o", attn.c_proj, "in_out")),
+        )
+
     def mlp(self, layer: int) -> nn.Module:
         return self.blocks[layer].mlp
 
@@ -263,6 +258,15 @@ class GatedMLPAdapter(ArchitectureAdapter):
 
     def attention(self, layer: int) -> nn.Module:
         return self.blocks[layer].self_attn
+
+    def attention_projections(self, layer: int) -> tuple[Projection, ...]:
+        # Separate nn.Linear maps; with grouped-query attention k_proj and v_proj have
+        # num_key_value_heads * head_dim output rows, fewer than q_proj.
+        attn = self.blocks[layer].self_attn
+        return tuple(
+            Projection(name, LinearSite(layer, f"attn_{name}", module, "out_in"))
+            for name, module in zip(PROJECTIONS, (attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj))
+        )
 
     def mlp(self, layer: int) -> nn.Module:
         return self.blocks[layer].mlp
@@ -310,6 +314,18 @@ class GPTNeoXAdapter(ArchitectureAdapter):
 
     def attention(self, layer: int) -> nn.Module:
         return self.blocks[layer].attention
+
+    def attention_projections(self, layer: int) -> tuple[Projection, ...]:
+        # query_key_value's output is viewed as (heads, 3 * head_size) and each head's block
+        # chunked into q, k, v (GPTNeoXAttention.forward): the parts interleave per head.
+        attn = self.blocks[layer].attention
+        fused = LinearSite(layer, "attn_qkv", attn.query_key_value, "out_in")
+        n_heads = self.model.config.num_attention_heads
+        return (
+            *(Projection(name, fused, head_interleaved_ranges(n_heads, attn.head_size, part))
+              for part, name in enumerate(PROJECTIONS[:3])),
+            Projection("o", LinearSite(layer, "attn_o", attn.dense, "out_in")),
+        )
 
     def mlp(self, layer: int) -> nn.Module:
         return self.blocks[layer].mlp

@@ -9,7 +9,7 @@ import pandas as pd
 from omegaconf import DictConfig
 
 from backlens.figures.common import save_figure
-from backlens.figures.registry import FIGURES
+from backlens.figures.registry import ALL_FIGURES
 
 log = logging.getLogger(__name__)
 
@@ -23,9 +23,9 @@ def read_tables(paths: str | Sequence[str]) -> pd.DataFrame:
 
 def run(cfg: DictConfig) -> None:
     name = cfg.figure
-    if name not in FIGURES:
-        raise ValueError(f"figure={name!r} is not registered; choose one of {', '.join(FIGURES)}")
-    spec = FIGURES[name]
+    if name not in ALL_FIGURES:
+        raise ValueError(f"figure={name!r} is not registered; choose one of {', '.join(ALL_FIGURES)}")
+    spec = ALL_FIGURES[name]
     tables = {table: read_tables(cfg.paths[table]) for table in spec.tables}
     pdf, png = save_figure(spec.draw(tables), cfg.paths.figure)
     log.info("wrote %s and %s", pdf, png)

@@ -1,0 +1,16 @@
+"""results/{run}/ft_trace.md from the trace table (rule ft_trace_report)."""
+
+import hydra
+from omegaconf import DictConfig
+
+from backlens.cli import run_stage
+from backlens.stages import ft_trace
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+def main(cfg: DictConfig) -> None:
+    run_stage(cfg, ft_trace.report)
+
+
+if __name__ == "__main__":
+    main()

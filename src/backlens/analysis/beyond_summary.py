@@ -1,0 +1,188 @@
+"""Markdown reports of the issue-16 analyses (attention projections, FT trace), from their tables only.
+
+Every number is computed here from the tables; these are our findings, not the paper's claims.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+import pandas as pd
+
+from backlens.analysis.aggregate import SEGMENT_LABELS, segment_means
+from backlens.analysis.ft_trace import steps_to_top1
+from backlens.data.segments import SEGMENTS
+
+PROJECTION_LABELS = {"q": "W_Q", "k": "W_K", "v": "W_V", "o": "W_O"}
+
+
+def _markdown(frame: pd.DataFrame, floatfmt: str = ".3g") -> str:
+    return frame.to_markdown(index=False, floatfmt=floatfmt)
+
+
+def _percent(share: float) -> str:
+    return "n/a" if pd.isna(share) else f"{100 * share:.1f}%"
+
+
+def attention_lemma_section(lemma: pd.DataFrame) -> str:
+    if lemma.empty:
+        return "## Lemma 4.1 per projection\nNot checked (analysis.attention.n_lemma = 0)."
+    agree = int((lemma.rank_factors == lemma.rank_full_float64).sum())
+    return "\n".join([
+        "## Lemma 4.1 per projection",
+        f"dL/dW of each projection rebuilt from its factors (the VJP restricted to the projection's units of its "
+        f"site) against autograd's weight gradient, {lemma.case_id.nunique()} prompts x {lemma.layer.nunique()} layers "
+        f"x {lemma.projection.nunique()} projections: max relative error **{lemma.relative_error.max():.2e}** from the "
+        f"prompt captured alone, **{lemma.relative_error_batched.max():.2e}** from the padded batch the tables use. "
+        f"Rank from the factors equals matrix_rank of the full float64 gradient in **{agree}/{len(lemma)}**.",
+    ])
+
+
+def attention_rank_section(ranks: pd.DataFrame) -> str:
+    last_layer = ranks.layer.max()
+    inner = ranks[ranks.layer < last_layer]
+    rows = []
+    for name, group in ranks.groupby("projection", sort=False):
+        body = inner[inner.projection == name]
+        last = group[group.layer == last_layer]
+        cap = np.minimum(body.n_tokens, body.d_out)
+        rows.append({
+            "projection": PROJECTION_LABELS.get(name, name),
+            "d_out x d_in": f"{group.d_out.iloc[0]} x {group.d_in.iloc[0]}",
+            "rank = min(P, d_out)": _percent((body["rank"] == cap).mean()),
+            "rank = P - 1": _percent((body["rank"] == body.n_tokens - 1).mean()),
+            "rank < P - 1": _percent((body["rank"] < np.minimum(body.n_tokens - 1, cap)).mean()),
+            "rank = min(P, d_out) at float32 matrix_rank tol": _percent((body.rank_float32_tol == cap).mean()),
+            "last layer: rank (median)": f"{last['rank'].median():g} of P = {last.n_tokens.median():g}",
+        })
+    return "\n".join([
+        "## Gradient rank per projection (Fig 3 style)",
+        "Share of (prompt, layer) gradients, all layers but the last, by rank from the factors (tolerance P x eps32 "
+        "of the largest singular value, as for the MLP; a grouped-query K or V with fewer output units than P tokens "
+        "is capped at d_out). Two exact constraints predict rank P - 1: the first token's query scores only its own "
+        "key and a softmax over one score is constant, so its VJP is zero (W_Q); without rotary embeddings a "
+        "softmax ignores a constant added to a query's scores, so each head's key VJPs sum to zero over positions "
+        "(W_K). In the last layer only the last position's query and attention output reach the loss, while every "
+        "position's key and value do through the last token's attention.",
+        "",
+        _markdown(pd.DataFrame(rows)),
+    ])
+
+
+def attention_norm_section(norms: pd.DataFrame, prompts: pd.DataFrame) -> str:
+    means = segment_means(norms, prompts, "vjp_norm", ["projection", "layer"])
+    per_segment = means.groupby(["projection", "segment"])["mean"].mean().unstack("segment")
+    per_segment = per_segment.reindex(columns=list(SEGMENTS))
+    table = per_segment.rename(columns=SEGMENT_LABELS).reset_index()
+    table["largest"] = [SEGMENT_LABELS[s] for s in per_segment.idxmax(axis=1)]
+    table["projection"] = table.projection.map(PROJECTION_LABELS)
+    return "\n".join([
+        "## VJP norm by segment (Fig 5 style)",
+        "Mean L2 norm of each projection's VJP (q_i, k_i, v_i, attention output) per ROME segment, tokens "
+        "averaged within a prompt, then prompts, then layers.",
+        "",
+        _markdown(table),
+    ])
+
+
+def attention_target_rank_section(target_ranks: pd.DataFrame, prompts: pd.DataFrame) -> str:
+    vocab_size = int(target_ranks.vocab_size.iloc[0])
+    last = target_ranks.merge(prompts[prompts.is_last][["case_id", "position"]], on=["case_id", "position"])
+    last = last[last["rank"] >= 0]
+    per_layer = last.groupby("layer")["rank"].agg(["mean", "median"]).reset_index()
+    per_layer["median / (V-1)"] = per_layer["median"] / (vocab_size - 1)
+    bottom = per_layer[per_layer["median / (V-1)"] >= 0.99]
+    top = per_layer[per_layer["median / (V-1)"] <= 0.01]
+    return "\n".join([
+        "## Target rank in LL(VJP of W_O) at the last token (Fig 6 style)",
+        f"The median rank of target_new's first token is within 1% of the least-probable end (V-1 = {vocab_size - 1}), "
+        f"the end a descent step promotes, in **{len(bottom)} of {len(per_layer)} layers** "
+        f"(layers {', '.join(map(str, bottom.layer.tolist())) or 'none'}); within 1% of the top in {len(top)}.",
+        "",
+        _markdown(per_layer, ".4g"),
+    ])
+
+
+def attention_markdown(tables: Mapping[str, pd.DataFrame], model: str) -> str:
+    prompts = tables["prompts"]
+    ranks = tables["attention_ranks"]
+    prompts = prompts[prompts.case_id.isin(ranks.case_id.unique())]
+    return "\n\n".join([
+        f"# Beyond the paper: the Backward Lens on attention ({model})",
+        f"Our own findings (issue 16), not claims of the paper. {ranks.case_id.nunique()} CounterFact prompts; "
+        "loss: cross-entropy of target_new's first token at the last position; W_Q, W_K, W_V, W_O captured in the "
+        "same forward+backward pass as the MLP matrices.",
+        attention_lemma_section(tables["attention_lemma"]),
+        attention_rank_section(ranks),
+        attention_norm_section(tables["attention_vjp_norms"], prompts),
+        attention_target_rank_section(tables["attention_target_ranks"], prompts),
+    ]) + "\n"
+
+
+def trace_summary(trace: pd.DataFrame) -> pd.DataFrame:
+    """One row per (case, layer): the trace's outcome after its last step."""
+    rows = []
+    for (case_id, layer), group in trace.sort_values("step").groupby(["case_id", "layer"]):
+        final = group.iloc[-1]
+        rows.append({
+            "case_id": case_id, "layer": layer, "n_tokens": final.n_tokens,
+            "first_loss": group.loss.iloc[0], "final_loss": final.loss_after,
+            "final_target_prob": final.target_prob_after, "top1_at_end": final.target_rank_after == 0,
+            "steps_to_top1": steps_to_top1(group.target_rank_after.tolist()),
+            "final_accumulated_rank": final.accumulated_rank, "max_step_rank": group.step_rank.max(),
+            "final_cosine_first": final.cosine_first, "min_cosine_first": group.cosine_first.min(),
+            "mean_cosine_previous": group.cosine_previous.mean(), "final_vjp_cosine_first": final.vjp_cosine_first,
+            "neg_vjp_rank_first": group.target_rank_neg_vjp.iloc[0], "neg_vjp_rank_last": final.target_rank_neg_vjp,
+            "steps_neg_vjp_top1": int((group.target_rank_neg_vjp == 0).sum()),
+        })
+    return pd.DataFrame(rows)
+
+
+def _steps_to_top1_text(steps: pd.Series) -> str:
+    reached = steps.dropna()
+    if reached.empty:
+        return "no edit made it top-1 within the steps"
+    return f"median steps to top-1 where reached: {reached.median():g}, range {reached.min():g}-{reached.max():g}"
+
+
+def ft_trace_markdown(trace: pd.DataFrame, model: str) -> str:
+    first = trace.iloc[0]
+    n_steps = int(trace.step.max())
+    summary = trace_summary(trace)
+    per_layer = summary.groupby("layer").agg(
+        P=("n_tokens", "mean"), loss_first=("first_loss", "mean"), loss_final=("final_loss", "mean"),
+        target_prob_final=("final_target_prob", "mean"), top1_at_end=("top1_at_end", "mean"),
+        steps_to_top1_median=("steps_to_top1", "median"), accumulated_rank_max=("final_accumulated_rank", "max"),
+        cosine_first_final=("final_cosine_first", "mean"), cosine_first_min=("min_cosine_first", "min"),
+        cosine_previous=("mean_cosine_previous", "mean"), vjp_cosine_first_final=("final_vjp_cosine_first", "mean"),
+        neg_vjp_rank_step1=("neg_vjp_rank_first", "median"),
+        neg_vjp_rank_last=("neg_vjp_rank_last", "median"),
+    ).reset_index()
+    within_p = (summary.final_accumulated_rank <= summary.n_tokens).mean()
+    example_case, example_layer = summary.case_id.iloc[0], summary.layer.max()
+    example = trace[(trace.case_id == example_case) & (trace.layer == example_layer)][
+        ["step", "loss", "target_prob_after", "target_rank_after", "step_rank", "accumulated_rank", "rank_bound",
+         "cosine_first", "cosine_previous", "target_rank_neg_vjp", "target_rank_accumulated_output"]]
+    rank_note = ("ranks from the stacked factors of the per-step updates (exact for gradient descent)"
+                 if first.optimizer == "sgd" else "ranks by SVD of the weight differences (Adam: no factor structure)")
+    return "\n\n".join([
+        f"# Beyond the paper: an FF2 fine-tuning edit step by step ({model})",
+        f"Our own findings (issue 16), not claims of the paper. {summary.case_id.nunique()} CounterFact cases x "
+        f"layers {', '.join(map(str, sorted(summary.layer.unique())))}; {n_steps} steps of {first.optimizer} "
+        f"(lr {first.lr:g}) on the FF2 weight only, no clamp; loss: cross-entropy of target_new's first token at "
+        f"the last position; vocabulary V = {int(first.vocab_size)}; {rank_note}.",
+        "## Per layer (over cases)\n"
+        f"The target is the model's top-1 after the last step in **{_percent(summary.top1_at_end.mean())}** of the "
+        f"{len(summary)} edits ({_steps_to_top1_text(summary.steps_to_top1)}). "
+        f"The accumulated update's rank stays within the prompt length P in **{_percent(within_p)}** of the edits "
+        "(the edited matrix's own input does not depend on it, so every step shares the row space of the inputs). "
+        f"Cosine of the last step's update with the first step's: mean {summary.final_cosine_first.mean():.3f}, "
+        f"smallest over all steps {summary.min_cosine_first.min():.3f}; with the previous step's: mean "
+        f"{summary.mean_cosine_previous.mean():.3f}; of the last token's VJP delta_last with step 1's (the "
+        f"direction written into the output): mean {summary.final_vjp_cosine_first.mean():.3f}. "
+        "Target rank in LL(-delta) at the last token (0 = top): "
+        f"median {summary.neg_vjp_rank_first.median():g} at step 1, {summary.neg_vjp_rank_last.median():g} at step "
+        f"{n_steps}.\n\n" + _markdown(per_layer),
+        f"## Example: case {example_case}, layer {example_layer}\n\n" + _markdown(example, ".4g"),
+    ]) + "\n"
