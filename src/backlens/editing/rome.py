@@ -31,7 +31,9 @@ class RankOneModelEditing(Editor):
         self.inverse_mom2 = None
         if bool(hparams.get("mom2_adjustment", True)):
             mom2 = second_moment if second_moment is not None else load_second_moment(hparams["stats_path"], self.layer)
-            self.inverse_mom2 = torch.linalg.inv(mom2.double()).to(self.device, torch.float32)
+            # Inverted in float64 (as ROME does), applied in the weights' dtype (float64 runs included).
+            weight_dtype = self.adapter.ff2_site(self.layer).weight.dtype
+            self.inverse_mom2 = torch.linalg.inv(mom2.double()).to(self.device, weight_dtype)
         if templates is None:
             lengths = hparams.get("context_template_length_params", ROME_TEMPLATE_LENGTHS)
             groups = context_templates(self, lengths, None, int(hparams.get("seed", 0)))

@@ -64,7 +64,8 @@ class ForwardPassShift(Editor):
         self.inverse_mom2 = None
         if self.key == "whitened":
             mom2 = second_moment if second_moment is not None else load_second_moment(hparams["stats_path"], int(hparams["layer"]))
-            self.inverse_mom2 = torch.linalg.inv(mom2.double()).to(self.device, torch.float32)
+            weight_dtype = self.adapter.ff2_site(int(hparams["layer"])).weight.dtype
+            self.inverse_mom2 = torch.linalg.inv(mom2.double()).to(self.device, weight_dtype)
 
     def edited_parameters(self) -> list[nn.Parameter]:
         return [self.adapter.ff2_site(int(self.hparams["layer"])).weight]
