@@ -11,16 +11,9 @@ from backlens.analysis.ranks import gradient_rank
 from backlens.models.adapters import PROJECTIONS
 from backlens.models.hooks import record_module_io
 from backlens.stages.attention import autograd_attention_gradients
+from test_capture import PROMPTS, TARGETS, encode
 from tolerances import assert_close_float32, vocab_chain
 
-PROMPTS = ["Obama grew up in", "The mother tongue of Danielle Darrieux is", "Jack Dorsey founded"]
-TARGETS = [" Paris", " English", " IBM"]
-
-
-def encode(loaded):
-    ids = [loaded.tokenizer(p)["input_ids"] for p in PROMPTS]
-    targets = [loaded.tokenizer(t, add_special_tokens=False)["input_ids"][0] for t in TARGETS]
-    return ids, targets
 
 
 def capture(loaded, ids, targets, **kwargs):

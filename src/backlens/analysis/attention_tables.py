@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import torch
 
 from backlens.analysis.capture import CapturedBatch
-from backlens.analysis.logit_lens import target_ranks
+from backlens.analysis.gradient_tables import target_rank_rows
 from backlens.analysis.ranks import float32_rtol, gradient_ranks_stacked
 from backlens.models.adapters import PROJECTIONS, ArchitectureAdapter
 
@@ -98,16 +98,5 @@ def attention_target_rank_rows(
     positions before the last reach no loss term), left out of averages.
     """
     _require_attention(batch)
-    vectors, targets, index = [], [], []
-    for prompt, case_id in enumerate(case_ids):
-        length = batch.lengths[prompt]
-        for layer in range(batch.n_layers):
-            vectors.append(attention_output_vjp(batch, prompt, layer))
-            targets.append(batch.target_ids[prompt].expand(length))
-            index.extend((case_id, layer, position) for position in range(length))
-    ranks = target_ranks(adapter, torch.cat(vectors), torch.cat(targets), normalized=normalized).tolist()
-    vocab_size = int(adapter.unembedding.shape[0])
-    return [
-        {"case_id": case_id, "layer": layer, "position": position, "rank": rank, "vocab_size": vocab_size}
-        for (case_id, layer, position), rank in zip(index, ranks)
-    ]
+    return target_rank_rows(batch, case_ids, adapter, lambda prompt, layer, length: attention_output_vjp(batch, prompt, layer),
+                            normalized=normalized)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -75,11 +75,21 @@ def ff2_target_rank_rows(
     ``rank`` counts tokens with a higher logit (0 = most probable, V-1 = least probable);
     -1 marks exact-zero VJPs (last layer, positions before the last), left out of averages.
     """
+    return target_rank_rows(batch, case_ids, adapter, lambda prompt, layer, length: batch.vjps[(layer, "ff2")][prompt, :length],
+                            normalized=normalized)
+
+
+def target_rank_rows(
+    batch: CapturedBatch, case_ids: Sequence[int], adapter: ArchitectureAdapter,
+    vectors_at: Callable[[int, int, int], torch.Tensor], *, normalized: bool = False,
+) -> list[dict]:
+    """Rank of target_new's first token in the logit lens of ``vectors_at(prompt, layer, length)``
+    ((P, d_model) per prompt and layer), one row per (prompt, layer, position)."""
     vectors, targets, index = [], [], []
     for prompt, case_id in enumerate(case_ids):
         length = batch.lengths[prompt]
         for layer in range(batch.n_layers):
-            vectors.append(batch.vjps[(layer, "ff2")][prompt, :length])
+            vectors.append(vectors_at(prompt, layer, length))
             targets.append(batch.target_ids[prompt].expand(length))
             index.extend((case_id, layer, position) for position in range(length))
     ranks = target_ranks(adapter, torch.cat(vectors), torch.cat(targets), normalized=normalized).tolist()

@@ -16,12 +16,13 @@ import torch
 from omegaconf import DictConfig
 
 from backlens.analysis.beyond_summary import attention_markdown
-from backlens.analysis.capture import CapturedBatch, capture_gradient_factors, last_position_loss, pad_batch
+from backlens.analysis.capture import CapturedBatch, capture_gradient_factors
 from backlens.analysis.ranks import gradient_rank
 from backlens.api.lens import ATTENTION_TABLES, BackwardLens, LensSettings
 from backlens.io import write_json, write_table, write_text
 from backlens.models.loading import LoadedModel, load_model
 from backlens.stages.backward_lens import read_prompts
+from backlens.stages.lemma_check import autograd_gradients
 
 log = logging.getLogger(__name__)
 
@@ -30,12 +31,7 @@ def autograd_attention_gradients(loaded: LoadedModel, input_ids: list[int], targ
     """dL/dW of every attention site (fused Q/K/V as one) for one prompt, by a backward pass into the weights."""
     adapter = loaded.adapter
     sites = [site for layer in range(adapter.n_layers) for site in adapter.attention_sites(layer)]
-    ids, mask = pad_batch([input_ids], loaded.tokenizer.pad_token_id, loaded.device)
-    with torch.enable_grad():
-        logits = loaded.model(input_ids=ids, attention_mask=mask).logits
-        loss = last_position_loss(logits, [len(input_ids)], torch.tensor([target_id], device=loaded.device)).sum()
-        grads = torch.autograd.grad(loss, [site.weight for site in sites])
-    return {(site.layer, site.matrix): grad for site, grad in zip(sites, grads)}
+    return autograd_gradients(loaded, input_ids, target_id, sites)
 
 
 def attention_lemma_rows(loaded: LoadedModel, batch: CapturedBatch, prompt: int, case_id: int,

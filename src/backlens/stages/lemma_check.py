@@ -22,15 +22,18 @@ from backlens.analysis.capture import CapturedBatch, capture_gradient_factors, l
 from backlens.analysis.ranks import gradient_rank
 from backlens.io import write_table
 from backlens.models.loading import LoadedModel, load_model
+from backlens.models.sites import LinearSite
 from backlens.stages.backward_lens import capture_batches, read_prompts
 
 log = logging.getLogger(__name__)
 
 
-def autograd_gradients(loaded: LoadedModel, input_ids: list[int], target_id: int) -> dict[tuple[int, str], torch.Tensor]:
-    """dL/dW of every MLP matrix for one prompt, from a backward pass into the weights."""
+def autograd_gradients(loaded: LoadedModel, input_ids: list[int], target_id: int,
+                       sites: list[LinearSite] | None = None) -> dict[tuple[int, str], torch.Tensor]:
+    """dL/dW of every MLP matrix (or of ``sites``) for one prompt, from a backward pass into the weights."""
     adapter = loaded.adapter
-    sites = [site for layer in range(adapter.n_layers) for site in adapter.linear_sites(layer)]
+    if sites is None:
+        sites = [site for layer in range(adapter.n_layers) for site in adapter.linear_sites(layer)]
     ids, mask = pad_batch([input_ids], loaded.tokenizer.pad_token_id, loaded.device)
     with torch.enable_grad():
         logits = loaded.model(input_ids=ids, attention_mask=mask).logits
