@@ -53,8 +53,7 @@ def _segment_heatmap(ax: plt.Axes, means: pd.DataFrame, title: str) -> None:
     positive = values[values > 0]
     top = float(positive.max()) if positive.size else 1.0
     bottom = max(float(positive.min()), top / 1e4) if positive.size else top / 10
-    cmap = plt.get_cmap("Purples").copy()
-    cmap.set_bad("#d9d9d9")
+    cmap = plt.get_cmap("Purples").with_extremes(bad="#d9d9d9")
     image = ax.imshow(np.ma.masked_less_equal(values, 0), aspect="auto", cmap=cmap, origin="lower",
                       norm=LogNorm(vmin=bottom, vmax=top))
     ax.set_xticks(range(len(SEGMENTS)), [SEGMENT_LABELS[s] for s in SEGMENTS], rotation=40, ha="right")
