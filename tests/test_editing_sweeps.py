@@ -109,3 +109,15 @@ def test_the_shift_sweep_runs_every_variant_and_draws_fig26(tmp_path, tiny_gpt2_
     assert sum(group["n_cases"] for group in chosen["by_target_length"].values()) == 3
     shift_sweep_figure(cases, "tiny-gpt2", tmp_path / "fig26.pdf", choice)
     assert (tmp_path / "fig26.png").stat().st_size > 0
+
+
+def test_the_shift_sweep_refuses_a_method_that_is_not_a_shift(tmp_path):
+    from backlens.errors import ConfigError
+    from backlens.stages import editing_sweep
+    from conftest import compose_config, require_shared
+
+    require_shared("data", "counterfact")
+    cfg = compose_config("model=tiny-gpt2", f"paths.results={tmp_path}", "editing.n_cases=2", "editing.sweep.n_cases=1",
+                         "editing.sweep.methods=[rome]", "editing.sweep.layers=[0]", "editing.sweep.etas=[1.0]")
+    with pytest.raises(ConfigError, match="rome is not a forward pass shift"):
+        editing_sweep.run(cfg)

@@ -16,9 +16,10 @@ from backlens.editing.evaluation import case_metrics
 from backlens.editing.requests import continuation
 from backlens.editing.shift import ForwardPassShift
 from backlens.editing.weights import restored_after
+from backlens.errors import ConfigError
 from backlens.io import write_json, write_table
 from backlens.models.loading import load_model
-from backlens.stages.editing_common import other_method_hparams, requests_in_range
+from backlens.stages.editing_common import method_config, other_method_hparams, requests_in_range
 
 log = logging.getLogger(__name__)
 ACCURACIES = ["efficacy", "paraphrase", "neighborhood"]
@@ -85,6 +86,9 @@ def by_target_length(cases: pd.DataFrame, setting: dict, settings: list[str]) ->
 
 def sweep_variant(cfg, loaded, method: str, layers, requests, baseline, batch_size: int) -> list[dict]:
     """Rows (layer, eta, case) of one shift variant; the unit update is computed once per layer and case."""
+    if str(method_config(method)["kind"]) != "shift":
+        raise ConfigError(f"editing.sweep.methods: {method} is not a forward pass shift (kind "
+                          f"{method_config(method)['kind']}); list shift variants only, e.g. shift, shift_centered")
     rows = []
     editors = {}
     for layer, request in tqdm(list(product(layers, requests)), desc=f"{method} sweep", unit="case"):
