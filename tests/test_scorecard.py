@@ -99,3 +99,15 @@ def test_shift_variant_row_compares_efficacy_and_ns_with_rome(efficacy, ns, verd
         "efficacy_mean": [100.0, 78.0, efficacy], "neighborhood_success_mean": [58.0, 12.0, ns]}).set_index("method")
     (row,) = scorecard.shift_variant_rows(table, PAPER)
     assert row.verdict == verdict and "centred e_t" in row.claim and f"NS {ns:.0f} vs ROME 58" in row.ours
+
+
+def test_editing_rows_read_per_edit_seconds_from_the_timings_table():
+    table1 = pd.DataFrame({"method": ["none", "rome", "shift"], "label": ["Original", "ROME", "Forward pass shift"],
+                           "n_cases": [50] * 3, "efficacy_mean": [0.0, 100.0, 78.0],
+                           "neighborhood_success_mean": [66.0, 58.0, 12.0]})
+    table7 = pd.DataFrame({"method": ["none", "rome", "shift"], "perplexity_mean": [6.85, 6.9, 7.13]})
+    timings = pd.DataFrame({"method": ["none", "rome", "shift"], "edit_seconds_mean": [0.0, 80.0, 0.3]})
+    efficacy, cost, perplexity = scorecard.editing_rows(table1, table7, timings, PAPER)
+    assert efficacy.verdict == "does not" and "+22 points" in efficacy.ours
+    assert cost.verdict == "holds" and "shift 0.30 s per edit" in cost.ours and "ROME 80.0 s" in cost.ours
+    assert perplexity.verdict == "partly"

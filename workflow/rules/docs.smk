@@ -82,6 +82,7 @@ SCORECARD_INPUTS = {
     "tracing_summary": headline("results/{run}/tracing/summary.json", "tracing_avg"),
     "table1": headline("results/{run}/tables/table1.csv", "table1"),
     "table7": headline("results/{run}/tables/table7.csv", "table7"),
+    "edit_timings": headline("results/{run}/tables/edit_timings.csv", "table1"),
 }
 
 
