@@ -89,7 +89,7 @@ def test_a_method_typo_is_one_line_listing_the_known_keys(tmp_path):
     require_shared("assets", "gpt2_tokenizer")
     path = write(tmp_path, "cf.json", EASYEDIT)
     line = sample_prompts(tmp_path, path, "n_prompts=1", "++methods.shift.etta=0.1")
-    assert line == "error: methods.shift.etta: shift has no hyper-parameter 'etta'; known: eta, layer, layer_fraction, skip_if_predicted"
+    assert line == "error: methods.shift.etta: shift has no hyper-parameter 'etta'; known: direction, eta, key, layer, layer_fraction, skip_if_predicted"
 
 
 # --- Through the workflow: DAG-time checks, and a job's error shown on the console -------------
@@ -100,7 +100,7 @@ from test_workflow import project_copy, snakemake  # noqa: E402,F401  (fixture a
     "overrides, expected",
     [
         ("model=tiny-gpt3", "error: unknown model 'tiny-gpt3'; known: "),
-        ("methods.shift.etta=0.1", "error: methods.shift.etta: shift has no hyper-parameter 'etta'; known: eta,"),
+        ("methods.shift.etta=0.1", "error: methods.shift.etta: shift has no hyper-parameter 'etta'; known: direction, eta,"),
         ("methods.shfit.eta=0.1", "error: methods.shfit: no method config conf/method/shfit.yaml; known methods: "),
         ("n_prompts=abc", "error: n_prompts='abc' is not an integer"),
         ("n_promts=5", "error: overrides 'n_promts=5': Could not override 'n_promts'."),
