@@ -22,7 +22,9 @@ def per_segment_peaks(averages: pd.DataFrame) -> pd.DataFrame:
     for segment in table.index:
         row = {"segment": SEGMENT_LABELS.get(segment, segment)}
         for kind in dict.fromkeys(best.kind):
-            row[kind] = f"{table.loc[segment, ('mean', kind)]:.3f} (layer {int(table.loc[segment, ('layer', kind)])})"
+            layer = table.loc[segment, ("layer", kind)]
+            # Severed-path kinds are traced at some segments only: the others have no cell.
+            row[kind] = "-" if pd.isna(layer) else f"{table.loc[segment, ('mean', kind)]:.3f} (layer {int(layer)})"
         rows.append(row)
     return pd.DataFrame(rows)
 
