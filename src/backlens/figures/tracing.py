@@ -91,7 +91,8 @@ def tracing_avg_lines(averages: pd.DataFrame, summary: dict) -> plt.Figure:
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("average indirect effect")
     handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="outside right upper", frameon=False)
+    # Below the panels: at the right it ran into the (long) suptitle.
+    fig.legend(handles, labels, loc="outside lower center", ncol=len(labels), frameon=False)
     fig.suptitle(_setting(summary) + "; bands: 95% normal interval over facts")
     return fig
 
