@@ -4,7 +4,6 @@ each variant's chosen setting."""
 from __future__ import annotations
 
 import logging
-from itertools import product
 
 import pandas as pd
 import torch
@@ -86,28 +85,31 @@ def by_target_length(cases: pd.DataFrame, setting: dict, settings: list[str]) ->
 
 def sweep_variant(cfg, loaded, method: str, layers, requests, baseline, batch_size: int) -> list[dict]:
     """Rows (layer, eta, case) of one shift variant; the unit update is computed once per layer and case."""
-    if str(method_config(method)["kind"]) != "shift":
-        raise ConfigError(f"editing.sweep.methods: {method} is not a forward pass shift (kind "
-                          f"{method_config(method)['kind']}); list shift variants only, e.g. shift, shift_centered")
+    kind = str(method_config(method)["kind"])
+    if kind != "shift":
+        raise ConfigError(f"editing.sweep.methods: {method} is not a forward pass shift (kind {kind}); "
+                          "list shift variants only, e.g. shift, shift_centered")
+    hparams = other_method_hparams(cfg, method, loaded.adapter.n_layers)
     rows = []
-    editors = {}
-    for layer, request in tqdm(list(product(layers, requests)), desc=f"{method} sweep", unit="case"):
-        if layer not in editors:  # one editor per layer: a whitened key inverts C once
-            hparams = {**other_method_hparams(cfg, method, loaded.adapter.n_layers), "layer": layer, "eta": 1.0}
-            editors = {layer: ForwardPassShift(loaded, hparams)}
-        editor = editors[layer]
-        unit_update, already_predicted, _ = editor.shift_update(request)
-        multi_token = len(continuation(loaded.tokenizer, request.prompt, request.target_new).target_ids) > 1
-        for eta in cfg.editing.sweep.etas:
-            metrics = baseline[request.case_id]
-            if not already_predicted:
-                with restored_after(editor.edited_parameters()):
-                    with torch.no_grad():
-                        editor.edited_parameters()[0].add_(float(eta) * unit_update)
-                    metrics = case_metrics(editor, request, batch_size=batch_size)
-            rows.append({"model": cfg.model.name, "method": method, "direction": editor.direction, "key": editor.key,
-                         "layer": layer, "eta": float(eta), "case_id": request.case_id, "skipped": already_predicted,
-                         "multi_token": multi_token, **{k: metrics[k] for k in METRICS}})
+    progress = tqdm(total=len(layers) * len(requests), desc=f"{method} sweep", unit="case")
+    for layer in layers:
+        # One editor per layer: a whitened key inverts C once.
+        editor = ForwardPassShift(loaded, {**hparams, "layer": layer, "eta": 1.0})
+        for request in requests:
+            unit_update, already_predicted, _ = editor.shift_update(request)
+            multi_token = len(continuation(loaded.tokenizer, request.prompt, request.target_new).target_ids) > 1
+            for eta in cfg.editing.sweep.etas:
+                metrics = baseline[request.case_id]
+                if not already_predicted:
+                    with restored_after(editor.edited_parameters()):
+                        with torch.no_grad():
+                            editor.edited_parameters()[0].add_(float(eta) * unit_update)
+                        metrics = case_metrics(editor, request, batch_size=batch_size)
+                rows.append({"model": cfg.model.name, "method": method, "direction": editor.direction, "key": editor.key,
+                             "layer": layer, "eta": float(eta), "case_id": request.case_id, "skipped": already_predicted,
+                             "multi_token": multi_token, **{k: metrics[k] for k in METRICS}})
+            progress.update()
+    progress.close()
     return rows
 
 
