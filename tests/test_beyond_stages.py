@@ -96,3 +96,23 @@ def test_every_beyond_figure_renders(beyond, figure, tmp_path):
     render_figure.run(cfg)
     assert (tmp_path / f"{figure}.pdf").read_bytes().startswith(b"%PDF")
     assert (tmp_path / f"{figure}.png").stat().st_size > 5000
+
+
+def test_scorecard_findings_state_the_tables(beyond):
+    from backlens.analysis.beyond_summary import attention_findings, ft_trace_findings, last_token_target_ranks
+    from backlens.stages.scorecard import beyond_findings, findings_markdown
+
+    tables = {name: read(beyond, name) for name in
+              ("prompts", "attention_ranks", "attention_vjp_norms", "attention_target_ranks", "attention_lemma")}
+    rows = attention_findings(tables)
+    assert [figure for *_, figure in rows] == ["attn_fig3", "attn_fig3", "attn_fig5", "attn_fig6"]
+    per_layer = last_token_target_ranks(tables["attention_target_ranks"], tables["prompts"])
+    assert f"in {int((per_layer['median / (V-1)'] >= 0.99).sum())} of {len(per_layer)} layers" in rows[3][1]
+    trace = read(beyond, "ft_trace")
+    steps = ft_trace_findings(trace)
+    assert len(steps) == 4 and f"{trace.step.max()} {trace.optimizer.iloc[0]} steps" in steps[0][1]
+    # The scorecard's table: every finding, no verdict column; without the tables, one row says so.
+    text = findings_markdown(beyond_findings(beyond.paths, tables["prompts"]))
+    assert text.count("\n| ") == 2 + len(rows) + len(steps) and "verdict" not in text.split("\n", 2)[2]
+    empty = findings_markdown(beyond_findings({}, tables["prompts"]))
+    assert "not in this copy" in empty

@@ -47,3 +47,16 @@ def rank_equals_length_share(ranks: pd.DataFrame) -> pd.DataFrame:
     n_layers = table.groupby("model").layer.transform("max") + 1
     table = table.assign(depth=table.layer / n_layers)
     return table.groupby(["model", "matrix", "layer", "depth"], as_index=False).full.mean()
+
+
+def layer_runs(layers) -> str:
+    """Layers as runs for a sentence: [1, 2, 3, 7] -> "1-3, 7" ("none" when empty)."""
+    layers = sorted(int(layer) for layer in layers)
+    if not layers:
+        return "none"
+    runs, start = [], layers[0]
+    for previous, layer in zip(layers, [*layers[1:], None]):
+        if layer != previous + 1:
+            runs.append(f"{start}" if start == previous else f"{start}-{previous}")
+            start = layer
+    return ", ".join(runs)

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 import numpy as np
 import pandas as pd
 
-from backlens.analysis.aggregate import SEGMENT_LABELS, segment_means
+from backlens.analysis.aggregate import SEGMENT_LABELS, layer_runs, segment_means
 from backlens.analysis.ft_trace import steps_to_top1
 from backlens.data.segments import SEGMENTS
 
@@ -86,19 +86,27 @@ def attention_norm_section(norms: pd.DataFrame, prompts: pd.DataFrame) -> str:
     ])
 
 
-def attention_target_rank_section(target_ranks: pd.DataFrame, prompts: pd.DataFrame) -> str:
+def last_token_target_ranks(target_ranks: pd.DataFrame, prompts: pd.DataFrame) -> pd.DataFrame:
+    """Per layer: mean and median rank of target_new in LL(W_O's VJP) at the last token (exact-zero VJPs
+    left out), and the median over V - 1 (1: the least-probable end)."""
     vocab_size = int(target_ranks.vocab_size.iloc[0])
     last = target_ranks.merge(prompts[prompts.is_last][["case_id", "position"]], on=["case_id", "position"])
     last = last[last["rank"] >= 0]
     per_layer = last.groupby("layer")["rank"].agg(["mean", "median"]).reset_index()
     per_layer["median / (V-1)"] = per_layer["median"] / (vocab_size - 1)
+    return per_layer
+
+
+def attention_target_rank_section(target_ranks: pd.DataFrame, prompts: pd.DataFrame) -> str:
+    vocab_size = int(target_ranks.vocab_size.iloc[0])
+    per_layer = last_token_target_ranks(target_ranks, prompts)
     bottom = per_layer[per_layer["median / (V-1)"] >= 0.99]
     top = per_layer[per_layer["median / (V-1)"] <= 0.01]
     return "\n".join([
         "## Target rank in LL(VJP of W_O) at the last token (Fig 6 style)",
         f"The median rank of target_new's first token is within 1% of the least-probable end (V-1 = {vocab_size - 1}), "
         f"the end a descent step promotes, in **{len(bottom)} of {len(per_layer)} layers** "
-        f"(layers {', '.join(map(str, bottom.layer.tolist())) or 'none'}); within 1% of the top in {len(top)}.",
+        f"(layers {layer_runs(bottom.layer)}); within 1% of the top in {len(top)}.",
         "",
         _markdown(per_layer, ".4g"),
     ])
@@ -186,3 +194,70 @@ def ft_trace_markdown(trace: pd.DataFrame, model: str) -> str:
         f"{n_steps}.\n\n" + _markdown(per_layer),
         f"## Example: case {example_case}, layer {example_layer}\n\n" + _markdown(example, ".4g"),
     ]) + "\n"
+
+
+# --- One-line findings for the scorecard's "beyond the paper" table ---------------------------
+def _rank_shares(ranks: pd.DataFrame) -> dict[str, dict[str, float]]:
+    """Per projection, below the last layer: share with rank = min(P, d_out) and with rank = P - 1."""
+    inner = ranks[ranks.layer < ranks.layer.max()]
+    shares = {}
+    for name, body in inner.groupby("projection", sort=False):
+        cap = np.minimum(body.n_tokens, body.d_out)
+        shares[PROJECTION_LABELS.get(name, name)] = {
+            "full": float((body["rank"] == cap).mean()), "p_minus_1": float((body["rank"] == body.n_tokens - 1).mean())}
+    return shares
+
+
+def attention_findings(tables: Mapping[str, pd.DataFrame]) -> list[tuple[str, str, str]]:
+    """(question, our numbers, gallery figure) rows from the attention tables."""
+    ranks, prompts = tables["attention_ranks"], tables["prompts"]
+    prompts = prompts[prompts.case_id.isin(ranks.case_id.unique())]
+    shares = _rank_shares(ranks)
+    full = ", ".join(f"{name} {_percent(s['full'])}" for name, s in shares.items() if name != "W_Q")
+    rows = [(
+        "Are W_Q, W_K, W_V, W_O gradients of rank P, like FF1/FF2's? (Fig 3 style)",
+        f"rank = min(P, d_out) below the last layer: {full}; W_Q: rank P - 1 in {_percent(shares['W_Q']['p_minus_1'])} "
+        "(the first token's query gets no gradient)", "attn_fig3")]
+    lemma = tables["attention_lemma"]
+    if not lemma.empty:
+        agree = int((lemma.rank_factors == lemma.rank_full_float64).sum())
+        rows.append(("Does Lemma 4.1 hold for each attention projection?",
+                     f"max relative error {lemma.relative_error_batched.max():.1e} (padded batch) against autograd; "
+                     f"rank from factors = float64 matrix_rank in {agree}/{len(lemma)}", "attn_fig3"))
+    norms = segment_means(tables["attention_vjp_norms"], prompts, "vjp_norm", ["projection", "layer"])
+    largest = norms.groupby(["projection", "segment"])["mean"].mean().unstack("segment").idxmax(axis=1)
+    rows.append(("Where is each projection's VJP largest? (Fig 5 style)",
+                 "; ".join(f"{PROJECTION_LABELS[p]}: {SEGMENT_LABELS[s]}" for p, s in largest.items()), "attn_fig5"))
+    per_layer = last_token_target_ranks(tables["attention_target_ranks"], prompts)
+    layers, n_layers = per_layer.layer[per_layer["median / (V-1)"] >= 0.99].tolist(), len(per_layer)
+    rows.append(("Is target_new at the least-probable end of LL(W_O's VJP) at the last token, as for FF2? (Fig 6 style)",
+                 f"median within 1% of V-1 in {len(layers)} of {n_layers} layers "
+                 f"({layer_runs(layers)})", "attn_fig6"))
+    return rows
+
+
+def ft_trace_findings(trace: pd.DataFrame) -> list[tuple[str, str, str]]:
+    """(question, our numbers, gallery figure) rows from the FT trace table."""
+    summary = trace_summary(trace)
+    first = trace.iloc[0]
+    setting = (f"{summary.case_id.nunique()} cases x layers {layer_runs(summary.layer.unique())}, "
+               f"{int(trace.step.max())} {first.optimizer} steps, lr {first.lr:g}")
+    by_layer = summary.groupby("layer")
+    cosine = ", ".join(f"{layer}: {value:.2f}" for layer, value in by_layer.final_cosine_first.mean().items())
+    neg_vjp = ", ".join(f"{layer}: {a:g} -> {b:g}" for layer, (a, b) in
+                        by_layer[["neg_vjp_rank_first", "neg_vjp_rank_last"]].median().iterrows())
+    return [
+        ("How many steps until an FF2 fine-tuning edit makes target_new top-1?",
+         f"{_percent(summary.top1_at_end.mean())} top-1 at the end ({setting}); "
+         f"{_steps_to_top1_text(summary.steps_to_top1)}", "ft_trace_steps"),
+        ("Does the accumulated update's rank stay at P over the steps?",
+         f"rank <= P in {_percent((summary.final_accumulated_rank <= summary.n_tokens).mean())} of the edits "
+         f"(largest {int(summary.final_accumulated_rank.max())}, P = {int(summary.n_tokens.min())}-"
+         f"{int(summary.n_tokens.max())})", "ft_trace_steps"),
+        ("Does the per-step update keep step 1's direction?",
+         f"cosine with the previous step: mean {summary.mean_cosine_previous.mean():.3f}; the last step's with step "
+         f"1's by layer: {cosine}", "ft_trace_steps"),
+        ("Is target_new top of LL(-delta) at the last token during the edit?",
+         f"median target rank, step 1 -> last step, by layer: {neg_vjp}", "ft_trace_steps"),
+    ]
+

@@ -17,6 +17,8 @@ from pathlib import Path
 import pandas as pd
 from omegaconf import DictConfig
 
+from backlens.analysis.aggregate import layer_runs
+from backlens.analysis.beyond_summary import attention_findings, ft_trace_findings
 from backlens.figures.neurons import signed_update_ranks
 from backlens.io import atomic_path, write_text
 
@@ -42,18 +44,6 @@ def _graded(value: float, holds_at: float, partly_at: float, *, lower_is_better:
     if lower_is_better:
         value, holds_at, partly_at = -value, -holds_at, -partly_at
     return HOLDS if value >= holds_at else PARTLY if value >= partly_at else DOES_NOT
-
-
-def _layer_list(layers) -> str:
-    layers = sorted(int(layer) for layer in layers)
-    if not layers:
-        return "none"
-    runs, start = [], layers[0]
-    for previous, layer in zip(layers, layers[1:] + [None]):
-        if layer != previous + 1:
-            runs.append(f"{start}" if start == previous else f"{start}-{previous}")
-            start = layer
-    return ", ".join(runs)
 
 
 def gradient_rank_rows(ranks: pd.DataFrame, paper: DictConfig) -> list[Row]:
@@ -83,7 +73,7 @@ def fig4_row(cells: pd.DataFrame, tokens: pd.DataFrame, paper: DictConfig) -> Ro
         ends = bottom[(bottom.example == example) & (bottom.position == head.position)]
         hits = sorted(set(ends[ends.token_id == head.target_new_id].layer))
         shares.append(len(hits) / group.layer.nunique())
-        parts.append(f"\"{head.target_new}\": {len(hits)}/{group.layer.nunique()} (layers {_layer_list(hits)})")
+        parts.append(f"\"{head.target_new}\": {len(hits)}/{group.layer.nunique()} (layers {layer_runs(hits)})")
     k = int(tokens.k.max()) + 1
     verdict = HOLDS if min(shares) >= many else PARTLY if max(shares) > 0 else DOES_NOT
     return Row(f"at the last token, LL(delta)'s least probable tokens include the target in many layers (Fig 4; "
@@ -116,7 +106,7 @@ def fig6_row(target_ranks: pd.DataFrame, prompts: pd.DataFrame, paper: DictConfi
     share = len(layers) / len(median)
     verdict = HOLDS if share > paper.verdicts.most_layers else PARTLY if len(layers) else DOES_NOT
     return Row("the last token's VJP ranks the target at the least-probable end in most layers (Fig 6)",
-               "most layers (GPT-2 XL)", f"{len(layers)} of {len(median)} layers ({_layer_list(layers)})", verdict,
+               "most layers (GPT-2 XL)", f"{len(layers)} of {len(median)} layers ({layer_runs(layers)})", verdict,
                f"a layer counts if the median rank is within {100 * bottom:g}% of V-1; holds in > "
                f"{100 * paper.verdicts.most_layers:.0f}% of layers, partly in any", "fig6")
 
@@ -131,7 +121,7 @@ def fig9_row(updates: pd.DataFrame, paper: DictConfig) -> Row:
     return Row(paper.fig9_value_shift.claim + " (sign-aware: the step's effect at the last token)",
                paper.fig9_value_shift.paper_number,
                f"median target rank in the top {100 * top:g}% in {len(layers)} of {len(median)} layers "
-               f"({_layer_list(layers)}); {100 * float((signed.relative <= top).mean()):.0f}% of the top-k changes",
+               f"({layer_runs(layers)}); {100 * float((signed.relative <= top).mean()):.0f}% of the top-k changes",
                verdict, f"holds in > {100 * paper.verdicts.most_layers:.0f}% of layers, partly in any", "fig9")
 
 
@@ -267,8 +257,34 @@ def run(cfg: DictConfig) -> None:
         *editing_rows(pd.read_csv(paths.table1), pd.read_csv(paths.table7), pd.read_csv(paths.edit_timings), paper),
     ]
     model = str(prompts.model.iloc[0]) if "model" in prompts.columns else str(cfg.model.name)
-    write_text("# Claims scorecard\n\n" + scorecard_markdown(rows, model, prompts.case_id.nunique()) + "\n",
-               paths.scorecard)
+    write_text("# Claims scorecard\n\n" + scorecard_markdown(rows, model, prompts.case_id.nunique()) + "\n\n"
+               + findings_markdown(beyond_findings(paths, prompts)) + "\n", paths.scorecard)
+
+
+def beyond_findings(paths: DictConfig, prompts: pd.DataFrame) -> list[tuple[str, str, str]]:
+    """Rows of our own findings beyond the paper (attention projections, FT trace) from the tables the
+    rule passes; a hand-run without them gets one row saying so."""
+    rows = []
+    if paths.get("attention_ranks"):
+        tables = {name: pd.read_parquet(paths[name]) for name in
+                  ("attention_ranks", "attention_vjp_norms", "attention_target_ranks", "attention_lemma")}
+        rows += attention_findings({**tables, "prompts": prompts})
+    if paths.get("ft_trace"):
+        rows += ft_trace_findings(pd.read_parquet(paths.ft_trace))
+    return rows or [("Backward Lens on attention, FT trace", "not in this copy: their tables were not given", "-")]
+
+
+def findings_markdown(rows: list[tuple[str, str, str]]) -> str:
+    """Our findings beyond the paper: no paper number and no verdict (the paper makes no such claim)."""
+    lines = ["| question | ours | figure |", "| --- | --- | --- |"]
+    lines += [f"| {question} | {ours} | " + (f"[{figure}](gallery/{figure}.png)" if figure != "-" else "-") + " |"
+              for question, ours, figure in rows]
+    return "\n".join([
+        "**Beyond the paper** (our own findings, not claims of the paper: no verdict; issue 16's analyses, "
+        "reports in `docs/attention.md` and `docs/ft_trace.md`):",
+        "",
+        *lines,
+    ])
 
 
 def readme_block(scorecard: str) -> str:
