@@ -37,9 +37,9 @@ rule gallery_image:
 rule docs_table:
     """docs/tables/<table>.{csv,md,tex}: the default run's Table 1 / Table 7."""
     input:
-        csv=headline(TABLE, "{table}"),
-        md=headline(with_suffix(TABLE, ".md"), "{table}"),
-        tex=headline(with_suffix(TABLE, ".tex"), "{table}"),
+        csv=headline(TABLE_CSV, "{table}"),
+        md=headline(with_suffix(TABLE_CSV, ".md"), "{table}"),
+        tex=headline(with_suffix(TABLE_CSV, ".tex"), "{table}"),
     output:
         csv="docs/tables/{table}.csv",
         md="docs/tables/{table}.md",

@@ -5,7 +5,7 @@ from backlens.figures.editing import frontier_path
 
 EDIT_METHODS = sorted(p.stem for p in Path("conf/method").glob("*.yaml"))
 # Table 1 / Table 7 / edit_timings (results/{run}/tables/<table>.csv, .md and .tex beside it).
-TABLE = f"{artifact('tables')}/{{table}}.csv"
+TABLE_CSV = f"{artifact('tables')}/{{table}}.csv"
 
 register_outputs("table1", with_suffix(artifact("table1"), ".md"), with_suffix(artifact("edit_timings"), ".md"))
 register_outputs("table7", with_suffix(artifact("table7"), ".md"))
@@ -118,9 +118,9 @@ rule edit_table:
     input:
         unpack(table1_results("editing_cases", "editing_summary")),
     output:
-        csv=report(TABLE, caption="../report/caption.rst", category="{run}", subcategory="Editing"),
-        md=with_suffix(TABLE, ".md"),
-        tex=with_suffix(TABLE, ".tex"),
+        csv=report(TABLE_CSV, caption="../report/caption.rst", category="{run}", subcategory="Editing"),
+        md=with_suffix(TABLE_CSV, ".md"),
+        tex=with_suffix(TABLE_CSV, ".tex"),
     conda:
         CONDA_ENV
     log:
@@ -156,9 +156,9 @@ rule edit_timings:
 rule headline_table:
     """results/tables/<table> is the copy of the table's first run (the default model's)."""
     input:
-        csv=lambda wc: TABLE.format(run=headline_run(wc.table), table=wc.table),
-        md=lambda wc: with_suffix(TABLE, ".md").format(run=headline_run(wc.table), table=wc.table),
-        tex=lambda wc: with_suffix(TABLE, ".tex").format(run=headline_run(wc.table), table=wc.table),
+        csv=lambda wc: TABLE_CSV.format(run=headline_run(wc.table), table=wc.table),
+        md=lambda wc: with_suffix(TABLE_CSV, ".md").format(run=headline_run(wc.table), table=wc.table),
+        tex=lambda wc: with_suffix(TABLE_CSV, ".tex").format(run=headline_run(wc.table), table=wc.table),
     output:
         csv="results/tables/{table}.csv",
         md="results/tables/{table}.md",

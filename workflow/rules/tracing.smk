@@ -2,6 +2,7 @@
 # runs over the known facts the model answers correctly, their tables, and the figures.
 # One job screens every fact and chooses those to trace, shard jobs trace parts of that list,
 # and a rule merges them into the tables below.
+
 # The merged tables and summary (rule trace_merge); tracing_timings: seconds per stage and fact,
 # apart from the tables and summary (byte-identical run to run).
 TRACING_TABLES = [

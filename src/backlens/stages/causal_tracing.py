@@ -21,7 +21,7 @@ from omegaconf import DictConfig
 from tqdm import tqdm
 
 from backlens.api.tracing import trace_prepared, trace_settings, window_layers  # noqa: F401 (window_layers: re-export)
-from backlens.artifacts import shard_files  # noqa: F401 (re-export: tests use it)
+from backlens.artifacts import shard_files
 from backlens.data.known_facts import load_known_facts_from_config
 from backlens.data.segments import SEGMENTS, SegmentationError
 from backlens.data.sources import identity_from_config
