@@ -3,29 +3,29 @@
 # Each figure's tables come from the figure registry itself, the one source of truth.
 FIGURE_TABLES = {name: list(spec.tables) for name, spec in FIGURES.items()}
 
-register_outputs("analysis_report", "results/{run}/analysis.md")
+register_outputs("analysis_report", artifact("analysis_report"))
 for name in FIGURE_TABLES:
-    register_outputs(name, f"figures/{{run}}/{name}.pdf")
+    register_outputs(name, artifact("figure", stem=name))
 # Across the runs of a sweep or a model list: Fig 3 (paper Figs 19-21) and Fig 6 (Fig 18).
-register_comparison("fig3", "figures/compare/{sweep}/fig3.pdf")
-register_comparison("fig6", "figures/compare/{sweep}/fig6.pdf")
+register_comparison("fig3", artifact("comparison", stem="fig3"))
+register_comparison("fig6", artifact("comparison", stem="fig6"))
 
 
 rule backward_lens_shard:
     """Capture inputs and VJPs of every MLP matrix for prompts [start, stop) in one forward+backward pass per batch."""
     input:
-        prompts="results/{run}/prompts.parquet",
+        prompts=artifact("prompts"),
     output:
-        **{name: f"results/{{run}}/analysis_shards/{{start}}-{{stop}}/{name}.parquet" for name in ANALYSIS_TABLES},
-        meta="results/{run}/analysis_shards/{start}-{stop}/meta.json",
+        **{name: artifact("analysis_shard_table", shard="{start}-{stop}", table=name) for name in ANALYSIS_TABLES},
+        meta=artifact("analysis_shard_meta", shard="{start}-{stop}"),
     conda:
         CONDA_ENV
     resources:
         gpu=1,
     log:
-        "logs/{run}/backward_lens_{start}-{stop}.log",
+        job_log("backward_lens_{start}-{stop}"),
     benchmark:
-        "logs/{run}/benchmarks/backward_lens_{start}-{stop}.tsv"
+        job_benchmark("backward_lens_{start}-{stop}")
     params:
         command=lambda wc, input, output: hydra_call(
             "backward_lens", wc, f"analysis.shard=[{wc.start},{wc.stop}]", prompts=input.prompts,
@@ -40,14 +40,14 @@ rule backward_lens:
     input:
         analysis_shards,
     output:
-        **table_paths(ANALYSIS_TABLES),
-        meta="results/{run}/backward_lens.meta.json",
+        **artifact_paths(ANALYSIS_TABLES),
+        meta=artifact("analysis_meta"),
     conda:
         CONDA_ENV
     log:
-        "logs/{run}/backward_lens.log",
+        job_log("backward_lens"),
     benchmark:
-        "logs/{run}/benchmarks/backward_lens.tsv"
+        job_benchmark("backward_lens")
     params:
         command=lambda wc, input, output: hydra_call(
             "backward_lens_merge", wc, analysis_shards=list(input), analysis_meta=output.meta,
@@ -60,17 +60,17 @@ rule backward_lens:
 rule lemma_check:
     """Lemma 4.1 reconstruction vs autograd per prompt, layer and matrix; rank cross-check."""
     input:
-        prompts="results/{run}/prompts.parquet",
+        prompts=artifact("prompts"),
     output:
-        lemma_check="results/{run}/lemma_check.parquet",
+        lemma_check=artifact("lemma_check"),
     conda:
         CONDA_ENV
     resources:
         gpu=1,
     log:
-        "logs/{run}/lemma_check.log",
+        job_log("lemma_check"),
     benchmark:
-        "logs/{run}/benchmarks/lemma_check.tsv"
+        job_benchmark("lemma_check")
     params:
         command=lambda wc, input, output: hydra_call(
             "lemma_check", wc, prompts=input.prompts, lemma_check=output.lemma_check
@@ -82,13 +82,13 @@ rule lemma_check:
 rule embedding_anisotropy:
     """Rank of t in LL(e_t) and LL(e_t - mean embedding) for a seeded sample of tokens (issue 17's diagnostic)."""
     output:
-        **table_paths(["embedding_anisotropy"]),
+        **artifact_paths(["embedding_anisotropy"]),
     conda:
         CONDA_ENV
     log:
-        "logs/{run}/embedding_anisotropy.log",
+        job_log("embedding_anisotropy"),
     benchmark:
-        "logs/{run}/benchmarks/embedding_anisotropy.tsv"
+        job_benchmark("embedding_anisotropy")
     params:
         command=lambda wc, output: hydra_call("embedding_anisotropy", wc, **output),
     shell:
@@ -98,15 +98,15 @@ rule embedding_anisotropy:
 rule logit_lens_examples:
     """Logit-lens tables of FF1 inputs and FF2 VJPs for the configured edits (Fig 4)."""
     output:
-        **table_paths(["logit_lens_cells", "logit_lens_tokens"]),
+        **artifact_paths(["logit_lens_cells", "logit_lens_tokens"]),
     conda:
         CONDA_ENV
     resources:
         gpu=1,
     log:
-        "logs/{run}/logit_lens_examples.log",
+        job_log("logit_lens_examples"),
     benchmark:
-        "logs/{run}/benchmarks/logit_lens_examples.tsv"
+        job_benchmark("logit_lens_examples")
     params:
         command=lambda wc, output: hydra_call("logit_lens_examples", wc, **output),
     shell:
@@ -116,18 +116,20 @@ rule logit_lens_examples:
 rule figure:
     """Draw one registered figure from its tables."""
     input:
-        unpack(lambda wc: table_paths(FIGURE_TABLES[wc.figure])),
+        unpack(lambda wc: artifact_paths(FIGURE_TABLES[wc.figure])),
     output:
-        pdf="figures/{run}/{figure}.pdf",
-        png=report("figures/{run}/{figure}.png", caption="../report/caption.rst", category="{run}", subcategory="Backward Lens"),
+        pdf=artifact("figure", stem="{figure}"),
+        png=report(
+            png_of(artifact("figure", stem="{figure}")), caption="../report/caption.rst", category="{run}", subcategory="Backward Lens"
+        ),
     wildcard_constraints:
         figure="|".join(FIGURE_TABLES),
     conda:
         CONDA_ENV
     log:
-        "logs/{run}/figures/{figure}.log",
+        job_log("figures/{figure}"),
     benchmark:
-        "logs/{run}/benchmarks/figure_{figure}.tsv"
+        job_benchmark("figure_{figure}")
     params:
         command=lambda wc, input, output: hydra_call("render_figure", wc, f"figure={wc.figure}", figure=output.pdf, **input),
         caption=lambda wc: caption_for(wc.figure),
@@ -138,15 +140,15 @@ rule figure:
 rule analysis_report:
     """results/{run}/analysis.md: measured numbers beside the paper's claims."""
     input:
-        **table_paths(["prompts", "lemma_check", "gradient_ranks", "vjp_norms", "target_ranks", "embedding_anisotropy"]),
+        **artifact_paths(["prompts", "lemma_check", "gradient_ranks", "vjp_norms", "target_ranks", "embedding_anisotropy"]),
     output:
-        report="results/{run}/analysis.md",
+        report=artifact("analysis_report"),
     conda:
         CONDA_ENV
     log:
-        "logs/{run}/analysis_report.log",
+        job_log("analysis_report"),
     benchmark:
-        "logs/{run}/benchmarks/analysis_report.tsv"
+        job_benchmark("analysis_report")
     params:
         command=lambda wc, input, output: hydra_call("analysis_report", wc, analysis_report=output.report, **input),
     shell:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import yaml
 
+from backlens.artifacts import artifact, artifact_paths, shard_files, shard_meta_path
 from backlens.figures.captions import caption_for
 from backlens.figures.registry import FIGURES
 from backlens.runs import expand_sweep, override_key, parse_run, runs_of_label, split_overrides, sweep_label
@@ -61,12 +62,15 @@ def models_of(targets):
 
 def check_models(models):
     """Stop the workflow with one line per unreachable model (ModelUnavailableError's message)."""
+    from omegaconf import OmegaConf
+
     from backlens.models.loading import ModelUnavailableError, check_available
 
     problems = []
     for name in models:
         try:
-            check_available(yaml.safe_load(Path(f"conf/model/{name}.yaml").read_text()))
+            # The model's config as Hydra composes it (its ${oc.env:...} paths resolved), not the raw yaml.
+            check_available(OmegaConf.to_container(run_config(name).model, resolve=True))
         except ModelUnavailableError as error:
             problems.append(f"error: {error}")
     if problems:
@@ -80,6 +84,15 @@ STAGE_SHELL = (
     "{params.command} num_threads={threads} > {log} 2>&1 "
     "|| {{ grep -h '^error: ' {log} >&2 || tail -n 20 {log} >&2; exit 1; }}"
 )
+
+
+# Every rule's log: and benchmark: (the job's name, under logs/{run}/ or another folder of logs/).
+def job_log(name, folder="{run}"):
+    return f"logs/{folder}/{name}.log"
+
+
+def job_benchmark(name, folder="{run}"):
+    return f"logs/{folder}/benchmarks/{name}.tsv"
 
 
 def hydra_override(override):
@@ -102,6 +115,16 @@ def hydra_call(script, wildcards, *settings, **paths):
     job = "_".join([script, *(str(value) for key, value in wildcards.items() if key != "run")])
     words.append(f'hydra.run.dir="logs/hydra/{run.name}/{job}"')
     return f"{PYTHON} scripts/{script}.py " + " ".join(shlex.quote(w) for w in words)
+
+
+def with_suffix(path, suffix):
+    """A file the stages write beside ``path`` (table1.md beside table1.csv)."""
+    return str(Path(path).with_suffix(suffix))
+
+
+def png_of(pdf):
+    """The PNG the figure scripts write beside a figure's PDF (backlens.figures.common.save_figure)."""
+    return with_suffix(pdf, ".png")
 
 
 def shared_run(wildcards, prefixes):
@@ -243,43 +266,34 @@ def quoted_list(paths):
     return shlex.quote(json.dumps(list(paths)))
 
 
-# File names of the per-run result tables under results/{run}/.
-RESULT_TABLES = {
-    "prompts": "prompts.parquet",
-    "gradient_ranks": "gradient_ranks.parquet",
-    "vjp_norms": "vjp_norms.parquet",
-    "target_ranks": "target_ranks.parquet",
-    "neuron_updates": "neuron_updates.parquet",
-    "vjp_similarity": "vjp_similarity.parquet",
-    "logit_lens_cells": "logit_lens_cells.parquet",
-    "logit_lens_tokens": "logit_lens_tokens.parquet",
-    "lemma_check": "lemma_check.parquet",
-    "embedding_anisotropy": "embedding_anisotropy.parquet",
-}
-
-
+# Rule inputs and outputs are named and placed by backlens.artifacts (ARTIFACTS: one entry per file,
+# shared with conf/config.yaml's paths): artifact("prompts") is results/{run}/prompts.parquet.
 ANALYSIS_TABLES = ["gradient_ranks", "vjp_norms", "target_ranks", "neuron_updates", "vjp_similarity"]
 
 
 def analysis_shards(wc):
     """Meta files of the backward_lens shards, cut from the run's n_prompts at analysis_shard_size."""
     n_prompts = int(run_config(wc.run).n_prompts)
-    return [f"results/{wc.run}/analysis_shards/{a}-{b}/meta.json" for a, b in shards(n_prompts, config["analysis_shard_size"])]
-
-
-def tracing_shard_files(wc, *kinds):
-    """A run's trace_shard files of the given kinds (TRACE_SHARD_FILES in tracing.smk), cut from
-    its tracing.n_facts; shards past the facts the screening chose come out empty."""
     return [
-        f"{TRACE_DIR}/shards/{TRACE_SHARD_FILES[kind]}".format(run=wc.run, start=a, stop=b)
-        for a, b in shards(int(run_config(wc.run).tracing.n_facts), config["tracing_shard_size"])
-        for kind in kinds
+        artifact("analysis_shard_meta", run=wc.run, shard=f"{a}-{b}") for a, b in shards(n_prompts, config["analysis_shard_size"])
     ]
 
 
-def table_paths(names):
-    """{table name: results/{run}/<file>} for rule inputs and outputs."""
-    return {name: f"results/{{run}}/{RESULT_TABLES[name]}" for name in names}
+def trace_shard_files(**fields):
+    """{kind: path} of a trace_shard job's files: its facts table (tracing_shard) and the tokens,
+    effects and meta files the library's shard_files puts beside it."""
+    files = shard_files(artifact("tracing_shard", **fields))
+    return {("tracing_shard" if kind == "facts" else kind): str(path) for kind, path in files.items()}
+
+
+def tracing_shard_files(wc, *kinds):
+    """A run's trace_shard files of the given kinds (keys of trace_shard_files), cut from its
+    tracing.n_facts; shards past the facts the screening chose come out empty."""
+    return [
+        trace_shard_files(run=wc.run, shard=f"{a}-{b}")[kind]
+        for a, b in shards(int(run_config(wc.run).tracing.n_facts), config["tracing_shard_size"])
+        for kind in kinds
+    ]
 
 
 # --- Editing: artefacts shared between runs, shard jobs, comparisons ------------------------
@@ -291,21 +305,24 @@ MEND_KEYS = ("model.", "dtype", "seed", "experiment", "dataset", "editing.mend_t
 
 
 def shared_statistics(wc):
-    run = shared_run(wc, STATS_KEYS)
-    return {"editing_stats": f"results/{run}/editing/ff2_mom2.pt", "editing_heldout": f"results/{run}/editing/heldout_tokens.pt"}
+    return artifact_paths(["editing_stats", "editing_heldout"], run=shared_run(wc, STATS_KEYS))
 
 
 def shared_mend(wc):
-    return {"editing_mend": f"results/{shared_run(wc, MEND_KEYS)}/editing/mend_editor.pt"} if wc.method == "mend" else {}
+    return artifact_paths(["editing_mend"], run=shared_run(wc, MEND_KEYS)) if wc.method == "mend" else {}
 
 
-def table1_results(*kinds):
-    """Input function: results/{run}/editing/<method>/<kind> for every Table 1 method of the run
-    (its composed config: editing.table1_methods may be overridden), keyed <stem>_<method>."""
+def table1_results(*names):
+    """Input function: the artefacts ``names`` (editing_cases, ...) of every Table 1 method of the
+    run (its composed config: editing.table1_methods may be overridden), keyed <kind>_<method>."""
 
     def inputs(wc):
         methods = run_config(wc.run).editing.table1_methods
-        return {f"{Path(kind).stem}_{name}": f"results/{wc.run}/editing/{name}/{kind}" for name in methods for kind in kinds}
+        return {
+            f"{name.removeprefix('editing_')}_{method}": artifact(name, run=wc.run, method=method)
+            for method in methods
+            for name in names
+        }
 
     return inputs
 
@@ -314,7 +331,7 @@ def editing_shards(wc):
     """The shard tables of one method, cut from the run's editing.n_cases."""
     size = config["editing_shard_size"]
     n_cases = int(run_config(wc.run).editing.n_cases)
-    return [f"results/{wc.run}/editing/{wc.method}/shards/{a}-{b}.parquet" for a, b in shards(n_cases, size)]
+    return [artifact("editing_shard", run=wc.run, method=wc.method, shard=f"{a}-{b}") for a, b in shards(n_cases, size)]
 
 
 def comparison_inputs(wc):

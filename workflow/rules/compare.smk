@@ -2,9 +2,9 @@
 # written like a run name with comma-separated values and expands to its runs, e.g.
 # smollm2-135m__methods.shift.eta=0.1,0.3 or gpt2,gpt2-medium,gpt2-large,gpt2-xl.
 COMPARISON_TABLES = {
-    "fig3": {"gradient_ranks": "results/{run}/gradient_ranks.parquet"},
-    "fig6": {"target_ranks": "results/{run}/target_ranks.parquet", "prompts": "results/{run}/prompts.parquet"},
-    **{f"editing_{name}": {"editing_summary": f"{EDIT_DIR}/{name}/summary.json"} for name in EDIT_METHODS},
+    "fig3": artifact_paths(["gradient_ranks"]),
+    "fig6": artifact_paths(["target_ranks", "prompts"]),
+    **{f"editing_{name}": artifact_paths(["editing_summary"], method=name) for name in EDIT_METHODS},
 }
 
 
@@ -13,16 +13,18 @@ rule compare_runs:
     input:
         unpack(comparison_inputs),
     output:
-        pdf="figures/compare/{sweep}/{kind}.pdf",
-        png=report("figures/compare/{sweep}/{kind}.png", caption="../report/caption.rst", category="Comparisons", subcategory="{sweep}"),
+        pdf=artifact("comparison", stem="{kind}"),
+        png=report(
+            png_of(artifact("comparison", stem="{kind}")), caption="../report/caption.rst", category="Comparisons", subcategory="{sweep}"
+        ),
     wildcard_constraints:
         kind="|".join(COMPARISON_TABLES),
     conda:
         CONDA_ENV
     log:
-        "logs/compare/{sweep}/{kind}.log",
+        job_log("{kind}", folder="compare/{sweep}"),
     benchmark:
-        "logs/compare/{sweep}/benchmarks/{kind}.tsv"
+        job_benchmark("{kind}", folder="compare/{sweep}")
     params:
         command=lambda wc, input, output: (
             f"{PYTHON} scripts/compare_runs.py compare.kind={wc.kind} "

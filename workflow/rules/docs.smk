@@ -19,15 +19,15 @@ register_outputs(
 rule gallery_image:
     """docs/gallery/<figure>.png: the headline figure, scaled to the width the README shows it at 2x."""
     input:
-        png=headline("figures/{run}/{figure}.png", "{figure}"),
+        png=headline(png_of(artifact("figure", stem="{figure}")), "{figure}"),
     output:
         png="docs/gallery/{figure}.png",
     conda:
         CONDA_ENV
     log:
-        "logs/headline/gallery_{figure}.log",
+        job_log("gallery_{figure}", folder="headline"),
     benchmark:
-        "logs/headline/benchmarks/gallery_{figure}.tsv"
+        job_benchmark("gallery_{figure}", folder="headline")
     params:
         python=PYTHON,
     shell:
@@ -37,9 +37,9 @@ rule gallery_image:
 rule docs_table:
     """docs/tables/<table>.{csv,md,tex}: the default run's Table 1 / Table 7."""
     input:
-        csv=headline("results/{run}/tables/{table}.csv", "{table}"),
-        md=headline("results/{run}/tables/{table}.md", "{table}"),
-        tex=headline("results/{run}/tables/{table}.tex", "{table}"),
+        csv=headline(TABLE_CSV, "{table}"),
+        md=headline(with_suffix(TABLE_CSV, ".md"), "{table}"),
+        tex=headline(with_suffix(TABLE_CSV, ".tex"), "{table}"),
     output:
         csv="docs/tables/{table}.csv",
         md="docs/tables/{table}.md",
@@ -47,9 +47,9 @@ rule docs_table:
     conda:
         CONDA_ENV
     log:
-        "logs/headline/docs_{table}.log",
+        job_log("docs_{table}", folder="headline"),
     benchmark:
-        "logs/headline/benchmarks/docs_{table}.tsv"
+        job_benchmark("docs_{table}", folder="headline")
     shell:
         "(cp {input.csv} {output.csv} && cp {input.md} {output.md} && cp {input.tex} {output.tex}) > {log} 2>&1"
 
@@ -57,32 +57,36 @@ rule docs_table:
 rule docs_analysis_report:
     """docs/analysis.md: the default run's analysis report."""
     input:
-        headline("results/{run}/analysis.md", "analysis_report"),
+        headline(artifact("analysis_report"), "analysis_report"),
     output:
         "docs/analysis.md",
     conda:
         CONDA_ENV
     log:
-        "logs/headline/docs_analysis.log",
+        job_log("docs_analysis", folder="headline"),
     benchmark:
-        "logs/headline/benchmarks/docs_analysis.tsv"
+        job_benchmark("docs_analysis", folder="headline")
     shell:
         "cp {input} {output} > {log} 2>&1"
 
 
+# Artefact -> the output (figure or table) whose run the scorecard reads it from.
 SCORECARD_INPUTS = {
-    "prompts": headline("results/{run}/prompts.parquet", "analysis_report"),
-    "gradient_ranks": headline("results/{run}/gradient_ranks.parquet", "fig3"),
-    "vjp_norms": headline("results/{run}/vjp_norms.parquet", "fig5"),
-    "target_ranks": headline("results/{run}/target_ranks.parquet", "fig6"),
-    "neuron_updates": headline("results/{run}/neuron_updates.parquet", "fig9"),
-    "logit_lens_cells": headline("results/{run}/logit_lens_cells.parquet", "fig4"),
-    "logit_lens_tokens": headline("results/{run}/logit_lens_tokens.parquet", "fig4"),
-    "tracing_average_effects": headline("results/{run}/tracing/average_effects.parquet", "tracing_avg"),
-    "tracing_summary": headline("results/{run}/tracing/summary.json", "tracing_avg"),
-    "table1": headline("results/{run}/tables/table1.csv", "table1"),
-    "table7": headline("results/{run}/tables/table7.csv", "table7"),
-    "edit_timings": headline("results/{run}/tables/edit_timings.csv", "table1"),
+    name: headline(artifact(name), output)
+    for name, output in {
+        "prompts": "analysis_report",
+        "gradient_ranks": "fig3",
+        "vjp_norms": "fig5",
+        "target_ranks": "fig6",
+        "neuron_updates": "fig9",
+        "logit_lens_cells": "fig4",
+        "logit_lens_tokens": "fig4",
+        "tracing_average_effects": "tracing_avg",
+        "tracing_summary": "tracing_avg",
+        "table1": "table1",
+        "table7": "table7",
+        "edit_timings": "table1",
+    }.items()
 }
 
 
@@ -96,9 +100,9 @@ rule docs_tracing_summary:
     conda:
         CONDA_ENV
     log:
-        "logs/headline/docs_tracing.log",
+        job_log("docs_tracing", folder="headline"),
     benchmark:
-        "logs/headline/benchmarks/docs_tracing.tsv"
+        job_benchmark("docs_tracing", folder="headline")
     params:
         command=lambda wc, input, output: docs_command("tracing_report", "tracing_report", input, output[0]),
     shell:
@@ -114,9 +118,9 @@ rule scorecard:
     conda:
         CONDA_ENV
     log:
-        "logs/headline/scorecard.log",
+        job_log("scorecard", folder="headline"),
     benchmark:
-        "logs/headline/benchmarks/scorecard.tsv"
+        job_benchmark("scorecard", folder="headline")
     params:
         command=lambda wc, input, output: docs_command("scorecard", "scorecard", input, output[0]),
     shell:
@@ -133,9 +137,9 @@ rule readme_scorecard:
     conda:
         CONDA_ENV
     log:
-        "logs/headline/readme_scorecard.log",
+        job_log("readme_scorecard", folder="headline"),
     benchmark:
-        "logs/headline/benchmarks/readme_scorecard.tsv"
+        job_benchmark("readme_scorecard", folder="headline")
     params:
         python=PYTHON,
     shell:
@@ -147,8 +151,8 @@ rule readme_scorecard:
 rule docs_sweep:
     """docs/sweeps/<run>/<method>_sweep{.parquet,_choice.json}: a sweep's table and its choice."""
     input:
-        table="results/{run}/editing/{swept_or_shift}_sweep.parquet",
-        choice="results/{run}/editing/{swept_or_shift}_sweep_choice.json",
+        table=artifact("editing_method_sweep", method="{swept_or_shift}"),
+        choice=artifact("editing_method_sweep_choice", method="{swept_or_shift}"),
     output:
         table="docs/sweeps/{run}/{swept_or_shift}_sweep.parquet",
         choice="docs/sweeps/{run}/{swept_or_shift}_sweep_choice.json",
@@ -157,8 +161,8 @@ rule docs_sweep:
     conda:
         CONDA_ENV
     log:
-        "logs/{run}/docs_sweep_{swept_or_shift}.log",
+        job_log("docs_sweep_{swept_or_shift}"),
     benchmark:
-        "logs/{run}/benchmarks/docs_sweep_{swept_or_shift}.tsv"
+        job_benchmark("docs_sweep_{swept_or_shift}")
     shell:
         "(cp {input.table} {output.table} && cp {input.choice} {output.choice}) > {log} 2>&1"

@@ -1,22 +1,24 @@
 # Editing benchmark (paper section 6): FF2 statistics and MEND training (cached, shared by every
 # run that agrees on what they depend on), each method's evaluation in shard jobs merged by a rule,
 # Table 1 / Table 7, the forward pass shift sweep (Fig 26) and the baselines' sweeps.
+from backlens.figures.editing import frontier_path
+
 EDIT_METHODS = sorted(p.stem for p in Path("conf/method").glob("*.yaml"))
-# Methods that may be swept (a wildcard constraint, so any run's grid); which methods a run's
-# Table 1 holds is read from its composed config (editing.table1_methods may be overridden).
-SWEPT_METHODS = sorted(yaml.safe_load(Path("conf/editing/default.yaml").read_text())["method_sweeps"])
-EDIT_DIR = "results/{run}/editing"
+# Table 1 / Table 7 / edit_timings (results/{run}/tables/<table>.csv, .md and .tex beside it).
+TABLE_CSV = f"{artifact('tables')}/{{table}}.csv"
 
-
-
-
-register_outputs("table1", "results/{run}/tables/table1.md", "results/{run}/tables/edit_timings.md")
-register_outputs("table7", "results/{run}/tables/table7.md")
-register_outputs("fig26", "figures/{run}/fig26.pdf")
+register_outputs("table1", with_suffix(artifact("table1"), ".md"), with_suffix(artifact("edit_timings"), ".md"))
+register_outputs("table7", with_suffix(artifact("table7"), ".md"))
+register_outputs("fig26", artifact("fig26"))
 for name in EDIT_METHODS:
     # Not in the default target (table1 has them); for sweeps of one method: outputs="edit_shift".
-    register_outputs(f"edit_{name}", f"{EDIT_DIR}/{name}/summary.json", on_request=True)
-    register_comparison(f"edit_{name}", f"figures/compare/{{sweep}}/editing_{name}.pdf")
+    register_outputs(f"edit_{name}", artifact("editing_summary", method=name), on_request=True)
+    register_comparison(f"edit_{name}", artifact("comparison", stem=f"editing_{name}"))
+
+# Methods that may be swept (a wildcard constraint): editing.method_sweeps of the default run (the
+# one whose Table 1 the headline copies show) as Hydra composes it, the user's overrides included.
+# Which methods a run's Table 1 holds is read from its own composed config (table1_results).
+SWEPT_METHODS = sorted(run_config(headline_run("table1")).editing.method_sweeps)
 
 
 wildcard_constraints:
@@ -30,16 +32,15 @@ wildcard_constraints:
 rule edit_covariance:
     """Second moments of the FF2 inputs (ROME/MEMIT layers) and held-out perplexity blocks; resumable."""
     output:
-        editing_stats=f"{EDIT_DIR}/ff2_mom2.pt",
-        editing_heldout=f"{EDIT_DIR}/heldout_tokens.pt",
+        **artifact_paths(["editing_stats", "editing_heldout"]),
     conda:
         CONDA_ENV
     resources:
         gpu=1,
     log:
-        "logs/{run}/edit_covariance.log",
+        job_log("edit_covariance"),
     benchmark:
-        "logs/{run}/benchmarks/edit_covariance.tsv"
+        job_benchmark("edit_covariance")
     params:
         command=lambda wc, output: hydra_call("edit_covariance", wc, **output),
     shell:
@@ -51,15 +52,15 @@ rule edit_mend_train:
     input:
         data_inputs("dataset"),
     output:
-        editing_mend=f"{EDIT_DIR}/mend_editor.pt",
+        editing_mend=artifact("editing_mend"),
     conda:
         CONDA_ENV
     resources:
         gpu=1,
     log:
-        "logs/{run}/edit_mend_train.log",
+        job_log("edit_mend_train"),
     benchmark:
-        "logs/{run}/benchmarks/edit_mend_train.tsv"
+        job_benchmark("edit_mend_train")
     params:
         command=lambda wc, output: hydra_call("edit_mend_train", wc, "method=mend", **output),
     shell:
@@ -73,16 +74,16 @@ rule edit_evaluate_shard:
         unpack(shared_statistics),
         unpack(shared_mend),
     output:
-        editing_cases=f"{EDIT_DIR}/{{method}}/shards/{{start}}-{{stop}}.parquet",
-        meta=f"{EDIT_DIR}/{{method}}/shards/{{start}}-{{stop}}.json",
+        editing_cases=artifact("editing_shard", shard="{start}-{stop}"),
+        meta=str(shard_meta_path(artifact("editing_shard", shard="{start}-{stop}"))),
     conda:
         CONDA_ENV
     resources:
         gpu=1,
     log:
-        "logs/{run}/edit_evaluate_{method}_{start}-{stop}.log",
+        job_log("edit_evaluate_{method}_{start}-{stop}"),
     benchmark:
-        "logs/{run}/benchmarks/edit_evaluate_{method}_{start}-{stop}.tsv"
+        job_benchmark("edit_evaluate_{method}_{start}-{stop}")
     params:
         command=lambda wc, input, output: hydra_call(
             "edit_evaluate", wc, f"method={wc.method}", f"editing.shard=[{wc.start},{wc.stop}]",
@@ -97,15 +98,13 @@ rule edit_merge:
     input:
         editing_shards,
     output:
-        editing_cases=f"{EDIT_DIR}/{{method}}/cases.parquet",
-        editing_summary=f"{EDIT_DIR}/{{method}}/summary.json",
-        editing_timings=f"{EDIT_DIR}/{{method}}/timings.json",
+        **artifact_paths(["editing_cases", "editing_summary", "editing_timings"]),
     conda:
         CONDA_ENV
     log:
-        "logs/{run}/edit_merge_{method}.log",
+        job_log("edit_merge_{method}"),
     benchmark:
-        "logs/{run}/benchmarks/edit_merge_{method}.tsv"
+        job_benchmark("edit_merge_{method}")
     params:
         command=lambda wc, input, output: hydra_call(
             "edit_merge", wc, f"method={wc.method}", editing_shards=list(input), **output
@@ -117,17 +116,17 @@ rule edit_merge:
 rule edit_table:
     """Table 1 (accuracies, entropy, probabilities) or Table 7 (perplexity) as CSV, Markdown and LaTeX."""
     input:
-        unpack(table1_results("cases.parquet", "summary.json")),
+        unpack(table1_results("editing_cases", "editing_summary")),
     output:
-        csv=report("results/{run}/tables/{table}.csv", caption="../report/caption.rst", category="{run}", subcategory="Editing"),
-        md="results/{run}/tables/{table}.md",
-        tex="results/{run}/tables/{table}.tex",
+        csv=report(TABLE_CSV, caption="../report/caption.rst", category="{run}", subcategory="Editing"),
+        md=with_suffix(TABLE_CSV, ".md"),
+        tex=with_suffix(TABLE_CSV, ".tex"),
     conda:
         CONDA_ENV
     log:
-        "logs/{run}/edit_{table}.log",
+        job_log("edit_{table}"),
     benchmark:
-        "logs/{run}/benchmarks/edit_{table}.tsv"
+        job_benchmark("edit_{table}")
     params:
         command=lambda wc, output: hydra_call(f"edit_{wc.table}", wc, **{wc.table: output.csv}),
         caption=lambda wc: caption_for(wc.table),
@@ -138,16 +137,16 @@ rule edit_table:
 rule edit_timings:
     """Seconds per edit of the Table 1 methods, apart from Table 1 (timings differ run to run, Table 1 does not)."""
     input:
-        unpack(table1_results("timings.json", "summary.json")),
+        unpack(table1_results("editing_timings", "editing_summary")),
     output:
-        csv="results/{run}/tables/edit_timings.csv",
-        md="results/{run}/tables/edit_timings.md",
+        csv=artifact("edit_timings"),
+        md=with_suffix(artifact("edit_timings"), ".md"),
     conda:
         CONDA_ENV
     log:
-        "logs/{run}/edit_timings.log",
+        job_log("edit_timings"),
     benchmark:
-        "logs/{run}/benchmarks/edit_timings.tsv"
+        job_benchmark("edit_timings")
     params:
         command=lambda wc, output: hydra_call("edit_timings", wc, edit_timings=output.csv),
     shell:
@@ -157,9 +156,9 @@ rule edit_timings:
 rule headline_table:
     """results/tables/<table> is the copy of the table's first run (the default model's)."""
     input:
-        csv=lambda wc: f"results/{headline_run(wc.table)}/tables/{wc.table}.csv",
-        md=lambda wc: f"results/{headline_run(wc.table)}/tables/{wc.table}.md",
-        tex=lambda wc: f"results/{headline_run(wc.table)}/tables/{wc.table}.tex",
+        csv=lambda wc: TABLE_CSV.format(run=headline_run(wc.table), table=wc.table),
+        md=lambda wc: with_suffix(TABLE_CSV, ".md").format(run=headline_run(wc.table), table=wc.table),
+        tex=lambda wc: with_suffix(TABLE_CSV, ".tex").format(run=headline_run(wc.table), table=wc.table),
     output:
         csv="results/tables/{table}.csv",
         md="results/tables/{table}.md",
@@ -167,9 +166,9 @@ rule headline_table:
     conda:
         CONDA_ENV
     log:
-        "logs/headline/{table}.log",
+        job_log("{table}", folder="headline"),
     benchmark:
-        "logs/headline/benchmarks/{table}.tsv"
+        job_benchmark("{table}", folder="headline")
     shell:
         "(cp {input.csv} {output.csv} && cp {input.md} {output.md} && cp {input.tex} {output.tex}) > {log} 2>&1"
 
@@ -180,16 +179,15 @@ rule edit_shift_sweep:
         data_inputs("dataset"),
         unpack(shared_statistics),
     output:
-        editing_sweep=f"{EDIT_DIR}/shift_sweep.parquet",
-        editing_sweep_choice=f"{EDIT_DIR}/shift_sweep_choice.json",
+        **artifact_paths(["editing_sweep", "editing_sweep_choice"]),
     conda:
         CONDA_ENV
     resources:
         gpu=1,
     log:
-        "logs/{run}/edit_shift_sweep.log",
+        job_log("edit_shift_sweep"),
     benchmark:
-        "logs/{run}/benchmarks/edit_shift_sweep.tsv"
+        job_benchmark("edit_shift_sweep")
     params:
         command=lambda wc, input, output: hydra_call("edit_shift_sweep", wc, **input, **output),
     shell:
@@ -202,16 +200,15 @@ rule edit_method_sweep:
         data_inputs("dataset"),
         unpack(shared_statistics),
     output:
-        editing_method_sweep=f"{EDIT_DIR}/{{swept}}_sweep.parquet",
-        editing_method_sweep_choice=f"{EDIT_DIR}/{{swept}}_sweep_choice.json",
+        **artifact_paths(["editing_method_sweep", "editing_method_sweep_choice"], method="{swept}"),
     conda:
         CONDA_ENV
     resources:
         gpu=1,
     log:
-        "logs/{run}/edit_method_sweep_{swept}.log",
+        job_log("edit_method_sweep_{swept}"),
     benchmark:
-        "logs/{run}/benchmarks/edit_method_sweep_{swept}.tsv"
+        job_benchmark("edit_method_sweep_{swept}")
     params:
         command=lambda wc, input, output: hydra_call("edit_method_sweep", wc, f"method={wc.swept}", **input, **output),
     shell:
@@ -221,19 +218,18 @@ rule edit_method_sweep:
 rule edit_fig26:
     """Fig 26: each shift variant's efficacy, paraphrase and NS across layer and eta."""
     input:
-        editing_sweep=f"{EDIT_DIR}/shift_sweep.parquet",
-        editing_sweep_choice=f"{EDIT_DIR}/shift_sweep_choice.json",
+        **artifact_paths(["editing_sweep", "editing_sweep_choice"]),
     output:
-        pdf="figures/{run}/fig26.pdf",
-        png=report("figures/{run}/fig26.png", caption="../report/caption.rst", category="{run}", subcategory="Editing"),
-        frontier_pdf="figures/{run}/fig26_frontier.pdf",
-        frontier_png="figures/{run}/fig26_frontier.png",
+        pdf=artifact("fig26"),
+        png=report(png_of(artifact("fig26")), caption="../report/caption.rst", category="{run}", subcategory="Editing"),
+        frontier_pdf=str(frontier_path(artifact("fig26"))),
+        frontier_png=png_of(frontier_path(artifact("fig26"))),
     conda:
         CONDA_ENV
     log:
-        "logs/{run}/edit_fig26.log",
+        job_log("edit_fig26"),
     benchmark:
-        "logs/{run}/benchmarks/edit_fig26.tsv"
+        job_benchmark("edit_fig26")
     params:
         command=lambda wc, input, output: hydra_call("edit_fig26", wc, **input, fig26=output.pdf),
         caption=caption_for("fig26"),
@@ -247,13 +243,13 @@ rule counterfact_corpus:
         # The script runs with the default config (no run): any model's config names the same file.
         lambda wc: data_file(MODEL_CONFIGS[0], "dataset"),
     output:
-        counterfact_corpus="results/corpus/counterfact_true_sentences.txt",
+        **artifact_paths(["counterfact_corpus"]),
     conda:
         CONDA_ENV
     log:
-        "logs/corpus/counterfact_corpus.log",
+        job_log("counterfact_corpus", folder="corpus"),
     benchmark:
-        "logs/corpus/benchmarks/counterfact_corpus.tsv"
+        job_benchmark("counterfact_corpus", folder="corpus")
     params:
         command=lambda wc, output: f"{PYTHON} scripts/counterfact_corpus.py paths.counterfact_corpus={output.counterfact_corpus}",
     shell:

@@ -9,17 +9,17 @@ wildcard_constraints:
 rule headline_figure:
     """Copy the figure (PDF and PNG) of its group's first run to figures/."""
     input:
-        pdf=lambda wc: f"figures/{headline_run(wc.figure)}/{wc.figure}.pdf",
-        png=lambda wc: f"figures/{headline_run(wc.figure)}/{wc.figure}.png",
+        pdf=lambda wc: artifact("figure", run=headline_run(wc.figure), stem=wc.figure),
+        png=lambda wc: png_of(artifact("figure", run=headline_run(wc.figure), stem=wc.figure)),
     output:
         pdf="figures/{figure}.pdf",
         png="figures/{figure}.png",
     conda:
         CONDA_ENV
     log:
-        "logs/headline/{figure}.log",
+        job_log("{figure}", folder="headline"),
     benchmark:
-        "logs/headline/benchmarks/{figure}.tsv"
+        job_benchmark("{figure}", folder="headline")
     shell:
         "(cp {input.pdf} {output.pdf} && cp {input.png} {output.png}) > {log} 2>&1"
 

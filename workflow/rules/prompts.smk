@@ -1,4 +1,4 @@
-register_outputs("prompts", "results/{run}/prompts.parquet")
+register_outputs("prompts", artifact("prompts"))
 
 
 rule sample_prompts:
@@ -6,14 +6,14 @@ rule sample_prompts:
     input:
         data_inputs("dataset"),
     output:
-        table="results/{run}/prompts.parquet",
-        meta="results/{run}/prompts.meta.json",
+        table=artifact("prompts"),
+        meta=artifact("prompts_meta"),
     conda:
         CONDA_ENV
     log:
-        "logs/{run}/sample_prompts.log",
+        job_log("sample_prompts"),
     benchmark:
-        "logs/{run}/benchmarks/sample_prompts.tsv"
+        job_benchmark("sample_prompts")
     params:
         command=lambda wc, output: hydra_call("sample_prompts", wc, prompts=output.table, prompts_meta=output.meta),
     shell:

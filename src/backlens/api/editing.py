@@ -24,6 +24,7 @@ from omegaconf import OmegaConf
 
 from backlens.api.lens import fill_subject, target_token
 from backlens.api.models import DEFAULT_MODEL, load, project_root
+from backlens.artifacts import artifact
 from backlens.editing.base import Editor
 from backlens.editing.methods import EDITORS, check_method_overrides, method_hparams
 from backlens.editing.requests import EditRequest
@@ -51,7 +52,7 @@ class EditResult:
 
 def stats_file(model_name: str) -> Path:
     """The pipeline's FF2 statistics for a model (rule edit_covariance)."""
-    return project_root() / "results" / model_name / "editing" / "ff2_mom2.pt"
+    return project_root() / artifact("editing_stats", run=model_name)
 
 
 def method_config(method: str, model_name: str) -> dict:

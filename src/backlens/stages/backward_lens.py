@@ -11,6 +11,7 @@ import pandas as pd
 from omegaconf import DictConfig
 
 from backlens.api.lens import GRADIENT_TABLES, BackwardLens, LensPrompt, LensSettings
+from backlens.artifacts import artifact
 from backlens.data.prompt_table import prompts_from_table
 from backlens.io import write_json, write_table
 from backlens.models.loading import LoadedModel, load_model
@@ -116,7 +117,8 @@ def merge(cfg: DictConfig) -> None:
     if covered != list(range(len(covered))) or not covered:
         raise ValueError(f"the shards {[m['prompts'] for _, m in metas]} do not cover the prompts once, in order")
     for name in TABLES:
-        table = pd.concat([pd.read_parquet(path.parent / f"{name}.parquet") for path, _ in metas], ignore_index=True)
+        shard_tables = [artifact("analysis_shard_table", analysis_shard=str(path.parent), table=name) for path, _ in metas]
+        table = pd.concat([pd.read_parquet(shard_table) for shard_table in shard_tables], ignore_index=True)
         write_table(table, cfg.paths[name])
     seconds: dict[str, float] = {}
     for _, meta in metas:

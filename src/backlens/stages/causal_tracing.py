@@ -21,6 +21,7 @@ from omegaconf import DictConfig
 from tqdm import tqdm
 
 from backlens.api.tracing import trace_prepared, trace_settings, window_layers  # noqa: F401 (window_layers: re-export)
+from backlens.artifacts import shard_files
 from backlens.data.known_facts import load_known_facts_from_config
 from backlens.data.segments import SEGMENTS, SegmentationError
 from backlens.data.sources import identity_from_config
@@ -61,18 +62,6 @@ def settings_record(cfg: DictConfig, std: float | None) -> dict:
         "severed_kinds": list(tracing.severed_kinds),
         "severed_at": str(tracing.severed_at),
         "known_facts": identity_from_config(cfg.known_facts, "known_1000"),
-    }
-
-
-def shard_files(facts_path: str | Path) -> dict[str, Path]:
-    """A shard's files: its facts table at ``facts_path``, tokens, effects and meta beside it."""
-    facts = Path(facts_path)
-    stem = facts.name.removesuffix(".parquet")
-    return {
-        "facts": facts,
-        "tokens": facts.with_name(f"{stem}.tokens.parquet"),
-        "effects": facts.with_name(f"{stem}.effects.parquet"),
-        "meta": facts.with_name(f"{stem}.json"),
     }
 
 

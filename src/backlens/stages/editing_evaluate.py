@@ -12,6 +12,7 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from backlens.artifacts import shard_meta_path
 from backlens.data.sources import identity_from_config
 from backlens.editing.evaluation import CaseLog, evaluate_editor
 from backlens.editing.methods import build_editor
@@ -133,10 +134,6 @@ def run(cfg: DictConfig) -> None:
         return
     write_summary(cases, hparams, cfg, dataset)
     write_timings(cases, edit_seconds, setup_seconds, cfg)
-
-
-def shard_meta_path(cases_path: str | Path) -> Path:
-    return Path(cases_path).with_suffix(".json")
 
 
 def write_summary(cases: pd.DataFrame, hparams: dict, cfg: DictConfig, dataset: dict) -> None:

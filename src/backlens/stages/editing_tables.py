@@ -9,6 +9,7 @@ from pathlib import Path
 import pandas as pd
 from omegaconf import DictConfig
 
+from backlens.artifacts import artifact
 from backlens.io import write_table, write_text
 
 log = logging.getLogger(__name__)
@@ -29,9 +30,9 @@ PAPER_COLUMNS = ["efficacy", "paraphrase", "neighborhood", "ngram_entropy"]
 def method_results(cfg: DictConfig) -> list[tuple[dict, pd.DataFrame]]:
     """(summary, cases) of every Table 1 method, in the configured order."""
     results = []
-    base = Path(cfg.paths.editing)
     for name in cfg.editing.table1_methods:
-        summary_path, cases_path = base / str(name) / "summary.json", base / str(name) / "cases.parquet"
+        summary_path, cases_path = (Path(artifact(key, editing=cfg.paths.editing, method=str(name)))
+                                    for key in ("editing_summary", "editing_cases"))
         if not summary_path.exists() or not cases_path.exists():
             raise FileNotFoundError(f"no results for method {name} at {cases_path}: run `snakemake {cases_path}` first")
         results.append((json.loads(summary_path.read_text()), pd.read_parquet(cases_path)))

@@ -12,6 +12,7 @@ from pathlib import Path
 import pandas as pd
 from omegaconf import DictConfig
 
+from backlens.artifacts import artifact
 from backlens.io import write_table, write_text
 
 log = logging.getLogger(__name__)
@@ -19,13 +20,13 @@ log = logging.getLogger(__name__)
 
 def run(cfg: DictConfig) -> None:
     rows = []
-    base = Path(cfg.paths.editing)
     for name in cfg.editing.table1_methods:
-        timings_path = base / str(name) / "timings.json"
+        timings_path, summary_path = (Path(artifact(key, editing=cfg.paths.editing, method=str(name)))
+                                      for key in ("editing_timings", "editing_summary"))
         if not timings_path.exists():
             raise FileNotFoundError(f"no timings for method {name} at {timings_path}: run `snakemake {timings_path}` first")
         timings = json.loads(timings_path.read_text())
-        label = json.loads((base / str(name) / "summary.json").read_text())["label"]
+        label = json.loads(summary_path.read_text())["label"]
         rows.append({"method": str(name), "label": label, "n_cases": len(timings["edit_seconds"]),
                      "edit_seconds_mean": timings["edit_seconds_mean"], "edit_seconds_std": timings["edit_seconds_std"],
                      "setup_seconds": timings["setup_seconds"]})
