@@ -2,14 +2,17 @@
 # run's outputs): the claims scorecard (also copied into README.md between marker comments), the
 # analysis and tracing reports, Table 1 and Table 7, and the README gallery. results/ and figures/
 # hold only outputs, so every README command rebuilds them on a fresh clone.
-GALLERY = [*FIGURES, *TRACING_FIGURES.values(), "fig26", "fig26_frontier"]
+GALLERY = [*FIGURES, *TRACING_FIGURES.values(), "fig26", "fig26_frontier", *ATTENTION_FIGURES, *FT_TRACE_FIGURES]
 # Tracing examples: one PNG per page of tracing_examples (the single-fact heatmaps).
 DOCS_TABLES = ["table1", "table7"]
+# docs/<name>.md: a copy of the default run's report (artefact) of an output group.
+DOCS_REPORTS = {"analysis": ("analysis_report", "analysis_report"), "attention": ("attention_report", "attention"),
+                "ft_trace": ("ft_trace_report", "ft_trace")}
 register_outputs(
     "docs",
     *[f"docs/gallery/{name}.png" for name in GALLERY],
     *[f"docs/tables/{table}.md" for table in DOCS_TABLES],
-    "docs/analysis.md",
+    *[f"docs/{report}.md" for report in DOCS_REPORTS],
     "docs/tracing.md",
     "docs/scorecard.md",
     "logs/headline/readme_scorecard.done",
@@ -54,18 +57,20 @@ rule docs_table:
         "(cp {input.csv} {output.csv} && cp {input.md} {output.md} && cp {input.tex} {output.tex}) > {log} 2>&1"
 
 
-rule docs_analysis_report:
-    """docs/analysis.md: the default run's analysis report."""
+rule docs_report:
+    """docs/<report>.md: the default run's analysis report, attention report or FT-trace report."""
     input:
-        headline(artifact("analysis_report"), "analysis_report"),
+        lambda wc: headline(artifact(DOCS_REPORTS[wc.report][0]), DOCS_REPORTS[wc.report][1])(wc),
     output:
-        "docs/analysis.md",
+        "docs/{report}.md",
+    wildcard_constraints:
+        report="|".join(DOCS_REPORTS),
     conda:
         CONDA_ENV
     log:
-        job_log("docs_analysis", folder="headline"),
+        job_log("docs_{report}", folder="headline"),
     benchmark:
-        job_benchmark("docs_analysis", folder="headline")
+        job_benchmark("docs_{report}", folder="headline")
     shell:
         "cp {input} {output} > {log} 2>&1"
 
@@ -86,6 +91,11 @@ SCORECARD_INPUTS = {
         "table1": "table1",
         "table7": "table7",
         "edit_timings": "table1",
+        "attention_ranks": "attention",
+        "attention_vjp_norms": "attention",
+        "attention_target_ranks": "attention",
+        "attention_lemma": "attention",
+        "ft_trace": "ft_trace",
     }.items()
 }
 
