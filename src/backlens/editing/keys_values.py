@@ -14,11 +14,10 @@ from dataclasses import dataclass
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from backlens.analysis.capture import pad_batch
+from backlens.data.batching import pad_batch, pad_id
 from backlens.editing.base import Editor
 from backlens.editing.generation import sample_token_ids
 from backlens.editing.requests import EditRequest, continuation, subject_token_index
-from backlens.editing.scoring import pad_id
 from backlens.editing.training import mean_answer_nll, trainable_only
 from backlens.models.hooks import record_module_io, replace_outputs
 
