@@ -58,10 +58,6 @@ class CapturedBatch:
         length = self.lengths[prompt]
         return self.inputs[key][prompt, :length], self.vjps[key][prompt, :length]
 
-    def submodule_vjp(self, prompt: int, layer: int, submodule: str) -> torch.Tensor:
-        """(P, d_model) VJPs of the attention or MLP output of one prompt."""
-        return self.submodule_vjps[(layer, submodule)][prompt, : self.lengths[prompt]]
-
     def gradient(self, prompt: int, key: SiteKey) -> torch.Tensor:
         """dL/dW of one prompt rebuilt from its factors, in the module's weight layout."""
         inputs, vjps = self.factors(prompt, key)
