@@ -3,6 +3,10 @@
 Offsets make this tokenizer-agnostic: GPT-2 BPE attaches the leading space to the next
 token (" Obama"), SentencePiece marks it with "▁"; either way a token belongs to the
 subject when its character span overlaps the subject's span.
+
+Where the subject is has one home here too: a template's ``{}`` slot places it (so a subject
+whose text occurs twice is still found at the right place); only free text is searched, and
+there the subject must occur exactly once.
 """
 
 from __future__ import annotations
