@@ -12,6 +12,7 @@ import torch
 from backlens.api import BackwardLens, edit, next_tokens, trace
 from backlens.api.lens import GRADIENT_TABLES, LENS_TABLES
 from backlens.api.tracing import MAP_KINDS
+from backlens.editing.keys_values import outputs_at_subject
 from backlens.io import write_table
 from backlens.stages import backward_lens, logit_lens_examples, sample_prompts
 from conftest import compose_config, require_shared
@@ -107,6 +108,42 @@ def test_edit_changes_weights_inside_and_restores_them_bit_for_bit(tiny_gpt2, me
         assert result.facts
     after = parameters(tiny_gpt2)
     assert all(torch.equal(before[name], after[name]) for name in before)
+
+
+@pytest.mark.parametrize("model_name", ["tiny_gpt2", "tiny_llama"])  # Conv1D (in, out) and nn.Linear (out, in)
+@pytest.mark.parametrize("method, templates", [("rome", ["{}"]), ("memit", [["{}"]])])
+def test_edit_returns_the_update_factors_and_the_loss_curve(request, model_name, method, templates):
+    loaded = request.getfixturevalue(model_name)
+    before = parameters(loaded)
+    d_ff = loaded.adapter.ff2_site(0).in_features
+    with edit(loaded, "{} is located in", "The Eiffel Tower", " Rome", method=method,
+              covariance=torch.eye(d_ff, dtype=torch.float64), templates=templates) as result:
+        update = result.update
+        layers = [result.hparams["layer"]] if method == "rome" else result.hparams["layers"]
+        assert [layer.layer for layer in update.layers] == layers
+        for layer in update.layers:
+            site = loaded.adapter.ff2_site(layer.layer)
+            name = next(n for n, p in loaded.model.named_parameters() if p is site.weight)
+            change = site.weight.detach() - before[name]
+            # The weight gained u v^T in (in, out) terms: outer(v, u) as an (out, in) matrix.
+            outer_out_in = torch.outer(layer.v_Out, layer.u_In).to(change.dtype)
+            torch.testing.assert_close(site.as_out_in(change), outer_out_in, rtol=1e-4, atol=1e-6)
+            torch.testing.assert_close(change, layer.weight_change(site).to(change.dtype), rtol=1e-4, atol=1e-6)
+        if method == "rome":
+            # ROME's equality constraint: the edited FF2 maps the prompt's key to v*.
+            editor = result.editor
+            after = outputs_at_subject(editor, editor.layer, result.request, editor.fact_token)["ff2_out"]
+            torch.testing.assert_close(after, update.v_star_Out, rtol=1e-4, atol=1e-5)
+        losses, stop = update.losses, result.hparams["stop_below_loss"]
+        assert len(losses) == result.facts["v_steps"] >= 1 and losses[-1] == result.facts["v_last_loss"]
+        # Every loss but the last is above the stop value; the last is below it or the last step's.
+        assert all(loss >= stop for loss in losses[:-1])
+        assert losses[-1] < stop or len(losses) == result.hparams["v_num_grad_steps"]
+
+
+def test_edit_of_other_methods_has_no_factored_update(tiny_gpt2):
+    with edit(tiny_gpt2, "{} is located in", "The Eiffel Tower", " Rome", method="ft") as result:
+        assert result.update is None and result.facts
 
 
 def test_edit_restores_the_weights_when_the_block_fails(tiny_gpt2):

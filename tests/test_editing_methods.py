@@ -163,7 +163,7 @@ def test_rome_update_is_rank_one_and_maps_the_key_to_the_target_value(tiny_model
         site.weight.add_(site.gradient_from_factors(left[None], right[None]))
     try:
         assert torch.linalg.matrix_rank(site.weight.detach() - before).item() == 1
-        after = outputs_at_subject(editor, 1, REQUEST.prompt, REQUEST.subject)
+        after = outputs_at_subject(editor, 1, REQUEST)
         torch.testing.assert_close(after["ff2_out"], info["target_value"], rtol=1e-4, atol=1e-5)
     finally:
         with torch.no_grad():
@@ -179,14 +179,14 @@ def test_memit_spreads_the_update_over_all_its_layers_and_reaches_z_star(tiny_mo
                                             "mom2_update_weight": 1e-9, "stats_path": str(statistics)}, templates=[["{}"]])
     before = state(tiny_model.model)
     weights = [tiny_model.adapter.ff2_site(layer).weight.detach().clone() for layer in layers]
-    start = outputs_at_subject(editor, layers[-1], REQUEST.prompt, REQUEST.subject)["block_out"]
+    start = outputs_at_subject(editor, layers[-1], REQUEST)["block_out"]
     try:
         factors, info = editor.update_factors(REQUEST)
         assert len(changed(before, tiny_model.model)) == len(layers)
         for layer, weight in zip(layers, weights):
             difference = (tiny_model.adapter.ff2_site(layer).weight.detach() - weight).double()
             assert torch.linalg.matrix_rank(difference, rtol=1e-4).item() == 1
-        reached = outputs_at_subject(editor, layers[-1], REQUEST.prompt, REQUEST.subject)["block_out"]
+        reached = outputs_at_subject(editor, layers[-1], REQUEST)["block_out"]
         scale = float(info["target"].norm())
         assert float((reached - info["target"]).norm()) <= 1e-4 * scale
         assert float((start - info["target"]).norm()) > 1e-2 * scale

@@ -12,13 +12,10 @@ import pandas as pd
 
 from backlens.analysis.aggregate import SEGMENT_LABELS, layer_runs, segment_means
 from backlens.analysis.ft_trace import steps_to_top1
+from backlens.analysis.markdown import markdown_table
 from backlens.data.segments import SEGMENTS
 
 PROJECTION_LABELS = {"q": "W_Q", "k": "W_K", "v": "W_V", "o": "W_O"}
-
-
-def _markdown(frame: pd.DataFrame, floatfmt: str = ".3g") -> str:
-    return frame.to_markdown(index=False, floatfmt=floatfmt)
 
 
 def _percent(share: float) -> str:
@@ -66,7 +63,7 @@ def attention_rank_section(ranks: pd.DataFrame) -> str:
         "(W_K). In the last layer only the last position's query and attention output reach the loss, while every "
         "position's key and value do through the last token's attention.",
         "",
-        _markdown(pd.DataFrame(rows)),
+        markdown_table(pd.DataFrame(rows)),
     ])
 
 
@@ -82,7 +79,7 @@ def attention_norm_section(norms: pd.DataFrame, prompts: pd.DataFrame) -> str:
         "Mean L2 norm of each projection's VJP (q_i, k_i, v_i, attention output) per ROME segment, tokens "
         "averaged within a prompt, then prompts, then layers.",
         "",
-        _markdown(table),
+        markdown_table(table),
     ])
 
 
@@ -108,7 +105,7 @@ def attention_target_rank_section(target_ranks: pd.DataFrame, prompts: pd.DataFr
         f"the end a descent step promotes, in **{len(bottom)} of {len(per_layer)} layers** "
         f"(layers {layer_runs(bottom.layer)}); within 1% of the top in {len(top)}.",
         "",
-        _markdown(per_layer, ".4g"),
+        markdown_table(per_layer, ".4g"),
     ])
 
 
@@ -191,8 +188,8 @@ def ft_trace_markdown(trace: pd.DataFrame, model: str) -> str:
         f"direction written into the output): mean {summary.final_vjp_cosine_first.mean():.3f}. "
         "Target rank in LL(-delta) at the last token (0 = top): "
         f"median {summary.neg_vjp_rank_first.median():g} at step 1, {summary.neg_vjp_rank_last.median():g} at step "
-        f"{n_steps}.\n\n" + _markdown(per_layer),
-        f"## Example: case {example_case}, layer {example_layer}\n\n" + _markdown(example, ".4g"),
+        f"{n_steps}.\n\n" + markdown_table(per_layer),
+        f"## Example: case {example_case}, layer {example_layer}\n\n" + markdown_table(example, ".4g"),
     ]) + "\n"
 
 

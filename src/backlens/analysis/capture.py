@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from backlens.data.batching import pad_batch
 from backlens.models.adapters import ArchitectureAdapter, LinearSite, Projection
 from backlens.models.hooks import record_module_io
 
@@ -57,10 +58,6 @@ class CapturedBatch:
         length = self.lengths[prompt]
         return self.inputs[key][prompt, :length], self.vjps[key][prompt, :length]
 
-    def submodule_vjp(self, prompt: int, layer: int, submodule: str) -> torch.Tensor:
-        """(P, d_model) VJPs of the attention or MLP output of one prompt."""
-        return self.submodule_vjps[(layer, submodule)][prompt, : self.lengths[prompt]]
-
     def gradient(self, prompt: int, key: SiteKey) -> torch.Tensor:
         """dL/dW of one prompt rebuilt from its factors, in the module's weight layout."""
         inputs, vjps = self.factors(prompt, key)
@@ -80,17 +77,6 @@ class CapturedBatch:
         columns of a fused weight's gradient)."""
         inputs, vjps = self.projection_factors(prompt, layer, name)
         return self.projections[(layer, name)].site.gradient_from_factors(inputs, vjps)
-
-
-def pad_batch(input_ids: Sequence[Sequence[int]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-pad token id lists: (B, T) ids and attention mask."""
-    longest = max(len(ids) for ids in input_ids)
-    ids = torch.full((len(input_ids), longest), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(input_ids), longest), dtype=torch.long)
-    for row, prompt_ids in enumerate(input_ids):
-        ids[row, : len(prompt_ids)] = torch.tensor(prompt_ids, dtype=torch.long)
-        mask[row, : len(prompt_ids)] = 1
-    return ids.to(device), mask.to(device)
 
 
 def last_position_loss(logits_BxTxV: torch.Tensor, lengths: Sequence[int], target_ids: torch.Tensor) -> torch.Tensor:

@@ -2,6 +2,7 @@
 
     with edit(loaded, "{} is located in", "The Eiffel Tower", " Rome", method="shift") as result:
         print(result.facts)                      # what the editor reports (skipped, update norm, losses...)
+        # ROME / MEMIT: result.update.layers[i].u_In, .v_Out, result.update.v_star_Out, result.update.losses
         next_tokens(loaded, ["The Eiffel Tower is located in"])
     # the edited weights are restored here, whatever happened inside
 
@@ -22,10 +23,11 @@ import pandas as pd
 import torch
 from omegaconf import OmegaConf
 
-from backlens.api.lens import fill_subject, target_token
+from backlens.api.lens import target_token
 from backlens.api.models import DEFAULT_MODEL, load, project_root
 from backlens.artifacts import artifact
-from backlens.editing.base import Editor
+from backlens.data.segments import place_subject
+from backlens.editing.base import Editor, FactoredUpdate
 from backlens.editing.methods import EDITORS, check_method_overrides, method_hparams
 from backlens.editing.requests import EditRequest
 from backlens.editing.weights import restored_after
@@ -41,13 +43,16 @@ class MissingStatisticsError(UserError, FileNotFoundError):
 
 @dataclass
 class EditResult:
-    """What one edit did: the request, the hyper-parameters used, and ``facts`` (the editor's report)."""
+    """What one edit did: the request, the hyper-parameters used, ``facts`` (the editor's report) and,
+    for ROME and MEMIT, ``update``: per layer the factors u, v of the weight change, the optimised
+    value v* (MEMIT: z*) and the value optimisation's loss at every step (None for other methods)."""
 
     method: str
     request: EditRequest
     hparams: dict
     facts: dict
     editor: Editor
+    update: FactoredUpdate | None = None
 
 
 def stats_file(model_name: str) -> Path:
@@ -111,7 +116,7 @@ def edit(model: str | LoadedModel, prompt_template: str, subject: str, target_ne
     flat context-template list or MEMIT's groups instead of sampled ones.
     """
     loaded = getattr(model, "loaded", None) or load(model if model is not None else DEFAULT_MODEL)
-    prompt, _ = fill_subject(prompt_template, subject)
+    prompt, subject_start = place_subject(prompt_template, subject)
     target_token(loaded.tokenizer, prompt, target_new)  # one clear error for an empty target
     method_cfg = method_config(method, loaded.name)
     check_method_overrides(method, hparams, method_cfg)
@@ -121,10 +126,11 @@ def edit(model: str | LoadedModel, prompt_template: str, subject: str, target_ne
     if covariance is None and needs_statistics(kind, params) and not Path(str(params[STATS_KEY])).exists():
         raise _missing_statistics(method, loaded.name, Path(str(params[STATS_KEY])))
     editor = _editor(kind, loaded, params, covariance, templates)
-    request = EditRequest(case_id=0, prompt=prompt, subject=subject, target_new=target_new, target_true=target_true)
+    request = EditRequest(case_id=0, prompt=prompt, subject=subject, target_new=target_new, target_true=target_true,
+                          subject_start=subject_start)
     with restored_after(editor.edited_parameters()) as snapshot:
-        facts = editor.apply(request)
-        yield EditResult(method, request, params, dict(facts), editor)
+        facts, update = editor.apply_with_update(request)
+        yield EditResult(method, request, params, dict(facts), editor, update)
     if snapshot.changed():
         raise RuntimeError(f"{method}: the edited weights were not restored")  # restore copies every saved tensor
 

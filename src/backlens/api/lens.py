@@ -29,7 +29,7 @@ from backlens.analysis.gradient_tables import ff2_target_rank_rows, gradient_ran
 from backlens.analysis.logit_lens import is_zero_vector, target_ranks, top_and_bottom
 from backlens.analysis.spanning_sets import neuron_update_rows, vjp_similarity_rows
 from backlens.api.models import DEFAULT_MODEL, load
-from backlens.data.segments import SegmentationError, first_target_token, segment_prompt
+from backlens.data.segments import SegmentationError, first_target_token, place_subject, segment_prompt
 from backlens.models.loading import LoadedModel
 
 T = TypeVar("T")
@@ -120,22 +120,6 @@ def special_token_ids(tokenizer) -> list[int]:
     return sorted(set(tokenizer.all_special_ids) | {int(i) for i, token in added.items() if token.special})
 
 
-def fill_subject(prompt: str, subject: str | None) -> tuple[str, int | None]:
-    """(prompt text, character start of the subject): a template's ``{}`` slot is filled with the
-    subject and marks where it is; otherwise the subject's first occurrence (None: no subject)."""
-    if "{}" in prompt:
-        if not subject:
-            raise SegmentationError(f"prompt {prompt!r} has a '{{}}' slot but no subject was given")
-        slot = prompt.index("{}")
-        return prompt[:slot] + subject + prompt[slot + 2 :], slot
-    if subject is None:
-        return prompt, None
-    start = prompt.find(subject)
-    if not subject or start < 0:
-        raise SegmentationError(f"subject {subject!r} not found in prompt {prompt!r}")
-    return prompt, start
-
-
 def target_token(tokenizer, prompt: str, target: str) -> int:
     """First token of `` target`` after ``prompt``; a one-line error for an empty target."""
     if not target.strip():
@@ -172,7 +156,7 @@ class BackwardLens:
         case_ids = list(case_ids) if case_ids is not None else list(range(n))
         items = []
         for case_id, prompt, target, subject, true in zip(case_ids, prompts, targets, subjects, target_trues):
-            text, start = fill_subject(prompt, subject)
+            text, start = place_subject(prompt, subject)
             if subject is not None:
                 segmented = segment_prompt(self.tokenizer, text, subject, subject_char_start=start)
                 ids, tokens, segments = segmented.input_ids, segmented.tokens, segmented.primary

@@ -15,10 +15,10 @@ import pandas as pd
 import torch
 from omegaconf import OmegaConf
 
-from backlens.api.lens import fill_subject, target_token
+from backlens.api.lens import target_token
 from backlens.api.models import DEFAULT_MODEL, load, project_root
 from backlens.data.known_facts import KnownFact
-from backlens.data.segments import segment_prompt
+from backlens.data.segments import SUBJECT_SLOT, place_subject, segment_prompt
 from backlens.models.adapters import ArchitectureAdapter
 from backlens.models.loading import LoadedModel
 from backlens.tracing.facts import TracedPrompt
@@ -116,14 +116,14 @@ def trace(model: str | LoadedModel = DEFAULT_MODEL, prompt: str = "", subject: s
             cfg[key] = value
     if not severed:
         cfg["severed_kinds"] = []
-    text, start = fill_subject(prompt, subject)
+    text, start = place_subject(prompt, subject)
     segmented = segment_prompt(loaded.tokenizer, text, subject, subject_char_start=start)
     loaded.check_fits(len(segmented), f"prompt {text!r}")
     answer_id = greedy_answer(loaded, segmented.input_ids) if target is None else target_token(
         loaded.tokenizer, text, target)
     answer = loaded.tokenizer.decode([answer_id])
     fact = KnownFact(0, subject, answer.strip() if target is None else target.strip(),
-                     text[:start] + "{}" + text[start + len(subject):], text, None, None)
+                     text[:start] + SUBJECT_SLOT + text[start + len(subject):], text, None, None)
     std = noise_std(loaded.adapter, float(cfg["noise_scale"]))
     settings = trace_settings(OmegaConf.create({"tracing": cfg}), std, loaded.adapter.n_layers)
     traced = trace_prepared(loaded.adapter, TracedPrompt(fact, segmented, answer_id, answer), settings, seed,

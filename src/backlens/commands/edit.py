@@ -32,7 +32,7 @@ def add_parser(commands, shared: argparse.ArgumentParser) -> None:
     parser = commands.add_parser("edit", parents=[shared], help=HELP, description=HELP, epilog=EPILOG,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("prompt", help="the edit prompt ('{}' marks the subject's slot, or write the subject out)")
-    parser.add_argument("--subject", required=True, help="the subject in the prompt")
+    parser.add_argument("--subject", required=True, help="the subject in the prompt (written out, it must occur there once)")
     parser.add_argument("--target", required=True, help="the new answer, e.g. ' Rome'")
     parser.add_argument("--method", default="shift", choices=METHODS, help="editing method (default: %(default)s)")
     parser.add_argument("--prompt", dest="prompts", action="append", default=[], metavar="TEXT",
@@ -76,13 +76,13 @@ def describe(hparams: dict) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from backlens.api.editing import edit, next_tokens
-    from backlens.api.lens import fill_subject
+    from backlens.data.segments import place_subject
     from backlens.commands.main import load_for
 
     if args.top_k < 1:
         raise UserError("--top-k must be at least 1")
     overrides = parse_overrides(args.overrides)
-    prompt, _ = fill_subject(args.prompt, args.subject)  # a wrong subject fails before the model loads
+    prompt, _ = place_subject(args.prompt, args.subject)  # a wrong subject fails before the model loads
     loaded = load_for(args)
     prompts = [prompt, *args.prompts]
     before = next_tokens(loaded, prompts, args.top_k)

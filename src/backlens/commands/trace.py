@@ -69,13 +69,13 @@ def format_maps(traced) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from backlens.api.lens import fill_subject
+    from backlens.data.segments import place_subject
     from backlens.api.tracing import trace
     from backlens.commands.main import load_for
 
     if args.samples is not None and args.samples < 1:
         raise UserError("--samples must be at least 1")
-    fill_subject(args.prompt, args.subject)  # a wrong subject fails before the model loads
+    place_subject(args.prompt, args.subject)  # a wrong subject fails before the model loads
     loaded = load_for(args)
     started = time.perf_counter()
     traced = trace(loaded, args.prompt, args.subject, args.target, noise_samples=args.samples,

@@ -7,11 +7,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from backlens.data.segments import SUBJECT_SLOT, SegmentationError, fill_template, locate_subject, slot_start
 from backlens.data.sources import resolve_from_config
 from backlens.data.validation import DataFileError, RecordReader, SkippedRecord, parse_all, read_json_list
 
 SourceForm = Literal["rome", "easyedit"]
-SUBJECT_SLOT = "{}"
 
 
 @dataclass(frozen=True)
@@ -42,7 +42,12 @@ class CounterFactRecord:
 
     @property
     def prompt(self) -> str:
-        return self.prompt_template.replace(SUBJECT_SLOT, self.subject, 1)
+        return fill_template(self.prompt_template, self.subject)[0]
+
+    @property
+    def subject_start(self) -> int:
+        """Character start of the subject in ``prompt``: the template's slot, not a text search."""
+        return slot_start(self.prompt_template)
 
 
 @dataclass
@@ -97,9 +102,11 @@ def _parse_rome(reader: RecordReader) -> CounterFactRecord:
 def _parse_easyedit(reader: RecordReader) -> CounterFactRecord:
     prompt = reader.text("prompt")
     subject = reader.text("subject")
-    start = prompt.find(subject)
-    if start < 0:
-        raise reader.fail("subject", f"subject {subject!r} not found in prompt {prompt!r}")
+    # The flattened form has no template: the subject must occur exactly once in the prompt.
+    try:
+        start = locate_subject(prompt, subject)
+    except SegmentationError as error:
+        raise reader.fail("subject", str(error)) from None
     locality_prompt = reader.text("locality_prompt", required=False)
     locality_answer = reader.text("locality_ground_truth", required=locality_prompt is not None)
     rephrase = reader.text("rephrase_prompt", required=False)

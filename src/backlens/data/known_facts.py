@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from backlens.data.segments import SUBJECT_SLOT
 from backlens.data.sources import resolve_from_config
 from backlens.data.validation import RecordReader, SkippedRecord, parse_all, read_json_list
 
@@ -38,8 +39,8 @@ def _parse(path: Path, raw: object, index: int) -> KnownFact:
     if subject not in prompt:
         raise reader.fail("subject", f"subject {subject!r} not found in prompt {prompt!r}")
     template = reader.text("template")
-    if "{}" not in template:
-        raise reader.fail("template", f"no subject slot '{{}}' in {template!r}")
+    if SUBJECT_SLOT not in template:
+        raise reader.fail("template", f"no subject slot '{SUBJECT_SLOT}' in {template!r}")
     return KnownFact(
         known_id=reader.integer("known_id"),
         subject=subject,

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 from transformers import PreTrainedTokenizerBase
 
-from backlens.data.counterfact import SUBJECT_SLOT, CounterFactRecord
+from backlens.data.counterfact import CounterFactRecord
 from backlens.data.segments import SEGMENTS, SegmentationError, SegmentedPrompt, first_target_token, segment_prompt
 from backlens.errors import positive_int
 
@@ -23,9 +23,7 @@ def sample_records(records: Sequence[CounterFactRecord], n: int, seed: int) -> l
 
 
 def segment_record(tokenizer: PreTrainedTokenizerBase, record: CounterFactRecord) -> SegmentedPrompt:
-    return segment_prompt(
-        tokenizer, record.prompt, record.subject, subject_char_start=record.prompt_template.index(SUBJECT_SLOT)
-    )
+    return segment_prompt(tokenizer, record.prompt, record.subject, subject_char_start=record.subject_start)
 
 
 def prompt_table(records: Sequence[CounterFactRecord], tokenizer: PreTrainedTokenizerBase) -> pd.DataFrame:

@@ -4,12 +4,41 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from backlens.editing.requests import EditRequest
 from backlens.models.loading import LoadedModel
+from backlens.models.sites import LinearSite
+
+
+@dataclass(frozen=True)
+class LayerUpdate:
+    """One layer's FF2 change as factors: ``site.gradient_from_factors(u_In[None], v_Out[None])``
+    (u v^T in (in, out) terms) is what was added to the weight. ROME: u is C^-1 k* / |C^-1 k*|,
+    v = (v* - W k) / (k . u); MEMIT: u is the adjusted key, v this layer's share of the residual."""
+
+    layer: int
+    u_In: torch.Tensor
+    v_Out: torch.Tensor
+
+    def weight_change(self, site: LinearSite) -> torch.Tensor:
+        """The change in ``site``'s weight layout (the site must be this layer's FF2)."""
+        return site.gradient_from_factors(self.u_In[None], self.v_Out[None])
+
+
+@dataclass(frozen=True)
+class FactoredUpdate:
+    """What a key/value editor (ROME, MEMIT) computed: the per-layer factors, the optimised target
+    ``v_star_Out`` (ROME: the MLP output v*; MEMIT: the block output z*) and the value optimisation's
+    total loss at every forward pass (``losses[-1]``: where it stopped, below ``stop_below_loss``
+    or at the last of ``v_num_grad_steps``)."""
+
+    layers: tuple[LayerUpdate, ...]
+    v_star_Out: torch.Tensor
+    losses: tuple[float, ...]
 
 
 class Editor(ABC):
@@ -30,6 +59,10 @@ class Editor(ABC):
     @abstractmethod
     def apply(self, request: EditRequest) -> dict[str, object]:
         """Edit the weights in place for ``request``; return facts about the edit (JSON-able)."""
+
+    def apply_with_update(self, request: EditRequest) -> tuple[dict[str, object], FactoredUpdate | None]:
+        """``apply``, and the update's factors where the method computes them (ROME, MEMIT; else None)."""
+        return self.apply(request), None
 
     def prompt_ids(self, prompt: str) -> torch.Tensor:
         """(1, P) token ids of ``prompt`` on the model's device."""

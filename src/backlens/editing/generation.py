@@ -9,7 +9,7 @@ from collections import Counter
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from backlens.editing.scoring import pad_id
+from backlens.data.batching import pad_id
 
 _WORD = re.compile(r"\w+|[^\w\s]")
 

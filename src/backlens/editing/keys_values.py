@@ -14,11 +14,10 @@ from dataclasses import dataclass
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from backlens.analysis.capture import pad_batch
+from backlens.data.batching import pad_batch, pad_id
 from backlens.editing.base import Editor
 from backlens.editing.generation import sample_token_ids
 from backlens.editing.requests import EditRequest, continuation, subject_token_index
-from backlens.editing.scoring import pad_id
 from backlens.editing.training import mean_answer_nll, trainable_only
 from backlens.models.hooks import record_module_io, replace_outputs
 
@@ -67,19 +66,21 @@ def context_templates(
     return [["{}"], generated] if generated else [["{}"]]
 
 
-def _lookup_batch(editor: Editor, texts: list[str], subject: str, fact_token: str):
-    encoded = [tuple(editor.tokenizer(t)["input_ids"]) for t in texts]
+def _lookup_batch(editor: Editor, located: Sequence[tuple[str, int]], subject: str, fact_token: str):
+    """One padded batch of (text, subject's character start) pairs and each text's fact-token index."""
+    encoded = [tuple(editor.tokenizer(text)["input_ids"]) for text, _ in located]
     ids, mask = pad_batch(encoded, pad_id(editor.tokenizer), editor.device)
-    lookup = [subject_token_index(editor.tokenizer, t, subject, fact_token) for t in texts]
+    lookup = [subject_token_index(editor.tokenizer, text, start, subject, fact_token) for text, start in located]
     return ids, mask, lookup
 
 
 @torch.no_grad()
-def ff2_keys(editor: Editor, layer: int, texts: list[str], subject: str, fact_token: str = "subject_last") -> torch.Tensor:
-    """(N, d_ff) FF2 inputs at the subject's fact token of each text (one padded batch, as
-    repr_tools.get_reprs_at_word_tokens)."""
+def ff2_keys(editor: Editor, layer: int, located: Sequence[tuple[str, int]], subject: str,
+             fact_token: str = "subject_last") -> torch.Tensor:
+    """(N, d_ff) FF2 inputs at the subject's fact token of each (text, subject start) pair (one
+    padded batch, as repr_tools.get_reprs_at_word_tokens)."""
     site = editor.adapter.ff2_site(layer)
-    ids, mask, lookup = _lookup_batch(editor, texts, subject, fact_token)
+    ids, mask, lookup = _lookup_batch(editor, located, subject, fact_token)
     with record_module_io({"ff2": site.module}, outputs=False) as record:
         editor.model(input_ids=ids, attention_mask=mask)
     return torch.stack([record.inputs["ff2"][row, index] for row, index in enumerate(lookup)])
@@ -87,8 +88,8 @@ def ff2_keys(editor: Editor, layer: int, texts: list[str], subject: str, fact_to
 
 def grouped_mean_key(editor: Editor, layer: int, groups: list[list[str]], request: EditRequest, fact_token: str) -> torch.Tensor:
     """MEMIT's compute_ks for one request: the mean over template groups of each group's mean key."""
-    texts = [t.format(request.prompt) for group in groups for t in group]
-    keys = ff2_keys(editor, layer, texts, request.subject, fact_token)
+    located = [request.in_context(t) for group in groups for t in group]
+    keys = ff2_keys(editor, layer, located, request.subject, fact_token)
     means, start = [], 0
     for group in groups:
         means.append(keys[start : start + len(group)].mean(0))
@@ -97,11 +98,14 @@ def grouped_mean_key(editor: Editor, layer: int, groups: list[list[str]], reques
 
 
 @torch.no_grad()
-def outputs_at_subject(editor: Editor, layer: int, text: str, subject: str, fact_token: str = "subject_last") -> dict[str, torch.Tensor]:
-    """FF2 input ``key``, FF2 output ``ff2_out`` (with bias), MLP output and block output at the subject's fact token."""
+def outputs_at_subject(
+    editor: Editor, layer: int, request: EditRequest, fact_token: str = "subject_last"
+) -> dict[str, torch.Tensor]:
+    """FF2 input ``key``, FF2 output ``ff2_out`` (with bias), MLP output and block output at the
+    subject's fact token of the edit prompt."""
     site = editor.adapter.ff2_site(layer)
     modules = {"ff2": site.module, "mlp": editor.adapter.mlp(layer), "block": editor.adapter.blocks[layer]}
-    ids, mask, lookup = _lookup_batch(editor, [text], subject, fact_token)
+    ids, mask, lookup = _lookup_batch(editor, [(request.prompt, request.subject_start)], request.subject, fact_token)
     with record_module_io(modules) as record:
         editor.model(input_ids=ids, attention_mask=mask)
     index = lookup[0]
@@ -115,18 +119,26 @@ def outputs_at_subject(editor: Editor, layer: int, text: str, subject: str, fact
 
 @dataclass
 class TargetResult:
-    """``initial`` (the hooked module's output at the subject in the first template) + ``delta`` = v*."""
+    """``initial`` (the hooked module's output at the subject in the first template) + ``delta`` = v*;
+    ``losses``: the total loss of every forward pass, the last one the value the optimisation stopped at."""
 
     initial: torch.Tensor
     delta: torch.Tensor
-    steps: int
-    first_loss: float
-    last_loss: float
+    losses: tuple[float, ...]
     last_nll: float
 
     @property
     def target(self) -> torch.Tensor:
         return self.initial + self.delta
+
+    @property
+    def steps(self) -> int:
+        return len(self.losses)
+
+    def facts(self) -> dict[str, object]:
+        """What ROME and MEMIT report per edit (the evaluation's case log): steps, first / last loss, last NLL."""
+        return {"v_steps": self.steps, "v_first_loss": self.losses[0], "v_last_loss": self.losses[-1],
+                "v_last_nll": self.last_nll}
 
 
 def optimise_target(
@@ -149,8 +161,8 @@ def optimise_target(
     if at not in ("mlp", "block"):
         raise ValueError(f"optimise_target: at={at!r}; use 'mlp' (ROME) or 'block' (MEMIT)")
     fact_token = str(hparams.get("fact_token", "subject_last"))
-    texts = [t.format(request.prompt) for t in templates]
-    items = [continuation(editor.tokenizer, text, request.target_new) for text in texts]
+    located = [request.in_context(t) for t in templates]
+    items = [continuation(editor.tokenizer, text, request.target_new) for text, _ in located]
     kl_text = f"{request.subject} is a"
     kl_ids = tuple(editor.tokenizer(kl_text)["input_ids"])
     ids, mask = pad_batch([c.prompt_ids + c.target_ids[:-1] for c in items] + [kl_ids], pad_id(editor.tokenizer), editor.device)
@@ -159,8 +171,9 @@ def optimise_target(
     for row, item in enumerate(items):
         first = len(item.prompt_ids) - 1
         labels[row, first : first + len(item.target_ids)] = torch.tensor(item.target_ids, device=editor.device)
-    lookup = [subject_token_index(editor.tokenizer, t, request.subject, fact_token) for t in texts]
-    lookup.append(subject_token_index(editor.tokenizer, kl_text, request.subject, fact_token))
+    lookup = [subject_token_index(editor.tokenizer, text, start, request.subject, fact_token)
+              for text, start in located]
+    lookup.append(subject_token_index(editor.tokenizer, kl_text, 0, request.subject, fact_token))  # subject first
     module = editor.adapter.mlp(layer) if at == "mlp" else editor.adapter.blocks[layer]
     last_layer = editor.adapter.n_layers - 1
     read_layer = None if nll_layer is None or int(nll_layer) >= last_layer else int(nll_layer)
@@ -206,4 +219,4 @@ def optimise_target(
             if delta.norm() > max_norm:
                 with torch.no_grad():
                     delta[...] = delta * max_norm / delta.norm()
-    return TargetResult(initial, delta.detach(), len(losses), losses[0], losses[-1], nll_value)
+    return TargetResult(initial, delta.detach(), tuple(losses), nll_value)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from backlens.editing.base import Editor
+from backlens.editing.base import Editor, FactoredUpdate, LayerUpdate
 from backlens.editing.covariance import load_second_moment
 from backlens.editing.keys_values import (
     MEMIT_TEMPLATE_LENGTHS,
@@ -88,18 +88,21 @@ class MassEditingMemory(Editor):
         factors = []
         for position, layer in enumerate(self.layers):
             key_In = grouped_mean_key(self, layer, self.template_groups, request, self.fact_token).double()
-            current = outputs_at_subject(self, z_layer, request.prompt, request.subject, self.fact_token)
+            current = outputs_at_subject(self, z_layer, request, self.fact_token)
             residual_Out = (value.target - current["block_out"]).double() / (len(self.layers) - position)
             adjusted_key_In = torch.linalg.solve(self.scaled_mom2[layer] + torch.outer(key_In, key_In), key_In)
             site = self.adapter.ff2_site(layer)
             with torch.no_grad():
                 site.weight.add_(site.gradient_from_factors(adjusted_key_In[None], residual_Out[None]).to(site.weight.dtype))
             factors.append((adjusted_key_In, residual_Out))
-        info = {"v_steps": value.steps, "v_first_loss": value.first_loss, "v_last_loss": value.last_loss,
-                "v_last_nll": value.last_nll, "target": value.target}
-        return factors, info
+        return factors, {**value.facts(), "target": value.target, "value": value}
+
+    def apply_with_update(self, request: EditRequest) -> tuple[dict[str, object], FactoredUpdate]:
+        factors, info = self.update_factors(request)
+        value = info["value"]
+        facts = {**value.facts(), "update_norms": [float(key.norm() * residual.norm()) for key, residual in factors]}
+        layers = tuple(LayerUpdate(layer, key, residual) for layer, (key, residual) in zip(self.layers, factors))
+        return facts, FactoredUpdate(layers, value.target, value.losses)
 
     def apply(self, request: EditRequest) -> dict[str, object]:
-        factors, info = self.update_factors(request)
-        info["update_norms"] = [float(key.norm() * residual.norm()) for key, residual in factors]
-        return {k: v for k, v in info.items() if not isinstance(v, torch.Tensor)}
+        return self.apply_with_update(request)[0]

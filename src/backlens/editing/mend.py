@@ -7,8 +7,9 @@ and applies W += -lr * sum_i delta~_i x~_i^T with a learned per-layer step size 
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
+from contextlib import AbstractContextManager
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -18,7 +19,7 @@ from backlens.editing.base import Editor
 from backlens.editing.requests import EditRequest
 from backlens.editing.training import mean_answer_nll, teacher_forced_batch, trainable_only
 from backlens.models.adapters import LinearSite
-from backlens.models.hooks import record_module_io, replace_outputs
+from backlens.models.hooks import add_to_outputs, record_module_io, replace_outputs
 
 
 class FactorEditor(nn.Module):
@@ -61,26 +62,9 @@ def gradient_factors(editor: Editor, sites: list[LinearSite], request: EditReque
     }
 
 
-@contextmanager
-def added_weight_deltas(sites: list[LinearSite], deltas: Mapping[int, torch.Tensor]) -> Iterator[None]:
+def added_weight_deltas(sites: list[LinearSite], deltas: Mapping[int, torch.Tensor]) -> AbstractContextManager[None]:
     """Run the model as if each site's weight were W + delta, keeping delta differentiable."""
-    handles = []
-
-    def make_hook(site: LinearSite):
-        def hook(module, args, output):
-            delta = deltas[site.layer]
-            extra = args[0] @ delta if site.layout == "in_out" else args[0] @ delta.T
-            return output + extra
-
-        return hook
-
-    try:
-        for site in sites:
-            handles.append(site.module.register_forward_hook(make_hook(site)))
-        yield
-    finally:
-        for handle in handles:
-            handle.remove()
+    return add_to_outputs({site.module: partial(site.map_inputs, weight_like=deltas[site.layer]) for site in sites})
 
 
 def build_editors(editor: Editor, layers: list[int], rank: int, log_lr_init: float) -> nn.ModuleDict:

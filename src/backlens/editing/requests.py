@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from transformers import PreTrainedTokenizerBase
 
 from backlens.data.counterfact import CounterFactRecord, PromptWithAnswer
+from backlens.data.segments import SegmentationError, fill_template, locate_subject, subject_token_range
 
 
 @dataclass(frozen=True)
@@ -43,7 +44,11 @@ def space_sensitive(tokenizer: PreTrainedTokenizerBase, answer: str) -> bool:
 
 @dataclass(frozen=True)
 class EditRequest:
-    """One rewrite: make ``prompt`` (which mentions ``subject``) continue with ``target_new``."""
+    """One rewrite: make ``prompt`` (which mentions ``subject``) continue with ``target_new``.
+
+    ``subject_start``: the subject's character start in ``prompt``, from the record's template slot;
+    None (free text) locates it, and then the subject must occur exactly once (``locate_subject``).
+    """
 
     case_id: int
     prompt: str
@@ -55,11 +60,17 @@ class EditRequest:
     generation_prompts: tuple[str, ...] = ()
     # "dataset" when CounterFact supplies generation prompts; otherwise which prompts stood in.
     generation_source: str = "dataset"
+    subject_start: int | None = None
+
+    def __post_init__(self) -> None:
+        start = locate_subject(self.prompt, self.subject) if self.subject_start is None else self.subject_start
+        if self.prompt[start : start + len(self.subject)] != self.subject or not self.subject:
+            raise SegmentationError(
+                f"case {self.case_id}: subject {self.subject!r} is not at character {start} of {self.prompt!r}")
+        object.__setattr__(self, "subject_start", start)  # frozen: set once, here
 
     @classmethod
     def from_record(cls, record: CounterFactRecord) -> "EditRequest":
-        if record.subject not in record.prompt:
-            raise ValueError(f"case {record.case_id}: subject {record.subject!r} not in prompt {record.prompt!r}")
         generation = record.generation_prompts
         source = "dataset"
         if not generation:
@@ -77,45 +88,29 @@ class EditRequest:
             neighborhood_prompts=record.neighborhood_prompts,
             generation_prompts=tuple(generation),
             generation_source=source,
+            subject_start=record.subject_start,
         )
 
-    def subject_last_index(self, tokenizer: PreTrainedTokenizerBase, prompt: str | None = None) -> int:
-        """Index of the subject's last token in ``prompt`` (default: the edit prompt)."""
-        text = self.prompt if prompt is None else prompt
-        return subject_last_index(tokenizer, text, self.subject)
+    def in_context(self, template: str) -> tuple[str, int]:
+        """(text, the subject's character start in it): a context template ("... {}") filled with the
+        edit prompt. The subject is found from the slot, so a generated context that happens to
+        mention the subject does not move it."""
+        text, prompt_start = fill_template(template, self.prompt)
+        return text, prompt_start + self.subject_start
 
 
-def subject_last_index(tokenizer: PreTrainedTokenizerBase, prompt: str, subject: str) -> int:
-    start = prompt.rfind(subject)
-    if start < 0:
-        raise ValueError(f"subject {subject!r} not found in prompt {prompt!r}")
-    end_char = start + len(subject)
-    encoded = tokenizer(prompt, return_offsets_mapping=True)
-    last = None
-    for index, (begin, end) in enumerate(encoded["offset_mapping"]):
-        if end > begin and begin < end_char:
-            last = index
-    if last is None:
-        raise ValueError(f"no token covers subject {subject!r} in prompt {prompt!r}")
-    return last
+FACT_TOKENS = ("subject_last", "subject_first")
 
 
-def subject_first_index(tokenizer: PreTrainedTokenizerBase, prompt: str, subject: str) -> int:
-    start = prompt.rfind(subject)
-    if start < 0:
-        raise ValueError(f"subject {subject!r} not found in prompt {prompt!r}")
-    encoded = tokenizer(prompt, return_offsets_mapping=True)
-    for index, (begin, end) in enumerate(encoded["offset_mapping"]):
-        if end > start and end > begin:
-            return index
-    raise ValueError(f"no token covers subject {subject!r} in prompt {prompt!r}")
-
-
-def subject_token_index(tokenizer: PreTrainedTokenizerBase, prompt: str, subject: str, fact_token: str = "subject_last") -> int:
-    """ROME's ``fact_token``: the subject's last (``subject_last``) or first (``subject_first``) token.
+def subject_token_index(
+    tokenizer: PreTrainedTokenizerBase, text: str, subject_char_start: int, subject: str,
+    fact_token: str = "subject_last",
+) -> int:
+    """ROME's ``fact_token``: the subject's last (``subject_last``) or first (``subject_first``) token
+    in ``text``, the subject starting at character ``subject_char_start``.
     ROME's ``last`` (index -1 of a padded batch) is not offered: MEMIT calls it bugged."""
-    if fact_token == "subject_last":
-        return subject_last_index(tokenizer, prompt, subject)
-    if fact_token == "subject_first":
-        return subject_first_index(tokenizer, prompt, subject)
-    raise ValueError(f"method fact_token={fact_token!r}: use subject_last or subject_first")
+    if fact_token not in FACT_TOKENS:
+        raise ValueError(f"method fact_token={fact_token!r}: use subject_last or subject_first")
+    offsets = tokenizer(text, return_offsets_mapping=True)["offset_mapping"]
+    first, end = subject_token_range(offsets, subject_char_start, subject_char_start + len(subject))
+    return end - 1 if fact_token == "subject_last" else first

@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from backlens.editing.base import Editor
+from backlens.editing.base import Editor, FactoredUpdate, LayerUpdate
 from backlens.editing.covariance import load_second_moment
 from backlens.editing.keys_values import ROME_TEMPLATE_LENGTHS, context_templates, ff2_keys, optimise_target, outputs_at_subject
 from backlens.editing.requests import EditRequest
@@ -47,20 +47,23 @@ class RankOneModelEditing(Editor):
         """(u_In, v_Out) with update u v^T (in (in, out) terms) such that the edited FF2 maps the
         prompt's key to v*. u is ROME's unit left vector C^-1 k* / |C^-1 k*|, k* the mean key over
         the templates; v = (v* - W k) / (k . u)."""
-        texts = [t.format(request.prompt) for t in self.templates]
-        mean_key_In = ff2_keys(self, self.layer, texts, request.subject, self.fact_token).mean(0)
+        located = [request.in_context(t) for t in self.templates]
+        mean_key_In = ff2_keys(self, self.layer, located, request.subject, self.fact_token).mean(0)
         left_In = self.inverse_mom2 @ mean_key_In if self.inverse_mom2 is not None else mean_key_In
         left_In = left_In / left_In.norm()
         value = optimise_target(self, request, self.templates, self.layer, "mlp", self.hparams)
-        current = outputs_at_subject(self, self.layer, request.prompt, request.subject, self.fact_token)
+        current = outputs_at_subject(self, self.layer, request, self.fact_token)
         right_Out = (value.target - current["ff2_out"]) / torch.dot(current["key"], left_In)
-        info = {"v_steps": value.steps, "v_first_loss": value.first_loss, "v_last_loss": value.last_loss,
-                "v_last_nll": value.last_nll}
-        return left_In, right_Out, {**info, "key": current["key"], "target_value": value.target}
+        info = {**value.facts(), "key": current["key"], "target_value": value.target, "value": value}
+        return left_In, right_Out, info
 
-    def apply(self, request: EditRequest) -> dict[str, object]:
+    def apply_with_update(self, request: EditRequest) -> tuple[dict[str, object], FactoredUpdate]:
         left_In, right_Out, info = self.rank_one_factors(request)
         site = self.adapter.ff2_site(self.layer)
         with torch.no_grad():
             site.weight.add_(site.gradient_from_factors(left_In[None], right_Out[None]).to(site.weight.dtype))
-        return {k: v for k, v in info.items() if not isinstance(v, torch.Tensor)}
+        value = info["value"]
+        return value.facts(), FactoredUpdate((LayerUpdate(self.layer, left_In, right_Out),), value.target, value.losses)
+
+    def apply(self, request: EditRequest) -> dict[str, object]:
+        return self.apply_with_update(request)[0]

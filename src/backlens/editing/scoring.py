@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from backlens.analysis.capture import pad_batch
+from backlens.data.batching import pad_batch, pad_id
 from backlens.editing.requests import continuation
 
 
@@ -25,13 +25,6 @@ class AnswerScore:
     argmax_correct: bool
     n_tokens: int
     merged: bool
-
-
-def pad_id(tokenizer: PreTrainedTokenizerBase) -> int:
-    for candidate in (tokenizer.pad_token_id, tokenizer.eos_token_id, 0):
-        if candidate is not None:
-            return int(candidate)
-    return 0
 
 
 @torch.no_grad()

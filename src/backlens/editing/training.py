@@ -9,9 +9,8 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
+from backlens.data.batching import pad_batch, pad_id
 from backlens.editing.requests import continuation
-from backlens.analysis.capture import pad_batch
-from backlens.editing.scoring import pad_id
 
 
 @contextmanager

@@ -65,11 +65,6 @@ def legend_outside(ax: "plt.Axes", **kwargs) -> None:
     ax.legend(**({"loc": "upper left", "bbox_to_anchor": (1.01, 1.0), "borderaxespad": 0.0, "frameon": False} | kwargs))
 
 
-def legend_below(fig: "plt.Figure", handles, labels, ncol: int) -> None:
-    """One legend for all panels, below them."""
-    fig.legend(handles, labels, loc="lower center", bbox_to_anchor=(0.5, -0.02), ncol=ncol, frameon=False)
-
-
 def save_figure(fig: "plt.Figure", pdf_path: str | Path, *, png_dpi: int = PNG_DPI) -> tuple[Path, Path]:
     """Write ``fig`` to ``pdf_path`` and the same name with ``.png``; close the figure."""
     pdf_path = Path(pdf_path)

@@ -12,7 +12,7 @@ import pandas as pd
 
 from backlens.analysis.aggregate import SEGMENT_LABELS
 from backlens.data.segments import PRIMARY_ORDER
-from backlens.figures.common import MATRIX_COLOURS, SEGMENT_COLOURS, finish_line_axes, legend_outside, model_name
+from backlens.figures.common import MATRIX_COLOURS, SEGMENT_COLOURS, finish_line_axes, model_name
 
 MATRIX_LABELS = {"ff2": "FF2 values (span of delta_i)", "ff1": "FF1 keys (span of x_i)",
                  "ff1_gate": "FF1 gate keys (span of x_i)", "ff1_up": "FF1 up keys (span of x_i)"}

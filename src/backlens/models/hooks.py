@@ -88,3 +88,26 @@ def replace_outputs(
     finally:
         for handle in handles:
             handle.remove()
+
+
+@contextmanager
+def add_to_outputs(
+    additions: Mapping[nn.Module, Callable[[torch.Tensor], torch.Tensor]],
+) -> Iterator[None]:
+    """Add ``fn(input)`` to each module's (first) output during the block, ``input`` being the
+    module's first positional input (e.g. a weight change applied to the inputs of a linear map)."""
+    handles = []
+
+    def make_hook(fn: Callable[[torch.Tensor], torch.Tensor]) -> Callable:
+        def hook(module: nn.Module, args: tuple, output: object) -> object:
+            return _replace_first(output, first_tensor(output) + fn(args[0]))
+
+        return hook
+
+    try:
+        for module, fn in additions.items():
+            handles.append(module.register_forward_hook(make_hook(fn)))
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()

@@ -54,6 +54,11 @@ class LinearSite:
         """A tensor in the module's weight layout, viewed as (out, in)."""
         return weight_like.T if self.layout == "in_out" else weight_like
 
+    def map_inputs(self, inputs_xIn: torch.Tensor, weight_like: torch.Tensor) -> torch.Tensor:
+        """(..., d_out): inputs mapped through a matrix in the module's weight layout (a weight change,
+        no bias), i.e. what the module's output gains when its weight gains ``weight_like``."""
+        return inputs_xIn @ self.as_out_in(weight_like).T
+
 
 @dataclass(frozen=True)
 class Projection:

@@ -10,11 +10,8 @@ from omegaconf import DictConfig
 
 from backlens.analysis.aggregate import SEGMENT_LABELS
 from backlens.analysis.anisotropy import anisotropy_summary
+from backlens.analysis.markdown import markdown_table
 from backlens.io import write_text
-
-
-def _markdown(frame: pd.DataFrame, floatfmt: str = ".3g") -> str:
-    return frame.to_markdown(index=False, floatfmt=floatfmt)
 
 
 def lemma_section(lemma: pd.DataFrame) -> str:
@@ -43,7 +40,7 @@ def lemma_section(lemma: pd.DataFrame) -> str:
         "",
         "<details><summary>Max relative error per layer</summary>",
         "",
-        _markdown(per_layer),
+        markdown_table(per_layer),
         "",
         "</details>",
     ])
@@ -93,7 +90,7 @@ def norm_section(norms: pd.DataFrame, prompts: pd.DataFrame, paper: DictConfig) 
         f"(they are {100 * token_share.reindex(['first_subject', 'middle_subject', 'last_subject']).fillna(0).sum():.1f}% "
         f"and {100 * token_share.get('last', 0):.1f}% of the tokens). Each token counted once, by its primary segment.",
         "",
-        _markdown(table),
+        markdown_table(table),
     ])
 
 
@@ -111,7 +108,7 @@ def target_rank_section(target_ranks: pd.DataFrame, prompts: pd.DataFrame, paper
         f"1% of the least-probable end (V-1 = {vocab_size - 1}) in **{len(bottom)} of {len(per_layer)} layers** "
         f"(layers {', '.join(map(str, bottom.layer.tolist())) or 'none'}).",
         "",
-        _markdown(per_layer, ".4g"),
+        markdown_table(per_layer, ".4g"),
     ])
 
 
@@ -132,7 +129,7 @@ def anisotropy_section(ranks: pd.DataFrame) -> str:
         "Where the raw share is low, a large shift pushes every prompt toward the recurring top tokens below rather "
         "than toward t (the centred variant of conf/method/shift_centered.yaml removes the mean).",
         "",
-        _markdown(table),
+        markdown_table(table),
     ])
 
 

@@ -18,8 +18,9 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig
 
-from backlens.analysis.capture import CapturedBatch, capture_gradient_factors, last_position_loss, pad_batch
+from backlens.analysis.capture import CapturedBatch, capture_gradient_factors, last_position_loss
 from backlens.analysis.ranks import gradient_rank
+from backlens.data.batching import pad_batch
 from backlens.io import write_table
 from backlens.models.loading import LoadedModel, load_model
 from backlens.models.sites import LinearSite

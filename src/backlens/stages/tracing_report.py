@@ -10,6 +10,7 @@ import pandas as pd
 from omegaconf import DictConfig
 
 from backlens.analysis.aggregate import SEGMENT_LABELS
+from backlens.analysis.markdown import markdown_table
 from backlens.figures.tracing import KIND_TITLES, peak_cells
 from backlens.io import write_text
 
@@ -48,11 +49,11 @@ def tracing_markdown(averages: pd.DataFrame, summary: dict) -> str:
         "",
         "## Peak of each kind (segment and layer with the largest average indirect effect, 95% band)",
         "",
-        peaks.rename(columns={"mean": "effect"}).to_markdown(index=False, floatfmt=".3f"),
+        markdown_table(peaks.rename(columns={"mean": "effect"}), ".3f"),
         "",
         "## Per segment: largest average indirect effect and its layer",
         "",
-        per_segment_peaks(averages).to_markdown(index=False),
+        markdown_table(per_segment_peaks(averages), "g"),  # "g": tabulate's default, this table's format so far
     ])
 
 

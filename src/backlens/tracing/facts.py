@@ -10,7 +10,7 @@ import torch
 from tqdm import tqdm
 
 from backlens.data.known_facts import KnownFact
-from backlens.data.segments import SegmentationError, SegmentedPrompt, first_target_token, segment_prompt
+from backlens.data.segments import SegmentationError, SegmentedPrompt, first_target_token, segment_prompt, slot_start
 from backlens.models.loading import LoadedModel
 
 
@@ -26,9 +26,8 @@ class TracedPrompt:
 
 def prepare_fact(tokenizer, fact: KnownFact) -> TracedPrompt:
     """Tokenize and segment a fact; its subject sits where the template's slot is."""
-    slot = fact.template.find("{}")
     try:
-        segmented = segment_prompt(tokenizer, fact.prompt, fact.subject, subject_char_start=slot)
+        segmented = segment_prompt(tokenizer, fact.prompt, fact.subject, subject_char_start=slot_start(fact.template))
     except SegmentationError as error:
         raise SegmentationError(f"known_id={fact.known_id}: {error}") from error
     answer_id = first_target_token(tokenizer, fact.prompt, fact.attribute)
