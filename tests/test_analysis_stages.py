@@ -73,7 +73,7 @@ def test_logit_lens_tables(analysed):
 
 def test_logit_lens_ends_leave_out_special_tokens(analysed):
     from backlens.models.loading import load_tokenizer
-    from backlens.stages.logit_lens_examples import special_token_ids
+    from backlens.api.lens import special_token_ids
 
     special = special_token_ids(load_tokenizer(analysed.model))
     assert special  # both tiny models' tokenizers have an end-of-text token

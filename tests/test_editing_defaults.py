@@ -11,10 +11,11 @@ from backlens.editing.memit import check_mlp_output_joins_residual
 from backlens.editing.base import NoEdit
 from backlens.models.loading import load_model
 from backlens.stages import editing_covariance, editing_evaluate
-from backlens.stages.editing_common import METHOD_CONFIG_DIR, other_method_hparams, statistics_layers
+from backlens.project import config_dir
+from backlens.stages.editing_common import other_method_hparams, statistics_layers
 from conftest import compose_config, require_shared
 
-METHODS = sorted(p.stem for p in METHOD_CONFIG_DIR.glob("*.yaml"))
+METHODS = sorted(p.stem for p in config_dir("method").glob("*.yaml"))
 
 
 @pytest.mark.parametrize("model,n_layers", [("tiny-llama", 3), ("gemma3-270m", 18), ("smollm2-135m", 30), ("gpt2-xl", 48)])

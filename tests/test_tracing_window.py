@@ -3,7 +3,7 @@
 import pytest
 from omegaconf import OmegaConf
 
-from backlens.stages.causal_tracing import window_layers
+from backlens.api.tracing import window_layers
 
 
 def tracing(**settings):

@@ -28,7 +28,7 @@ from backlens.api.models import DEFAULT_MODEL, load, project_root
 from backlens.artifacts import artifact
 from backlens.data.segments import place_subject
 from backlens.editing.base import Editor, FactoredUpdate
-from backlens.editing.methods import EDITORS, check_method_overrides, method_hparams
+from backlens.editing.methods import EDITORS, check_method_overrides, load_method_config, method_hparams
 from backlens.editing.requests import EditRequest
 from backlens.editing.weights import restored_after
 from backlens.errors import UserError
@@ -62,11 +62,7 @@ def stats_file(model_name: str) -> Path:
 
 def method_config(method: str, model_name: str) -> dict:
     """conf/method/<method>.yaml with the statistics path resolved for ``model_name``."""
-    path = project_root() / "conf" / "method" / f"{method}.yaml"
-    if not path.exists():
-        names = sorted(p.stem for p in path.parent.glob("*.yaml"))
-        raise UserError(f"unknown editing method {method!r}; choose one of {', '.join(names)}")
-    raw = OmegaConf.load(path)
+    raw = load_method_config(method, f"editing method {method!r}")
     scope = OmegaConf.create({"paths": {"editing_stats": str(stats_file(model_name))}, "method": raw})
     return OmegaConf.to_container(scope, resolve=True)["method"]
 

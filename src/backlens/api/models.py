@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 
 from omegaconf import OmegaConf
 
 from backlens.errors import UserError
+from backlens.project import project_root
 from backlens.models.loading import LoadedModel, ModelUnavailableError, load_model
 
 DEFAULT_MODEL = "smollm2-135m"
@@ -17,11 +17,6 @@ HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
 class UnknownModelError(UserError, ValueError):
     """The model name is neither a config, a folder nor a Hugging Face id."""
-
-
-def project_root() -> Path:
-    """The checkout this package runs from (src/backlens/api/ -> the root), or $BACKLENS_ROOT."""
-    return Path(os.environ.get("BACKLENS_ROOT") or Path(__file__).resolve().parents[3])
 
 
 def config_names() -> list[str]:

@@ -14,6 +14,7 @@ from backlens.editing.rome import RankOneModelEditing
 from backlens.editing.shift import ForwardPassShift
 from backlens.errors import ConfigError
 from backlens.models.loading import LoadedModel
+from backlens.project import config_dir
 
 EDITORS: dict[str, type[Editor]] = {
     "none": NoEdit,
@@ -23,6 +24,17 @@ EDITORS: dict[str, type[Editor]] = {
     "memit": MassEditingMemory,
     "mend": MendEditor,
 }
+
+
+def load_method_config(method_name: str, key: str = "method") -> DictConfig:
+    """conf/method/<method_name>.yaml of the project root, unresolved (its ``${paths...}`` interpolations
+    are the caller's to resolve); an unknown name is a ConfigError naming ``key`` and the known methods."""
+    folder = config_dir("method")
+    path = folder / f"{method_name}.yaml"
+    if not path.exists():
+        known = sorted(p.stem for p in folder.glob("*.yaml"))
+        raise ConfigError(f"{key}: no method config conf/method/{method_name}.yaml; known methods: {', '.join(known)}")
+    return OmegaConf.load(path)
 
 
 def method_hparams(method_cfg: Mapping, model_name: str, n_layers: int | None = None) -> dict:

@@ -20,7 +20,7 @@ import torch
 from omegaconf import DictConfig
 from tqdm import tqdm
 
-from backlens.api.tracing import trace_prepared, trace_settings, window_layers  # noqa: F401 (window_layers: re-export)
+from backlens.api.tracing import trace_prepared, trace_settings
 from backlens.artifacts import shard_files
 from backlens.data.known_facts import load_known_facts_from_config
 from backlens.data.segments import SEGMENTS, SegmentationError

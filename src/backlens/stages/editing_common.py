@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
 from backlens.data.counterfact import load_counterfact_from_config
-from backlens.editing.methods import check_method_overrides, method_hparams
+from backlens.editing.methods import check_method_overrides, load_method_config, method_hparams
 from backlens.editing.requests import EditRequest
-from backlens.errors import ConfigError
-
-METHOD_CONFIG_DIR = Path("conf/method")
-
 
 def requests_in_range(cfg: DictConfig, first_case: int, n_cases: int, label: str) -> list[EditRequest]:
     """EditRequests for CounterFact records [first_case, first_case + n_cases) in file order."""
@@ -29,19 +24,10 @@ def evaluation_requests(cfg: DictConfig) -> list[EditRequest]:
     return requests_in_range(cfg, int(cfg.editing.first_case), int(cfg.editing.n_cases), "editing.n_cases")
 
 
-def method_config(method_name: str):
-    """conf/method/<method_name>.yaml, unresolved."""
-    path = METHOD_CONFIG_DIR / f"{method_name}.yaml"
-    if not path.exists():
-        known = sorted(p.stem for p in METHOD_CONFIG_DIR.glob("*.yaml"))
-        raise ConfigError(f"methods.{method_name}: no method config {path}; known methods: {', '.join(known)}")
-    return OmegaConf.load(path)
-
-
 def check_all_method_overrides(methods) -> None:
     """Every ``methods.<name>.<key>`` names a configured method and one of its hyper-parameters."""
     for name, overrides in (methods or {}).items():
-        check_method_overrides(str(name), overrides or {}, method_config(str(name)))
+        check_method_overrides(str(name), overrides or {}, load_method_config(str(name), f"methods.{name}"))
 
 
 def user_method_overrides(cfg: DictConfig, method_name: str) -> dict:
@@ -60,7 +46,7 @@ def other_method_hparams(cfg: DictConfig, method_name: str, n_layers: int) -> di
     if cfg.method.name == method_name:
         return {**method_hparams(cfg.method, cfg.model.name, n_layers), **user_method_overrides(cfg, method_name)}
     merged = OmegaConf.create(OmegaConf.to_container(cfg, resolve=False))
-    merged.method = method_config(method_name)
+    merged.method = load_method_config(method_name, f"methods.{method_name}")
     return {**method_hparams(merged.method, cfg.model.name, n_layers), **user_method_overrides(cfg, method_name)}
 
 

@@ -18,7 +18,8 @@ from backlens.editing.weights import restored_after
 from backlens.errors import ConfigError
 from backlens.io import write_json, write_table
 from backlens.models.loading import load_model
-from backlens.stages.editing_common import method_config, other_method_hparams, requests_in_range
+from backlens.editing.methods import load_method_config
+from backlens.stages.editing_common import other_method_hparams, requests_in_range
 
 log = logging.getLogger(__name__)
 ACCURACIES = ["efficacy", "paraphrase", "neighborhood"]
@@ -85,7 +86,7 @@ def by_target_length(cases: pd.DataFrame, setting: dict, settings: list[str]) ->
 
 def sweep_variant(cfg, loaded, method: str, layers, requests, baseline, batch_size: int) -> list[dict]:
     """Rows (layer, eta, case) of one shift variant; the unit update is computed once per layer and case."""
-    kind = str(method_config(method)["kind"])
+    kind = str(load_method_config(method, "editing.sweep.methods")["kind"])
     if kind != "shift":
         raise ConfigError(f"editing.sweep.methods: {method} is not a forward pass shift (kind {kind}); "
                           "list shift variants only, e.g. shift, shift_centered")

@@ -13,7 +13,7 @@ import logging
 
 from omegaconf import DictConfig
 
-from backlens.api.lens import BackwardLens, LensSettings, special_token_ids  # noqa: F401 (special_token_ids: re-export)
+from backlens.api.lens import BackwardLens, LensSettings
 from backlens.io import write_table
 from backlens.models.loading import load_model
 
