@@ -2,6 +2,7 @@
 
 import pandas as pd
 import pytest
+from omegaconf import OmegaConf
 
 from backlens.figures.registry import FIGURES
 from backlens.stages import (
@@ -34,6 +35,19 @@ def test_lemma_holds_on_every_gradient(analysed):
     checked = lemma.dropna(subset=["rank_full_float64"])
     assert checked.case_id.nunique() == 2
     assert (checked.rank_factors == checked.rank_full_float64).all()
+
+
+def test_lemma_check_on_a_sample_of_prompts(analysed, tmp_path):
+    """analysis.lemma.n_prompts checks the first n sampled prompts, with the rows the full check has for them."""
+    cfg = analysed.copy()
+    OmegaConf.update(cfg, "analysis.lemma.n_prompts", 3)
+    OmegaConf.update(cfg, "paths.lemma_check", str(tmp_path / "lemma_check.parquet"))
+    lemma_check.run(cfg)
+    sample, full = pd.read_parquet(cfg.paths.lemma_check), read(analysed, "lemma_check")
+    assert sample.case_id.nunique() == 3
+    pd.testing.assert_frame_equal(sample, full.iloc[: len(sample)])
+    with pytest.raises(ValueError, match="n_prompts=0"):
+        lemma_check.checked_prompts(0, 6)
 
 
 def test_last_layer_rank_is_one_and_ranks_never_exceed_p(analysed):

@@ -1,10 +1,13 @@
 """VJP capture: Lemma 4.1 reconstruction, padding, and gradient ranks from factors."""
 
+import dataclasses
+
 import pytest
 import torch
 
 from backlens.analysis.capture import capture_gradient_factors
-from backlens.stages.lemma_check import autograd_gradients
+from backlens.stages import lemma_check
+from backlens.stages.lemma_check import autograd_gradients, lemma_rows
 from backlens.analysis.ranks import factor_rtol, gradient_rank
 from tolerances import assert_close_float32, vocab_chain
 
@@ -41,6 +44,59 @@ def test_parameter_grads_stay_untouched(tiny_model):
     ids, targets = encode(tiny_model)
     capture(tiny_model, ids, targets)
     assert all(p.grad is None for p in tiny_model.model.parameters())
+
+
+def test_weight_gradients_of_the_capture_pass_are_autograds(tiny_model):
+    """lemma_check's reference: the capture pass's backward into the weights gives the same dL/dW as a
+    plain backward pass of the prompt, leaves the VJPs as they were and parameter .grad untouched."""
+    ids, targets = encode(tiny_model)
+    pad_id = tiny_model.tokenizer.pad_token_id
+    for prompt in range(len(PROMPTS)):
+        both = capture_gradient_factors(tiny_model.model, tiny_model.adapter, [ids[prompt]], [targets[prompt]],
+                                        pad_id=pad_id, submodules=False, weight_gradients=True)
+        plain = capture(tiny_model, [ids[prompt]], [targets[prompt]])
+        reference = autograd_gradients(tiny_model, ids[prompt], targets[prompt])
+        assert both.weight_gradients.keys() == reference.keys() == both.sites.keys()
+        for key, grad in reference.items():
+            torch.testing.assert_close(both.weight_gradients[key], grad, rtol=0, atol=0)
+            torch.testing.assert_close(both.vjps[key], plain.vjps[key], rtol=0, atol=0)
+    assert not capture(tiny_model, ids, targets).weight_gradients
+    assert all(p.grad is None for p in tiny_model.model.parameters())
+
+
+def corrupt(batch, how):
+    """The same captured batch with a Lemma-breaking mistake in its factors."""
+    if how == "shifted_positions":  # delta_i paired with x_(i+1)
+        return dataclasses.replace(batch, vjps={key: vjps.roll(1, dims=1) for key, vjps in batch.vjps.items()})
+    if how == "neighbouring_layer":  # inputs of the next layer's matrix
+        n_layers = batch.n_layers
+        return dataclasses.replace(batch, inputs={(layer, matrix): batch.inputs[((layer + 1) % n_layers, matrix)]
+                                                  for layer, matrix in batch.inputs})
+    if how == "negated_vjps":
+        return dataclasses.replace(batch, vjps={key: -vjps for key, vjps in batch.vjps.items()})
+    raise ValueError(how)
+
+
+@pytest.mark.parametrize("how", ["shifted_positions", "neighbouring_layer", "negated_vjps"])
+def test_lemma_check_reports_a_broken_lemma(tiny_model, how, monkeypatch):
+    """The check can fail: wrong factors, in the batch or in the single-prompt pass, give errors of order 1."""
+    ids, targets = encode(tiny_model)
+    batch = capture(tiny_model, ids, targets)
+    sound = lemma_rows(tiny_model, batch, 1, 0, ids[1], targets[1], crosscheck=False)
+    assert max(row["relative_error"] for row in sound) < 1e-5
+    assert max(row["relative_error_batched"] for row in sound) < 1e-4
+
+    broken_batched = lemma_rows(tiny_model, corrupt(batch, how), 1, 0, ids[1], targets[1], crosscheck=False)
+    assert min(row["relative_error_batched"] for row in broken_batched) > 0.1
+    assert max(row["relative_error"] for row in broken_batched) < 1e-5  # the single-prompt pass is still sound
+
+    def broken_capture(*args, **kwargs):
+        return corrupt(capture_gradient_factors(*args, **kwargs), how)
+
+    monkeypatch.setattr(lemma_check, "capture_gradient_factors", broken_capture)
+    broken_alone = lemma_rows(tiny_model, batch, 1, 0, ids[1], targets[1], crosscheck=False)
+    assert min(row["relative_error"] for row in broken_alone) > 0.1
+    assert max(row["relative_error_batched"] for row in broken_alone) < 1e-4
 
 
 def test_batched_capture_equals_one_prompt_at_a_time(tiny_model):

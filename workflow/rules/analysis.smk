@@ -58,7 +58,7 @@ rule backward_lens:
 
 
 rule lemma_check:
-    """Lemma 4.1 reconstruction vs autograd per prompt, layer and matrix; rank cross-check."""
+    """Lemma 4.1 reconstruction vs autograd per prompt (every prompt by default), layer and matrix; rank cross-check."""
     input:
         prompts=artifact("prompts"),
     output:

@@ -48,6 +48,9 @@ class CapturedBatch:
     attention_inputs: dict[SiteKey, torch.Tensor] = field(default_factory=dict)
     attention_vjps: dict[SiteKey, torch.Tensor] = field(default_factory=dict)
     projections: dict[SiteKey, Projection] = field(default_factory=dict)
+    # ``weight_gradients=True`` only: autograd's dL/dW of every MLP site from the same backward pass
+    # (module weight layout), summed over the batch's prompts: one prompt's gradient for a batch of one.
+    weight_gradients: dict[SiteKey, torch.Tensor] = field(default_factory=dict)
 
     @property
     def batch_size(self) -> int:
@@ -95,9 +98,14 @@ def capture_gradient_factors(
     pad_id: int,
     submodules: bool = True,
     attention: bool = False,
+    weight_gradients: bool = False,
 ) -> CapturedBatch:
     """Forward and backward one batch; return the factors of every FF gradient (and, with
     ``attention``, of every attention projection's, from the same pass).
+
+    With ``weight_gradients`` the same backward pass also goes into every MLP weight and returns
+    autograd's dL/dW (the reference of the Lemma 4.1 check, rule ``lemma_check``); the VJPs are
+    unchanged, and parameter ``.grad`` still stays untouched.
 
     The summed loss makes each prompt's VJPs exactly those of its own loss: prompts in a
     batch never interact (padding is masked and sits after the real tokens).
@@ -131,7 +139,10 @@ def capture_gradient_factors(
         output_keys = list(site_modules) + list(submodule_modules)
         outputs = [site_io.outputs[k] if k in site_io.outputs else sub_io.outputs[k] for k in output_keys]
         outputs += [attn_io.outputs[k] for k in attention_modules]
-        grads = torch.autograd.grad(losses.sum(), outputs, allow_unused=True)
+        weights = [site.weight for site in sites.values()] if weight_gradients else []
+        grads = torch.autograd.grad(losses.sum(), outputs + weights, allow_unused=True)
+        weight_grads = dict(zip(sites, (grad.detach() for grad in grads[len(outputs):])))
+        grads = grads[: len(outputs)]
 
     def as_key(name: str) -> SiteKey:
         layer, matrix = name.split("/")
@@ -155,4 +166,5 @@ def capture_gradient_factors(
         attention_inputs={as_key(name): attn_io.inputs[name].detach() for name in attention_modules},
         attention_vjps={as_key(name): vjp_by_name[f"attention:{name}"] for name in attention_modules},
         projections=projections,
+        weight_gradients=weight_grads,
     )
