@@ -7,7 +7,7 @@ Every hook the project installs goes through this module, so an exception inside
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -69,45 +69,36 @@ def record_module_io(
 
 
 @contextmanager
+def _forward_hooks(hooks: Mapping[nn.Module, Callable]) -> Iterator[None]:
+    """Register each module's forward hook for the block and remove them all after it."""
+    handles = []
+    try:
+        for module, hook in hooks.items():
+            handles.append(module.register_forward_hook(hook))
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
 def replace_outputs(
     replacements: Mapping[nn.Module, Callable[[torch.Tensor], torch.Tensor]],
-) -> Iterator[None]:
+) -> AbstractContextManager[None]:
     """Replace each module's (first) output tensor by ``fn(output)`` during the block."""
-    handles = []
 
     def make_hook(fn: Callable[[torch.Tensor], torch.Tensor]) -> Callable:
-        def hook(module: nn.Module, args: tuple, output: object) -> object:
-            return _replace_first(output, fn(first_tensor(output)))
+        return lambda module, args, output: _replace_first(output, fn(first_tensor(output)))
 
-        return hook
-
-    try:
-        for module, fn in replacements.items():
-            handles.append(module.register_forward_hook(make_hook(fn)))
-        yield
-    finally:
-        for handle in handles:
-            handle.remove()
+    return _forward_hooks({module: make_hook(fn) for module, fn in replacements.items()})
 
 
-@contextmanager
 def add_to_outputs(
     additions: Mapping[nn.Module, Callable[[torch.Tensor], torch.Tensor]],
-) -> Iterator[None]:
+) -> AbstractContextManager[None]:
     """Add ``fn(input)`` to each module's (first) output during the block, ``input`` being the
     module's first positional input (e.g. a weight change applied to the inputs of a linear map)."""
-    handles = []
 
     def make_hook(fn: Callable[[torch.Tensor], torch.Tensor]) -> Callable:
-        def hook(module: nn.Module, args: tuple, output: object) -> object:
-            return _replace_first(output, first_tensor(output) + fn(args[0]))
+        return lambda module, args, output: _replace_first(output, first_tensor(output) + fn(args[0]))
 
-        return hook
-
-    try:
-        for module, fn in additions.items():
-            handles.append(module.register_forward_hook(make_hook(fn)))
-        yield
-    finally:
-        for handle in handles:
-            handle.remove()
+    return _forward_hooks({module: make_hook(fn) for module, fn in additions.items()})
