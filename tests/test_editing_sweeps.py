@@ -12,6 +12,8 @@ SWEEP = pd.DataFrame({
     "efficacy": [0.2, 0.9, 1.0, 0.8],
     "paraphrase": [0.1, 0.2, 0.6, 0.2],
     "neighborhood_success": [0.66, 0.60, 0.05, 0.66],
+    "efficacy_success": [1.0] * 4,
+    "paraphrase_success": [1.0] * 4,
 })
 
 
@@ -37,6 +39,24 @@ def test_ties_go_to_the_smaller_setting():
     tied = SWEEP.assign(efficacy=[0.9, 0.9, 0.0, 0.9], paraphrase=[0.2, 0.2, 0.0, 0.2], neighborhood_success=[0.6] * 4)
     assert choose(tied, 0.66, 0.10, ["eta", "layer"])["layer"] == 4
     assert (choose(tied, 0.66, 0.10, ["layer", "eta"])["layer"], choose(tied, 0.66, 0.10, ["layer", "eta"])["eta"]) == (4, 0.1)
+
+
+def test_ties_go_to_the_probability_score_then_to_the_gentler_setting():
+    # MEMIT's sweep on SmolLM2: 20, 200 and 2000 tie on the accuracy score (93 / 13 / 87); 2000's
+    # paraphrase success is lower (80% against 93%), and 20 and 200 tie in everything: the gentler one
+    # is the larger weight (MEMIT's update shrinks as it grows), not the smaller value.
+    memit = pd.DataFrame({
+        "mom2_update_weight": [20, 200, 2000, 20000],
+        "efficacy": [0.93, 0.93, 0.93, 0.0], "paraphrase": [0.13, 0.13, 0.13, 0.0],
+        "neighborhood_success": [0.87] * 4, "efficacy_success": [1.0, 1.0, 1.0, 0.47],
+        "paraphrase_success": [0.93, 0.93, 0.8, 0.53],
+    })
+    gentle = choose(memit, 0.87, 0.10, ["mom2_update_weight"], larger_is_gentler=["mom2_update_weight"])
+    assert gentle["mom2_update_weight"] == 200 and gentle["success_score"] == pytest.approx(3 / (1 + 1 / 0.93 + 1 / 0.87))
+    assert choose(memit, 0.87, 0.10, ["mom2_update_weight"])["mom2_update_weight"] == 20
+    # Without the probability tie-break, the largest tied weight (2000) would have won.
+    flat = memit.assign(paraphrase_success=[0.93] * 4)
+    assert choose(flat, 0.87, 0.10, ["mom2_update_weight"], larger_is_gentler=["mom2_update_weight"])["mom2_update_weight"] == 2000
 
 
 def test_grid_settings_are_every_combination_in_config_order():

@@ -27,6 +27,7 @@ from backlens.stages.editing_sweep import (
     check_outside_evaluation,
     choose,
     mean_metric,
+    success_score,
     unedited_metrics,
 )
 
@@ -74,12 +75,14 @@ def run(cfg: DictConfig) -> None:
 def method_choice(cases: pd.DataFrame, baseline_means: dict, sweep, method: str, names: list[str], fixed_hparams: dict) -> dict:
     """The chosen setting of a baseline's sweep table (the shift sweep's rule), with the grid's means."""
     summary = cases.groupby(names, as_index=False)[[*METRICS, "edit_seconds"]].mean()
-    chosen = choose(summary, baseline_means["neighborhood_success"], float(sweep.max_ns_drop), names)
+    chosen = choose(summary, baseline_means["neighborhood_success"], float(sweep.max_ns_drop), names,
+                    larger_is_gentler=list(sweep.get("larger_is_gentler") or []))
     unedited = cases.drop_duplicates("case_id")
     return {"method": method, **chosen, "baseline": baseline_means,
             "baseline_efficacy": float(unedited["efficacy_before"].mean()), "n_cases": int(cases["case_id"].nunique()),
             "first_case": int(cases["case_id"].min()), "rule": SELECTION_RULE, "max_ns_drop": float(sweep.max_ns_drop),
-            "fixed_hparams": fixed_hparams, "grid": summary.assign(score=accuracy_score(summary)).to_dict(orient="records")}
+            "fixed_hparams": fixed_hparams,
+            "grid": summary.assign(score=accuracy_score(summary), success_score=success_score(summary)).to_dict(orient="records")}
 
 
 def hparams_without(hparams: dict, names: list[str]) -> dict:
