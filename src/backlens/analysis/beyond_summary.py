@@ -22,10 +22,15 @@ def _percent(share: float) -> str:
     return "n/a" if pd.isna(share) else f"{100 * share:.1f}%"
 
 
+def rank_agreement(lemma: pd.DataFrame) -> int:
+    """Lemma rows whose rank from the factors equals matrix_rank of the full float64 gradient."""
+    return int((lemma.rank_factors == lemma.rank_full_float64).sum())
+
+
 def attention_lemma_section(lemma: pd.DataFrame) -> str:
     if lemma.empty:
         return "## Lemma 4.1 per projection\nNot checked (analysis.attention.n_lemma = 0)."
-    agree = int((lemma.rank_factors == lemma.rank_full_float64).sum())
+    agree = rank_agreement(lemma)
     return "\n".join([
         "## Lemma 4.1 per projection",
         f"dL/dW of each projection rebuilt from its factors (the VJP restricted to the projection's units of its "
@@ -36,7 +41,10 @@ def attention_lemma_section(lemma: pd.DataFrame) -> str:
     ])
 
 
-def attention_rank_section(ranks: pd.DataFrame) -> str:
+def rank_shares(ranks: pd.DataFrame) -> pd.DataFrame:
+    """Per projection (W_Q...), all layers but the last: shares of gradients with rank = min(P, d_out),
+    = P - 1 and below both, the share at float32 matrix_rank's tolerance, the matrix shape and the
+    last layer's median rank and P."""
     last_layer = ranks.layer.max()
     inner = ranks[ranks.layer < last_layer]
     rows = []
@@ -45,14 +53,26 @@ def attention_rank_section(ranks: pd.DataFrame) -> str:
         last = group[group.layer == last_layer]
         cap = np.minimum(body.n_tokens, body.d_out)
         rows.append({
-            "projection": PROJECTION_LABELS.get(name, name),
-            "d_out x d_in": f"{group.d_out.iloc[0]} x {group.d_in.iloc[0]}",
-            "rank = min(P, d_out)": _percent((body["rank"] == cap).mean()),
-            "rank = P - 1": _percent((body["rank"] == body.n_tokens - 1).mean()),
-            "rank < P - 1": _percent((body["rank"] < np.minimum(body.n_tokens - 1, cap)).mean()),
-            "rank = min(P, d_out) at float32 matrix_rank tol": _percent((body.rank_float32_tol == cap).mean()),
-            "last layer: rank (median)": f"{last['rank'].median():g} of P = {last.n_tokens.median():g}",
+            "projection": PROJECTION_LABELS.get(name, name), "d_out": group.d_out.iloc[0], "d_in": group.d_in.iloc[0],
+            "full": (body["rank"] == cap).mean(), "p_minus_1": (body["rank"] == body.n_tokens - 1).mean(),
+            "below": (body["rank"] < np.minimum(body.n_tokens - 1, cap)).mean(),
+            "full_float32_tol": (body.rank_float32_tol == cap).mean(),
+            "last_rank": last["rank"].median(), "last_p": last.n_tokens.median(),
         })
+    return pd.DataFrame(rows).set_index("projection")
+
+
+def attention_rank_section(ranks: pd.DataFrame) -> str:
+    shares = rank_shares(ranks)
+    rows = [{
+        "projection": name,
+        "d_out x d_in": f"{int(row.d_out)} x {int(row.d_in)}",
+        "rank = min(P, d_out)": _percent(row.full),
+        "rank = P - 1": _percent(row.p_minus_1),
+        "rank < P - 1": _percent(row.below),
+        "rank = min(P, d_out) at float32 matrix_rank tol": _percent(row.full_float32_tol),
+        "last layer: rank (median)": f"{row.last_rank:g} of P = {row.last_p:g}",
+    } for name, row in shares.iterrows()]
     return "\n".join([
         "## Gradient rank per projection (Fig 3 style)",
         "Share of (prompt, layer) gradients, all layers but the last, by rank from the factors (tolerance P x eps32 "
@@ -67,10 +87,16 @@ def attention_rank_section(ranks: pd.DataFrame) -> str:
     ])
 
 
-def attention_norm_section(norms: pd.DataFrame, prompts: pd.DataFrame) -> str:
+def segment_norms(norms: pd.DataFrame, prompts: pd.DataFrame) -> pd.DataFrame:
+    """Mean VJP norm per projection (rows) and ROME segment (columns, in SEGMENTS order): tokens
+    averaged within a prompt, then prompts, then layers."""
     means = segment_means(norms, prompts, "vjp_norm", ["projection", "layer"])
     per_segment = means.groupby(["projection", "segment"])["mean"].mean().unstack("segment")
-    per_segment = per_segment.reindex(columns=list(SEGMENTS))
+    return per_segment.reindex(columns=list(SEGMENTS))
+
+
+def attention_norm_section(norms: pd.DataFrame, prompts: pd.DataFrame) -> str:
+    per_segment = segment_norms(norms, prompts)
     table = per_segment.rename(columns=SEGMENT_LABELS).reset_index()
     table["largest"] = [SEGMENT_LABELS[s] for s in per_segment.idxmax(axis=1)]
     table["projection"] = table.projection.map(PROJECTION_LABELS)
@@ -94,16 +120,21 @@ def last_token_target_ranks(target_ranks: pd.DataFrame, prompts: pd.DataFrame) -
     return per_layer
 
 
+def bottom_layers(per_layer: pd.DataFrame) -> list[int]:
+    """Layers of ``last_token_target_ranks`` whose median rank is within 1% of the least-probable end."""
+    return [int(layer) for layer in per_layer.layer[per_layer["median / (V-1)"] >= 0.99]]
+
+
 def attention_target_rank_section(target_ranks: pd.DataFrame, prompts: pd.DataFrame) -> str:
     vocab_size = int(target_ranks.vocab_size.iloc[0])
     per_layer = last_token_target_ranks(target_ranks, prompts)
-    bottom = per_layer[per_layer["median / (V-1)"] >= 0.99]
+    bottom = bottom_layers(per_layer)
     top = per_layer[per_layer["median / (V-1)"] <= 0.01]
     return "\n".join([
         "## Target rank in LL(VJP of W_O) at the last token (Fig 6 style)",
         f"The median rank of target_new's first token is within 1% of the least-probable end (V-1 = {vocab_size - 1}), "
         f"the end a descent step promotes, in **{len(bottom)} of {len(per_layer)} layers** "
-        f"(layers {layer_runs(bottom.layer)}); within 1% of the top in {len(top)}.",
+        f"(layers {layer_runs(bottom)}); within 1% of the top in {len(top)}.",
         "",
         markdown_table(per_layer, ".4g"),
     ])
@@ -194,41 +225,29 @@ def ft_trace_markdown(trace: pd.DataFrame, model: str) -> str:
 
 
 # --- One-line findings for the scorecard's "beyond the paper" table ---------------------------
-def _rank_shares(ranks: pd.DataFrame) -> dict[str, dict[str, float]]:
-    """Per projection, below the last layer: share with rank = min(P, d_out) and with rank = P - 1."""
-    inner = ranks[ranks.layer < ranks.layer.max()]
-    shares = {}
-    for name, body in inner.groupby("projection", sort=False):
-        cap = np.minimum(body.n_tokens, body.d_out)
-        shares[PROJECTION_LABELS.get(name, name)] = {
-            "full": float((body["rank"] == cap).mean()), "p_minus_1": float((body["rank"] == body.n_tokens - 1).mean())}
-    return shares
-
-
 def attention_findings(tables: Mapping[str, pd.DataFrame]) -> list[tuple[str, str, str]]:
     """(question, our numbers, gallery figure) rows from the attention tables."""
     ranks, prompts = tables["attention_ranks"], tables["prompts"]
     prompts = prompts[prompts.case_id.isin(ranks.case_id.unique())]
-    shares = _rank_shares(ranks)
-    full = ", ".join(f"{name} {_percent(s['full'])}" for name, s in shares.items() if name != "W_Q")
+    shares = rank_shares(ranks)
+    full = ", ".join(f"{name} {_percent(row.full)}" for name, row in shares.iterrows() if name != "W_Q")
     rows = [(
         "Are W_Q, W_K, W_V, W_O gradients of rank P, like FF1/FF2's? (Fig 3 style)",
-        f"rank = min(P, d_out) below the last layer: {full}; W_Q: rank P - 1 in {_percent(shares['W_Q']['p_minus_1'])} "
+        f"rank = min(P, d_out) below the last layer: {full}; W_Q: rank P - 1 in {_percent(shares.p_minus_1['W_Q'])} "
         "(the first token's query gets no gradient)", "attn_fig3")]
     lemma = tables["attention_lemma"]
     if not lemma.empty:
-        agree = int((lemma.rank_factors == lemma.rank_full_float64).sum())
+        agree = rank_agreement(lemma)
         rows.append(("Does Lemma 4.1 hold for each attention projection?",
                      f"max relative error {lemma.relative_error_batched.max():.1e} (padded batch) against autograd; "
                      f"rank from factors = float64 matrix_rank in {agree}/{len(lemma)}", "attn_fig3"))
-    norms = segment_means(tables["attention_vjp_norms"], prompts, "vjp_norm", ["projection", "layer"])
-    largest = norms.groupby(["projection", "segment"])["mean"].mean().unstack("segment").idxmax(axis=1)
+    largest = segment_norms(tables["attention_vjp_norms"], prompts).idxmax(axis=1)
     rows.append(("Where is each projection's VJP largest? (Fig 5 style)",
                  "; ".join(f"{PROJECTION_LABELS[p]}: {SEGMENT_LABELS[s]}" for p, s in largest.items()), "attn_fig5"))
     per_layer = last_token_target_ranks(tables["attention_target_ranks"], prompts)
-    layers, n_layers = per_layer.layer[per_layer["median / (V-1)"] >= 0.99].tolist(), len(per_layer)
+    layers = bottom_layers(per_layer)
     rows.append(("Is target_new at the least-probable end of LL(W_O's VJP) at the last token, as for FF2? (Fig 6 style)",
-                 f"median within 1% of V-1 in {len(layers)} of {n_layers} layers "
+                 f"median within 1% of V-1 in {len(layers)} of {len(per_layer)} layers "
                  f"({layer_runs(layers)})", "attn_fig6"))
     return rows
 

@@ -24,7 +24,8 @@ import torch
 from omegaconf import OmegaConf
 
 from backlens.api.lens import target_token
-from backlens.api.models import DEFAULT_MODEL, load, project_root
+from backlens.api.models import DEFAULT_MODEL, load
+from backlens.project import project_root
 from backlens.artifacts import artifact
 from backlens.data.segments import place_subject
 from backlens.editing.base import Editor, FactoredUpdate

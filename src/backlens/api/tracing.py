@@ -16,7 +16,8 @@ import torch
 from omegaconf import OmegaConf
 
 from backlens.api.lens import target_token
-from backlens.api.models import DEFAULT_MODEL, load, project_root
+from backlens.api.models import DEFAULT_MODEL, load
+from backlens.project import project_root
 from backlens.data.known_facts import KnownFact
 from backlens.data.segments import SUBJECT_SLOT, place_subject, segment_prompt
 from backlens.models.adapters import ArchitectureAdapter
