@@ -2,17 +2,20 @@
 
 Measured in one run on the same prompts and model:
 - bare:    forward + loss.backward() of each batch (parameter .grad filled), nothing else;
-- capture: the analysis core - capture of every MLP gradient's factors, ranks from the
-           factors, VJP norms (the rule backward_lens without its logit-lens tables);
-- lens:    the logit-lens tables of the same rule (target ranks, neuron updates), reported
-           separately: they project every (layer, token) vector onto the whole vocabulary;
+- capture: capture of every MLP gradient's factors (and the sub-module VJPs), as the rule
+           ``backward_lens`` does it;
+- tables:  the rule's five tables from those captures (gradient_ranks, vjp_norms, target_ranks,
+           neuron_updates, vjp_similarity), capture excluded: ``stages.backward_lens.build_tables``,
+           the function the rule calls, with its own per-step timer (``<table>_s`` in the JSON);
 - naive:   per prompt, a full backward filling every parameter .grad, then
-           torch.linalg.matrix_rank of each full FF gradient.
+           torch.linalg.matrix_rank of each full FF gradient (timed on --naive-prompts prompts and
+           extrapolated to all).
 
 Usage (from the project root, inside the environment):
-    python benchmarks/analysis_speed.py [--model smollm2-135m] [--prompts 100] [--naive-prompts 100]
-        [--device cpu] [--prompts-table results/smollm2-135m/prompts.parquet]
-Goals (issue 4): capture within 2x of bare; at least 20x faster than naive.
+    python benchmarks/analysis_speed.py [--model smollm2-135m] [--prompts 100] [--naive-prompts 3]
+        [--device cpu] [--prompts-table results/smollm2-135m/prompts.parquet] [--out F.json] [--smoke]
+Goals: capture + tables within 3x bare (issue 22); capture within 2x bare and >= 20x faster than
+naive (issue 4).
 """
 
 from __future__ import annotations
@@ -24,15 +27,16 @@ from pathlib import Path
 import torch
 from hydra import compose, initialize_config_dir
 
-from backlens.analysis.capture import capture_gradient_factors, last_position_loss, pad_batch
-from backlens.analysis.gradient_tables import ff2_target_rank_rows, gradient_rank_rows, vjp_norm_rows
-from backlens.analysis.spanning_sets import neuron_update_rows
+import backlens.artifacts  # noqa: F401  (registers ${artifact:...} for conf/config.yaml)
+from backlens.analysis.capture import last_position_loss, pad_batch
+from backlens.bench import goal, write_result
 from backlens.data.counterfact import load_counterfact_from_config
 from backlens.data.prompt_table import prompt_table, sample_records
 from backlens.models.loading import load_model
-from backlens.stages.backward_lens import PromptBatchSource
+from backlens.stages.backward_lens import PromptBatchSource, build_tables
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+SMOKE = {"model": "tiny-gpt2", "prompts": 6, "naive_prompts": 2, "batch_size": 3}
 
 
 def timed(fn) -> float:
@@ -46,13 +50,22 @@ def main() -> None:
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--prompts", type=int, default=100)
-    parser.add_argument("--naive-prompts", type=int, default=100, help="prompts timed on the naive path")
-    parser.add_argument("--batch-size", type=int, default=20)
+    parser.add_argument("--naive-prompts", type=int, default=3,
+                        help="prompts timed on the naive path (~8 s each for SmolLM2 on 2 cores), extrapolated")
+    parser.add_argument("--batch-size", type=int, default=None, help="default: analysis.batch_size")
     parser.add_argument("--prompts-table", default=None, help="reuse a prompts.parquet instead of sampling")
+    parser.add_argument("--out", default=None, help="write the benchmark JSON here")
+    parser.add_argument("--smoke", action="store_true", help=f"tiny random model, few prompts: {SMOKE}")
     args = parser.parse_args()
+    if args.smoke:
+        args.model, args.prompts, args.naive_prompts = SMOKE["model"], SMOKE["prompts"], SMOKE["naive_prompts"]
+        args.batch_size = SMOKE["batch_size"]
 
+    overrides = [f"model={args.model}", f"n_prompts={args.prompts}"]
+    if args.batch_size is not None:
+        overrides.append(f"analysis.batch_size={args.batch_size}")
     with initialize_config_dir(config_dir=str(PROJECT_ROOT / "conf"), version_base="1.3"):
-        cfg = compose("config", overrides=[f"model={args.model}", f"n_prompts={args.prompts}"])
+        cfg = compose("config", overrides=overrides)
     started = time.perf_counter()
     loaded = load_model(cfg.model, device=args.device, dtype="float32")
     print(f"loaded {args.model} in {time.perf_counter() - started:.1f} s", flush=True)
@@ -64,40 +77,32 @@ def main() -> None:
         records = sample_records(load_counterfact_from_config(cfg.dataset).records, args.prompts, int(cfg.seed))
         table = prompt_table(records, loaded.tokenizer)
     prompts = PromptBatchSource.from_table(table)
-    model, adapter, pad_id = loaded.model, loaded.adapter, loaded.tokenizer.pad_token_id
-    batches = list(prompts.batches(args.batch_size))
+    model, pad_id = loaded.model, loaded.tokenizer.pad_token_id
+    batch_size = int(cfg.analysis.batch_size)
+    batches = [prompts.sliced(start, start + batch_size) for start in range(0, len(prompts.case_ids), batch_size)]
     sync = torch.cuda.synchronize if loaded.device.type == "cuda" else (lambda: None)
 
     def bare() -> None:
-        for _, input_ids, target_ids in batches:
-            ids, mask = pad_batch(input_ids, pad_id, loaded.device)
+        for batch in batches:
+            ids, mask = pad_batch(batch.input_ids, pad_id, loaded.device)
             logits = model(input_ids=ids, attention_mask=mask).logits
-            targets = torch.tensor(target_ids, device=loaded.device)
-            last_position_loss(logits, [len(i) for i in input_ids], targets).sum().backward()
+            targets = torch.tensor(batch.target_ids, device=loaded.device)
+            last_position_loss(logits, [len(i) for i in batch.input_ids], targets).sum().backward()
             model.zero_grad(set_to_none=True)
         sync()
 
-    captured = []
+    step_seconds: dict[str, float] = {}
 
-    def capture() -> None:
-        captured.clear()
-        for case_ids, input_ids, target_ids in batches:
-            batch = capture_gradient_factors(model, adapter, input_ids, target_ids, pad_id=pad_id)
-            gradient_rank_rows(batch, case_ids)
-            vjp_norm_rows(batch, case_ids)
-            captured.append((case_ids, batch))
+    def rule() -> None:
+        result = build_tables(loaded, prompts, cfg.analysis, progress=False)
         sync()
+        step_seconds.update(result.seconds)
 
-    def lens() -> None:
-        for case_ids, batch in captured:
-            ff2_target_rank_rows(batch, case_ids, adapter)
-            neuron_update_rows(batch, case_ids, adapter, top_k=3)
-        sync()
-
-    sites = [site for layer in range(adapter.n_layers) for site in adapter.linear_sites(layer)]
+    sites = [site for layer in range(loaded.adapter.n_layers) for site in loaded.adapter.linear_sites(layer)]
+    n_naive = min(args.naive_prompts, len(prompts.case_ids))
 
     def naive() -> None:
-        for input_ids, target_id in list(zip(prompts.input_ids, prompts.target_ids))[: args.naive_prompts]:
+        for input_ids, target_id in list(zip(prompts.input_ids, prompts.target_ids))[:n_naive]:
             ids, mask = pad_batch([input_ids], pad_id, loaded.device)
             logits = model(input_ids=ids, attention_mask=mask).logits
             targets = torch.tensor([target_id], device=loaded.device)
@@ -108,21 +113,40 @@ def main() -> None:
         sync()
 
     bare()  # warm-up (allocator, kernels)
-    seconds = {}
-    for name, fn in (("bare", bare), ("capture", capture), ("lens", lens), ("naive", naive)):
-        seconds[name] = timed(fn)
-        print(f"  timed {name}: {seconds[name]:.2f} s", flush=True)
-    seconds["naive"] *= len(prompts.case_ids) / min(args.naive_prompts, len(prompts.case_ids))
-    print(f"model {args.model} on {loaded.device}, {len(prompts.case_ids)} prompts, "
-          f"{sum(map(len, prompts.input_ids))} tokens, batch size {args.batch_size}, {torch.get_num_threads()} threads")
-    for name, value in seconds.items():
-        note = " (extrapolated from %d prompts)" % args.naive_prompts if name == "naive" and args.naive_prompts < len(
-            prompts.case_ids) else ""
-        print(f"  {name:8s} {value:8.2f} s{note}")
-    print(f"capture / bare           = {seconds['capture'] / seconds['bare']:.2f}  (goal <= 2)")
-    print(f"(capture + lens) / bare  = {(seconds['capture'] + seconds['lens']) / seconds['bare']:.2f}")
-    print(f"naive / capture          = {seconds['naive'] / seconds['capture']:.1f}  (goal >= 20)")
-    print(f"naive / (capture + lens) = {seconds['naive'] / (seconds['capture'] + seconds['lens']):.1f}")
+    bare_s = timed(bare)
+    print(f"  timed bare: {bare_s:.2f} s", flush=True)
+    rule_s = timed(rule)
+    capture_s = step_seconds["capture"]
+    table_seconds = {name: value for name, value in step_seconds.items() if name not in ("capture", "total")}
+    tables_s = sum(table_seconds.values())
+    print(f"  timed rule backward_lens: {rule_s:.2f} s (capture {capture_s:.2f} s, tables {tables_s:.2f} s: "
+          + ", ".join(f"{k} {v:.2f}" for k, v in table_seconds.items()) + ")", flush=True)
+    naive_timed_s = timed(naive)
+    naive_s = naive_timed_s * len(prompts.case_ids) / n_naive
+    print(f"  timed naive on {n_naive} prompts: {naive_timed_s:.2f} s -> {naive_s:.2f} s for all", flush=True)
+
+    ratios = {
+        "capture / bare": capture_s / bare_s,
+        "tables / bare": tables_s / bare_s,
+        "(capture + tables) / bare": (capture_s + tables_s) / bare_s,
+        "naive / capture": naive_s / capture_s,
+        "naive / (capture + tables)": naive_s / (capture_s + tables_s),
+    }
+    goals = [
+        goal("(capture + tables) / bare", ratios["(capture + tables) / bare"], 3.0),
+        goal("capture / bare", ratios["capture / bare"], 2.0),
+        goal("naive / capture", ratios["naive / capture"], 20.0, at_most=False),
+    ]
+    settings = {"prompts": len(prompts.case_ids), "tokens": sum(map(len, prompts.input_ids)), "batch_size": batch_size,
+                "naive_prompts_timed": n_naive, "threads": torch.get_num_threads(), "dtype": "float32",
+                "top_k_neurons": int(cfg.analysis.top_k_neurons), "normalized": bool(cfg.analysis.normalized)}
+    print(f"model {args.model} on {loaded.device}: {settings}")
+    for name, value in ratios.items():
+        print(f"  {name:28s} = {value:.2f}")
+    write_result(args.out, "analysis_speed", model=args.model, device=str(loaded.device), smoke=args.smoke,
+                 settings=settings, timings={"bare": bare_s, "capture": capture_s, "tables": tables_s,
+                                             **table_seconds, "naive": naive_s, "naive_timed": naive_timed_s},
+                 ratios=ratios, goals=goals)
 
 
 if __name__ == "__main__":

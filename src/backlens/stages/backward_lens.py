@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 from omegaconf import DictConfig
 
-from backlens.api.lens import GRADIENT_TABLES, BackwardLens, LensPrompt, LensSettings
+from backlens.api.lens import GRADIENT_TABLES, BackwardLens, LensPrompt, LensSettings, LensTables
 from backlens.artifacts import artifact
 from backlens.data.prompt_table import prompts_from_table
 from backlens.io import write_json, write_table
@@ -78,6 +78,16 @@ def shard_range(cfg: DictConfig, n_prompts: int) -> tuple[int, int]:
     return start, stop
 
 
+def build_tables(loaded: LoadedModel, prompts: PromptBatchSource, analysis: DictConfig, *,
+                 progress: bool = True) -> LensTables:
+    """The rule's five tables for ``prompts`` (settings ``analysis``: cfg.analysis), with seconds per
+    step (capture apart from each table): what the rule writes and what benchmarks/analysis_speed.py times."""
+    return BackwardLens(loaded).run_prepared(
+        prompts.items(), batch_size=int(analysis.batch_size), tables=TABLES, progress=progress,
+        settings=LensSettings(normalized=bool(analysis.normalized), top_k_neurons=int(analysis.top_k_neurons)),
+    )
+
+
 def run(cfg: DictConfig) -> None:
     """The five tables for the sampled prompts, or for the analysis.shard part of them (then the
     ``merge`` stage joins the shards into the same tables a single job writes)."""
@@ -85,11 +95,7 @@ def run(cfg: DictConfig) -> None:
     all_prompts = read_prompts(cfg.paths.prompts, cfg.model.name)
     start, stop = shard_range(cfg, len(all_prompts.case_ids))
     prompts = all_prompts.sliced(start, stop)
-    settings = cfg.analysis
-    result = BackwardLens(loaded).run_prepared(
-        prompts.items(), batch_size=int(settings.batch_size), tables=TABLES,
-        settings=LensSettings(normalized=bool(settings.normalized), top_k_neurons=int(settings.top_k_neurons)),
-    )
+    result = build_tables(loaded, prompts, cfg.analysis)
     for name in TABLES:
         table = result.tables[name]
         write_table(table, cfg.paths[name])

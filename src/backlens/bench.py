@@ -1,0 +1,178 @@
+"""The benchmark JSON convention (``benchmarks/*.py --out F.json``) and ``docs/performance.md``.
+
+Every benchmark writes one object: ``benchmark`` (script stem), ``model``, ``device``, ``smoke``,
+``settings`` (the knobs used), timings as flat keys ending in ``_s`` (seconds), ``ratios`` (each of
+two timings measured in the same run) and ``goals`` (``name``, ``value``, ``bound``, ``met``, with
+``met`` computed). ``make bench`` runs them all into results/bench/ and renders the page with
+
+    python -m backlens.bench render results/bench docs/performance.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+REQUIRED_KEYS = ("benchmark", "model", "device", "smoke", "settings", "ratios", "goals")
+
+
+def goal(name: str, value: float, bound: float, *, at_most: bool = True) -> dict:
+    """A goal ``value <= bound`` (``at_most``) or ``value >= bound``, ``met`` computed from the two."""
+    met = value <= bound if at_most else value >= bound
+    return {"name": f"{name} {'<=' if at_most else '>='} {bound:g}", "value": float(value), "bound": float(bound),
+            "met": bool(met and math.isfinite(value))}
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=PROJECT_ROOT,
+                               capture_output=True, text=True).stdout.strip()
+        return out.stdout.strip() + ("+dirty" if dirty else "") if out.returncode == 0 else "unknown"
+    except OSError:
+        return "unknown"
+
+
+def machine() -> dict:
+    """Where a benchmark ran: CPU model and cores, torch version and threads, GPU if any, load."""
+    import torch
+
+    info = {"cpu": cpu_model(), "cores": os.cpu_count(), "torch": torch.__version__,
+            "torch_threads": torch.get_num_threads(), "python": platform.python_version()}
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    try:
+        info["load_average"] = [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        pass
+    return info
+
+
+def write_result(path: str | Path | None, benchmark: str, *, model: str, device: str, smoke: bool, settings: dict,
+                 timings: dict[str, float], ratios: dict[str, float], goals: list[dict]) -> dict:
+    """Assemble the convention's object (timings as ``<name>_s``), print it and write it to ``path``."""
+    result = {"benchmark": benchmark, "model": model, "device": device, "smoke": bool(smoke), "settings": settings,
+              **{f"{name}_s": float(seconds) for name, seconds in timings.items()},
+              "ratios": {name: float(value) for name, value in ratios.items()}, "goals": goals,
+              "machine": machine(), "commit": git_commit(),
+              "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
+    problems = check_result(result)
+    if problems:
+        raise ValueError(f"benchmark {benchmark}: {'; '.join(problems)}")
+    if path is not None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps(result, indent=2) + "\n")
+        print(f"wrote {path}")
+    return result
+
+
+def timings_of(result: dict) -> dict[str, float]:
+    return {key[:-2]: value for key, value in result.items() if key.endswith("_s") and isinstance(value, (int, float))}
+
+
+def check_result(result: dict) -> list[str]:
+    """What breaks the convention (empty when nothing): missing keys, non-finite or negative timings."""
+    problems = [f"missing key {key!r}" for key in REQUIRED_KEYS if key not in result]
+    timings = timings_of(result)
+    if not timings:
+        problems.append("no timing (a key ending in _s)")
+    problems += [f"{name}_s={value} is not a finite positive number of seconds" for name, value in timings.items()
+                 if not (math.isfinite(value) and value > 0)]
+    for g in result.get("goals", []):
+        if set(g) < {"name", "value", "bound", "met"}:
+            problems.append(f"goal {g} lacks one of name, value, bound, met")
+    return problems
+
+
+def _number(value) -> str:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return str(value)
+    return f"{value:.3g}" if abs(value) < 100 else f"{value:.1f}"
+
+
+def render(results: list[dict], *, commit: str | None = None, date: str | None = None) -> str:
+    """docs/performance.md from benchmark JSONs: the machine, commit and date, then one section per benchmark
+    (settings, timings, ratios, goals). Nothing is typed in: every number comes from a JSON."""
+    results = sorted(results, key=lambda r: r["benchmark"])
+    first = next((r["machine"] for r in results if "machine" in r), None) or machine()
+    lines = [
+        "# Performance",
+        "",
+        "Generated by `make bench` (`python -m backlens.bench render`) from `results/bench/*.json`, one JSON per",
+        "`benchmarks/*.py`; every ratio divides two timings measured side by side in the same run. Do not edit by",
+        "hand: rerun `make bench`. Timings on a shared machine are noisy; the load average is recorded per run.",
+        "",
+        f"- machine: {first.get('cpu', '?')}, {first.get('cores', '?')} cores; torch {first.get('torch', '?')}, "
+        f"{first.get('torch_threads', '?')} threads" + (f"; GPU {first['gpu']}" if first.get("gpu") else ""),
+        f"- commit: {commit or next((r['commit'] for r in results if 'commit' in r), None) or git_commit()}",
+        f"- date: {date or datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
+    ]
+    for result in results:
+        run_machine = result.get("machine", {})
+        settings = ", ".join(f"{k}={v}" for k, v in result.get("settings", {}).items())
+        lines += ["", f"## {result['benchmark']}", "",
+                  f"Model `{result['model']}` on {result['device']}{' (smoke run)' if result.get('smoke') else ''}; "
+                  f"{settings}."]
+        extra = [f"{label} {result[key]}" for key, label in (("commit", "commit"), ("date", "run")) if key in result]
+        if "load_average" in run_machine:
+            extra.append(f"load average {' / '.join(map(str, run_machine['load_average']))} at the end")
+        if extra:
+            lines += ["", "; ".join(extra) + "."]
+        lines += ["", "| timing | seconds |", "| --- | ---: |"]
+        lines += [f"| {name} | {_number(value)} |" for name, value in timings_of(result).items()]
+        if result.get("ratios"):
+            lines += ["", "| ratio | value |", "| --- | ---: |"]
+            lines += [f"| {name} | {_number(value)} |" for name, value in result["ratios"].items()]
+        if result.get("goals"):
+            lines += ["", "| goal | value | met |", "| --- | ---: | --- |"]
+            lines += [f"| {g['name']} | {_number(g['value'])} | {'yes' if g['met'] else 'no'} |" for g in result["goals"]]
+    return "\n".join(lines) + "\n"
+
+
+def read_results(folder: str | Path) -> list[dict]:
+    results = []
+    for path in sorted(Path(folder).glob("*.json")):
+        result = json.loads(path.read_text())
+        problems = check_result(result)
+        if problems:
+            raise ValueError(f"{path}: {'; '.join(problems)}; rerun its benchmark (make bench)")
+        results.append(result)
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m backlens.bench", description="render docs/performance.md")
+    sub = parser.add_subparsers(dest="command", required=True)
+    rendering = sub.add_parser("render", help="results/bench/*.json -> markdown")
+    rendering.add_argument("folder")
+    rendering.add_argument("out")
+    args = parser.parse_args(argv)
+    results = read_results(args.folder)
+    if not results:
+        print(f"no benchmark JSON in {args.folder}: run `make bench` first", file=sys.stderr)
+        return 1
+    Path(args.out).write_text(render(results))
+    print(f"wrote {args.out} from {len(results)} benchmark(s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,79 @@
+"""The benchmarks cannot rot: each runs in its smoke mode (tiny random model, seconds) in a subprocess and
+must write a JSON of the shared convention (backlens.bench); the page renderer on a synthetic JSON.
+(benchmarks/editing_latency.py has its own smoke test, tests/test_bench_editing.py.)"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+from conftest import PROJECT_ROOT, require_shared
+
+from backlens.bench import check_result, goal, read_results, render
+
+REQUIRED_TIMINGS = {
+    "analysis_speed": {"bare_s", "capture_s", "tables_s", "naive_s", "gradient_ranks_s", "vjp_norms_s",
+                       "target_ranks_s", "neuron_updates_s", "vjp_similarity_s"},
+    "tracing_speed": {"traced_s", "reference_reuse_s", "reference_full_s"},
+}
+
+
+def run_smoke(stem: str, tmp_path) -> dict:
+    require_shared("assets", "gpt2_tokenizer")
+    require_shared("data")
+    out = tmp_path / f"{stem}.json"
+    env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    process = subprocess.run([sys.executable, str(PROJECT_ROOT / "benchmarks" / f"{stem}.py"), "--smoke", "--out", str(out)],
+                             cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert process.returncode == 0, process.stderr[-3000:]
+    return json.loads(out.read_text())
+
+
+@pytest.mark.parametrize("stem", sorted(REQUIRED_TIMINGS))
+def test_benchmark_smoke_run_writes_the_convention(stem, tmp_path):
+    result = run_smoke(stem, tmp_path)
+    assert result["benchmark"] == stem and result["smoke"] is True and result["device"] == "cpu"
+    assert check_result(result) == []
+    assert REQUIRED_TIMINGS[stem] <= set(result)
+    for key in REQUIRED_TIMINGS[stem]:
+        assert math.isfinite(result[key]) and result[key] > 0, key
+    assert result["ratios"] and all(math.isfinite(v) and v > 0 for v in result["ratios"].values())
+    for g in result["goals"]:
+        assert g["met"] == (g["value"] <= g["bound"] if "<=" in g["name"] else g["value"] >= g["bound"])
+    if stem == "analysis_speed":  # tables_s is the rule's five tables, nothing else
+        tables = ("gradient_ranks", "vjp_norms", "target_ranks", "neuron_updates", "vjp_similarity")
+        assert math.isclose(result["tables_s"], sum(result[f"{t}_s"] for t in tables), rel_tol=1e-9)
+        assert math.isclose(result["ratios"]["(capture + tables) / bare"],
+                            (result["capture_s"] + result["tables_s"]) / result["bare_s"], rel_tol=1e-9)
+
+
+def synthetic(benchmark: str, **timings) -> dict:
+    return {"benchmark": benchmark, "model": "m", "device": "cpu", "smoke": False, "settings": {"prompts": 7},
+            **timings, "ratios": {"b / a": timings["b_s"] / timings["a_s"]},
+            "goals": [goal("b / a", timings["b_s"] / timings["a_s"], 3.0)],
+            "machine": {"cpu": "Test CPU", "cores": 2, "torch": "9.9", "torch_threads": 2, "load_average": [1.5, 1, 1]},
+            "commit": "abc1234", "date": "2030-01-01 00:00 UTC"}
+
+
+def test_render_writes_machine_and_one_table_per_benchmark(tmp_path):
+    (tmp_path / "z_bench.json").write_text(json.dumps(synthetic("z_bench", a_s=2.0, b_s=8.0)))
+    (tmp_path / "a_bench.json").write_text(json.dumps(synthetic("a_bench", a_s=2.0, b_s=5.0)))
+    page = render(read_results(tmp_path), date="2030-01-02")
+    assert "Test CPU, 2 cores; torch 9.9, 2 threads" in page and "commit: abc1234" in page and "2030-01-02" in page
+    assert page.index("## a_bench") < page.index("## z_bench")
+    assert "| b / a | 2.5 |" in page and "| b / a | 4 |" in page
+    assert "| b / a <= 3 | 2.5 | yes |" in page and "| b / a <= 3 | 4 | no |" in page
+    assert "| a | 2 |" in page and "prompts=7" in page and "load average 1.5 / 1 / 1" in page
+
+
+def test_a_broken_json_is_named_with_the_fix(tmp_path):
+    broken = synthetic("x", a_s=1.0, b_s=2.0)
+    broken["a_s"] = float("nan")
+    del broken["goals"]
+    (tmp_path / "x.json").write_text(json.dumps(broken))
+    with pytest.raises(ValueError, match=r"x.json: missing key 'goals'.*a_s=nan.*make bench"):
+        read_results(tmp_path)
