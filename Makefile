@@ -9,7 +9,7 @@ SHARED ?= $(abspath ../shared)
 export BACKLENS_SHARED ?= $(SHARED)
 export BACKLENS_DATA_DIR ?= $(SHARED)/data
 
-.PHONY: install figures test test-cluster lint dry-run clean
+.PHONY: install figures test test-gpu bench test-cluster lint dry-run clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,29 @@ test: install
 	$(BIN)/pytest -q -rs; status=$$?; \
 	if [ $$status -eq 5 ]; then echo "pytest collected no tests: treating as a failure"; exit 1; fi; \
 	exit $$status
+
+# Tests marked `gpu` (pyproject; `make test` leaves them out): the table builders, an edit and a trace
+# on CUDA. Without a CUDA device there is nothing to run, which is not a failure.
+test-gpu: install
+	@if $(BIN)/python -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)"; then \
+		$(BIN)/pytest -q -rs -m gpu; \
+	else echo "make test-gpu: no CUDA device (torch.cuda.is_available() is False), no GPU test run"; fi
+
+# Every benchmarks/*.py on the default model (its defaults) into results/bench/<stem>.json, then
+# docs/performance.md from the JSONs written. A failing benchmark is reported and the others still run
+# and are rendered (its stale JSON is removed first, so the page never shows an old number); the
+# target then fails, naming it. BENCH_NICE=nice -n 5 on a shared machine.
+BENCH_DIR ?= results/bench
+BENCH_NICE ?=
+bench: install
+	@mkdir -p $(BENCH_DIR); failed=""; \
+	for script in benchmarks/*.py; do \
+		stem=$$(basename $$script .py); rm -f $(BENCH_DIR)/$$stem.json; \
+		echo "== $$script -> $(BENCH_DIR)/$$stem.json"; \
+		$(BENCH_NICE) $(BIN)/python $$script --out $(BENCH_DIR)/$$stem.json || failed="$$failed $$stem"; \
+	done; \
+	$(BIN)/python -m backlens.bench render $(BENCH_DIR) docs/performance.md || exit 1; \
+	if [ -n "$$failed" ]; then echo "make bench: FAILED:$$failed (docs/performance.md has the others)"; exit 1; fi
 
 # The smoke target through profiles/slurm on a one-node Slurm cluster started here (root, apt-get;
 # about 20 minutes on 2 cores): tests/cluster/run.sh, README "Slurm".
