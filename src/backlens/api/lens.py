@@ -19,14 +19,17 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
+import numpy as np
 import pandas as pd
 import torch
 from tqdm import tqdm
 
 from backlens.analysis.attention_tables import attention_rank_rows, attention_target_rank_rows, attention_vjp_norm_rows
 from backlens.analysis.capture import CapturedBatch, capture_gradient_factors
-from backlens.analysis.gradient_tables import ff2_target_rank_rows, gradient_rank_rows, vjp_norm_rows
-from backlens.analysis.logit_lens import is_zero_vector, target_ranks, top_and_bottom
+from backlens.analysis.gradient_tables import (
+    ff2_target_rank_rows, ff2_vjp_pass, gradient_rank_rows, packed_positions, vjp_norm_rows,
+)
+from backlens.analysis.logit_lens import LensPass, is_zero_vector
 from backlens.analysis.spanning_sets import neuron_update_rows, vjp_similarity_rows
 from backlens.api.models import DEFAULT_MODEL, load
 from backlens.data.segments import SegmentationError, first_target_token, place_subject, segment_prompt
@@ -185,78 +188,109 @@ class BackwardLens:
                 yield chunk, batch
                 bar.update(len(chunk))
 
-    def lens_rows(self, batch: CapturedBatch, prompt: int, item: LensPrompt, settings: LensSettings,
-                  excluded: Sequence[int]) -> tuple[list[dict], list[dict]]:
-        """(cell rows, token rows) of one prompt of a batch: per layer and token, LL(x_i) of the FF1
-        input and LL(delta_i) of the FF2 VJP. Exact-zero VJPs (last layer, before the last token)
-        are marked and get no token rows."""
-        adapter, tokenizer = self.adapter, self.tokenizer
-        n_positions = batch.lengths[prompt]
-        first_ff1 = adapter.ff1_sites(0)[0].matrix  # gated MLPs: gate and up share their input
-        vectors, index = [], []
-        for layer in range(adapter.n_layers):
-            inputs, _ = batch.factors(prompt, (layer, first_ff1))
-            _, vjps = batch.factors(prompt, (layer, "ff2"))
-            for kind, block in (("ff1_input", inputs), ("ff2_vjp", vjps)):
-                vectors.append(block)
-                index.extend((layer, position, kind) for position in range(n_positions))
-        stacked = torch.cat(vectors)
-        target_id = item.target_id
-        ranks = target_ranks(adapter, stacked, torch.full((len(stacked),), target_id),
-                             normalized=settings.normalized).tolist()
-        top_k = settings.top_k
-        top_ids, top_logits, bottom_ids, bottom_logits = top_and_bottom(
-            adapter, stacked, top_k, normalized=settings.normalized, exclude_ids=excluded
-        )
-        zero = is_zero_vector(stacked).tolist()
-        norms = stacked.norm(dim=-1).tolist()
-        example = item.case_id
-        common = {"example": example, "prompt": item.prompt, "target_new": item.target_new,
-                  "target_new_id": target_id, "target_true": item.target_true,
-                  "vocab_size": int(adapter.unembedding.shape[0])}
-        cells, tokens = [], []
-        for row, (layer, position, kind) in enumerate(index):
-            cells.append({**common, "layer": layer, "position": position, "token": item.tokens[position],
-                          "segment": item.segments[position], "vector": kind, "norm": norms[row],
-                          "is_zero": zero[row], "target_rank": ranks[row]})
-            if zero[row]:
-                continue
-            for end, ids, logits in (("top", top_ids, top_logits), ("bottom", bottom_ids, bottom_logits)):
-                for k in range(top_k):
-                    token_id = int(ids[row, k])
-                    tokens.append({"example": example, "layer": layer, "position": position, "vector": kind,
-                                   "end": end, "k": k, "token_id": token_id, "token_text": tokenizer.decode([token_id]),
-                                   "logit": float(logits[row, k])})
+    def lens_rows(self, batch: CapturedBatch, items: Sequence[LensPrompt], settings: LensSettings,
+                  excluded_ids: torch.Tensor | None, lens: LensPass | None = None,
+                  ) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """(cell rows, token rows) of a batch: per prompt, layer and token, LL(x_i) of the FF1 input and
+        LL(delta_i) of the FF2 VJP. Exact-zero vectors (last-layer VJPs before the last token) are marked and
+        get no token rows. ``lens``: ``ff2_vjp_pass(..., ff1_input=...)`` when already made for this batch."""
+        adapter = self.adapter
+        if lens is None:
+            lens = self._vocabulary_pass(batch, settings, excluded_ids, lens_tables=True)
+        n_cells = len(lens.ranks) // 2
+        host = {name: getattr(lens, name).cpu().numpy() for name in
+                ("ranks", "top_ids", "top_logits", "bottom_ids", "bottom_logits", "norms", "zero")}
+        packed = packed_positions(batch.lengths, batch.n_layers, 0)
+        # Cells per prompt and layer: the FF1 inputs' positions, then the FF2 VJPs' (rows n_cells.. and 0..).
+        prompt = np.concatenate([packed["prompt"]] * 2)
+        layer = np.concatenate([packed["layer"]] * 2)
+        position = np.concatenate([packed["position"]] * 2)
+        kind = np.repeat(np.array([1, 0]), n_cells)  # row blocks: ff2 first in the pass, shown second
+        order = np.lexsort((position, kind, layer, prompt))  # prompt, layer, ff1_input before ff2_vjp, position
+        prompt, layer, position, kind = prompt[order], layer[order], position[order], kind[order]
+        vector = np.where(kind == 1, "ff2_vjp", "ff1_input").astype(object)
+        # Flatten the texts of every prompt once (per-token columns by offset).
+        offsets = np.concatenate([[0], np.cumsum([len(item.input_ids) for item in items])])[:-1]
+        token_text = np.array([token for item in items for token in item.tokens], dtype=object)
+        segment = np.array([seg for item in items for seg in item.segments], dtype=object)
+        per_prompt = {
+            "example": np.array([item.case_id for item in items], dtype=np.int64),
+            "prompt": np.array([item.prompt for item in items], dtype=object),
+            "target_new": np.array([item.target_new for item in items], dtype=object),
+            "target_new_id": np.array([item.target_id for item in items], dtype=np.int64),
+            "target_true": np.array([item.target_true for item in items], dtype=object),
+        }
+        cells = pd.DataFrame({
+            **{name: values[prompt] for name, values in per_prompt.items()},
+            "vocab_size": int(adapter.unembedding.shape[0]),
+            "layer": layer, "position": position,
+            "token": token_text[offsets[prompt] + position], "segment": segment[offsets[prompt] + position],
+            "vector": vector, "norm": host["norms"][order].astype(np.float64), "is_zero": host["zero"][order],
+            "target_rank": host["ranks"][order].astype(np.int64),
+        })
+        keep = ~host["zero"][order]
+        k = settings.top_k
+        cell = np.repeat(np.flatnonzero(keep), 2 * k)  # per kept cell: top 0..k-1, then bottom 0..k-1
+        end = np.tile(np.repeat(np.array(["top", "bottom"], dtype=object), k), int(keep.sum()))
+        rank_k = np.tile(np.arange(k), 2 * int(keep.sum()))
+        source = order[cell]
+        ids = np.where(end == "top", host["top_ids"][source, rank_k], host["bottom_ids"][source, rank_k])
+        logits = np.where(end == "top", host["top_logits"][source, rank_k], host["bottom_logits"][source, rank_k])
+        distinct = np.unique(ids)  # decoded once per distinct token
+        texts = np.array([self.tokenizer.decode([int(i)]) for i in distinct], dtype=object)
+        tokens = pd.DataFrame({
+            "example": per_prompt["example"][prompt[cell]], "layer": layer[cell], "position": position[cell],
+            "vector": vector[cell], "end": end, "k": rank_k.astype(np.int64), "token_id": ids.astype(np.int64),
+            "token_text": texts[np.searchsorted(distinct, ids)] if len(ids) else np.array([], dtype=object),
+            "logit": logits.astype(np.float64),
+        })
         return cells, tokens
 
+    def _vocabulary_pass(self, batch: CapturedBatch, settings: LensSettings, excluded_ids: torch.Tensor | None,
+                         *, lens_tables: bool) -> LensPass:
+        """One projection of the batch's FF2 VJPs (and, for the lens tables, the FF1 inputs) onto the vocabulary,
+        with the vectors' norms and zero flags: the target_ranks and lens tables share it."""
+        first_ff1 = self.adapter.ff1_sites(0)[0].matrix  # gated MLPs: gate and up share their input
+        lens, vectors = ff2_vjp_pass(batch, self.adapter, normalized=settings.normalized,
+                                     k=settings.top_k if lens_tables else 0, excluded_ids=excluded_ids,
+                                     ff1_input=first_ff1 if lens_tables else None)
+        lens.norms = vectors.norm(dim=-1)
+        lens.zero = is_zero_vector(vectors)
+        return lens
+
     def _builders(self, tables: Sequence[str], settings: LensSettings) -> dict[str, Callable]:
-        """name -> build(batch, prompts) -> {table: rows}, in the order the tables are asked for."""
+        """name -> build(batch, prompts, shared) -> {table: rows}, in the order the tables are asked for;
+        ``shared`` (one dict per batch) carries the batch's one vocabulary pass between tables."""
         adapter = self.adapter
         excluded = special_token_ids(self.tokenizer) if settings.mask_special else []
+        # Built once per run (a host-to-device copy), not per batch.
+        excluded_ids = torch.tensor(excluded, dtype=torch.long, device=adapter.unembedding.device)
+        lens_tables = bool(set(tables) & set(LENS_TABLES))
 
         def ids(items: list[LensPrompt]) -> list[int]:
             return [item.case_id for item in items]
 
-        def lens(batch: CapturedBatch, items: list[LensPrompt]) -> dict[str, list[dict]]:
-            rows: dict[str, list[dict]] = {"lens_cells": [], "lens_tokens": []}
-            for prompt, item in enumerate(items):
-                cells, tokens = self.lens_rows(batch, prompt, item, settings, excluded)
-                rows["lens_cells"].extend(cells)
-                rows["lens_tokens"].extend(tokens)
-            return rows
+        def vocabulary(batch: CapturedBatch, shared: dict) -> LensPass:
+            if "lens" not in shared:
+                shared["lens"] = self._vocabulary_pass(batch, settings, excluded_ids, lens_tables=lens_tables)
+            return shared["lens"]
+
+        def lens(batch: CapturedBatch, items: list[LensPrompt], shared: dict) -> dict[str, pd.DataFrame]:
+            cells, tokens = self.lens_rows(batch, items, settings, excluded_ids, vocabulary(batch, shared))
+            return {"lens_cells": cells, "lens_tokens": tokens}
 
         available: dict[str, Callable] = {
-            "gradient_ranks": lambda b, c: {"gradient_ranks": gradient_rank_rows(b, ids(c))},
-            "vjp_norms": lambda b, c: {"vjp_norms": vjp_norm_rows(b, ids(c))},
-            "target_ranks": lambda b, c: {
-                "target_ranks": ff2_target_rank_rows(b, ids(c), adapter, normalized=settings.normalized)},
-            "neuron_updates": lambda b, c: {
+            "gradient_ranks": lambda b, c, s: {"gradient_ranks": gradient_rank_rows(b, ids(c))},
+            "vjp_norms": lambda b, c, s: {"vjp_norms": vjp_norm_rows(b, ids(c))},
+            "target_ranks": lambda b, c, s: {
+                "target_ranks": ff2_target_rank_rows(b, ids(c), adapter, lens=vocabulary(b, s))},
+            "neuron_updates": lambda b, c, s: {
                 "neuron_updates": neuron_update_rows(b, ids(c), adapter, top_k=settings.top_k_neurons)},
-            "vjp_similarity": lambda b, c: {"vjp_similarity": vjp_similarity_rows(b, ids(c))},
+            "vjp_similarity": lambda b, c, s: {"vjp_similarity": vjp_similarity_rows(b, ids(c))},
             "lens": lens,
-            "attention_ranks": lambda b, c: {"attention_ranks": attention_rank_rows(b, ids(c))},
-            "attention_vjp_norms": lambda b, c: {"attention_vjp_norms": attention_vjp_norm_rows(b, ids(c))},
-            "attention_target_ranks": lambda b, c: {
+            "attention_ranks": lambda b, c, s: {"attention_ranks": attention_rank_rows(b, ids(c))},
+            "attention_vjp_norms": lambda b, c, s: {"attention_vjp_norms": attention_vjp_norm_rows(b, ids(c))},
+            "attention_target_ranks": lambda b, c, s: {
                 "attention_target_ranks": attention_target_rank_rows(
                     b, ids(c), adapter, normalized=settings.normalized)},
         }
@@ -271,21 +305,22 @@ class BackwardLens:
                      progress: bool = True) -> LensTables:
         """The loop: capture each batch once, build every requested table from it."""
         builders = self._builders(tables, settings)
-        rows: dict[str, list[dict]] = {name: [] for name in tables}
+        rows: dict[str, list[pd.DataFrame]] = {name: [] for name in tables}
         seconds = {"capture": 0.0, **{name: 0.0 for name in builders}}
         started = time.perf_counter()
         batches = self.capture(items, batch_size, submodules=bool(SUBMODULE_TABLES & set(tables)),
                                attention=bool(set(ATTENTION_TABLES) & set(tables)), progress=progress)
         for chunk, batch in timed(batches, seconds, "capture"):
+            shared: dict = {}
             for name, build in builders.items():
                 tick = time.perf_counter()
-                for table, table_rows in build(batch, chunk).items():
+                for table, table_rows in build(batch, chunk, shared).items():
                     if table in rows:
-                        rows[table].extend(table_rows)
+                        rows[table].append(pd.DataFrame(table_rows))
                 seconds[name] += time.perf_counter() - tick
         frames = {}
-        for name, table_rows in rows.items():
-            frame = pd.DataFrame(table_rows)
+        for name, parts in rows.items():
+            frame = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
             frame.insert(0, "model", self.name)
             if name in LENS_TABLES:
                 frame["normalized"] = bool(settings.normalized)
