@@ -86,7 +86,7 @@ def neuron_update_tensors(batch: CapturedBatch, adapter: ArchitectureAdapter, *,
     changes = result.pop("change")
     flat = changes.reshape(-1, changes.shape[-1])
     per_row = changes.shape[1] * changes.shape[2] * changes.shape[3]
-    targets = batch.target_ids.repeat_interleave(per_row)
+    targets = batch.target_ids[:, None].expand(-1, per_row).reshape(-1)  # (repeat_interleave may sync)
     negative = result["last_coefficient"] < 0
     if lens_is_odd(adapter):  # LL(-c) = -LL(c): the signed change's rank is the count below in LL(c)
         lens = lens_pass(adapter, flat, targets, with_below=True)
