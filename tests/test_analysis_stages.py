@@ -50,6 +50,31 @@ def test_lemma_check_on_a_sample_of_prompts(analysed, tmp_path):
         lemma_check.checked_prompts(0, 6)
 
 
+def test_lemma_check_is_bounded_on_large_models(analysed, tmp_path):
+    """analysis.lemma.max_elements / crosscheck_max_work: the first prompts that fit, the crosscheck on evenly
+    spread layers; the rows are the full check's rows for them, and the table says how many were sampled."""
+    from backlens.models.loading import load_model
+
+    adapter = load_model(analysed.model).adapter
+    sites = [site for layer in range(adapter.n_layers) for site in adapter.linear_sites(layer)]
+    per_prompt = sum(s.out_features * s.in_features for s in sites)
+    per_layer = sum(s.out_features * s.in_features * min(s.out_features, s.in_features) for s in sites) / adapter.n_layers
+    cfg = analysed.copy()
+    OmegaConf.update(cfg, "analysis.lemma.max_elements", 2.5 * per_prompt)
+    OmegaConf.update(cfg, "analysis.lemma.crosscheck_max_work", 2 * 2 * per_layer)  # 2 layers of 2 prompts
+    OmegaConf.update(cfg, "paths.lemma_check", str(tmp_path / "lemma_check.parquet"))
+    lemma_check.run(cfg)
+    sample, full = pd.read_parquet(cfg.paths.lemma_check), read(analysed, "lemma_check")
+    assert sample.case_id.nunique() == 2 and (sample.n_sampled == 6).all()
+    checked = sample.dropna(subset=["rank_full_float64"])
+    assert sorted(checked.layer.unique()) == [0, adapter.n_layers - 1] and checked.case_id.nunique() == 2
+    pd.testing.assert_frame_equal(sample.drop(columns=["rank_full_float64", "rank_full_float32_default_tol"]),
+                                  full.iloc[: len(sample)].drop(columns=["rank_full_float64",
+                                                                         "rank_full_float32_default_tol"]))
+    assert lemma_check.crosscheck_layers(sites, adapter.n_layers, 2, None) == list(range(adapter.n_layers))
+    assert lemma_check.checked_prompts(None, 100, 80, 1000) == 12 and lemma_check.checked_prompts(None, 5, 80, 10) == 1
+
+
 def test_last_layer_rank_is_one_and_ranks_never_exceed_p(analysed):
     ranks = read(analysed, "gradient_ranks")
     last = ranks[ranks.layer == ranks.layer.max()]

@@ -14,6 +14,14 @@ from backlens.analysis.markdown import markdown_table
 from backlens.io import write_text
 
 
+def sampled_note(lemma: pd.DataFrame) -> str:
+    """' (the first n of N sampled: analysis.lemma bounds)' when the check covered a sample of the prompts."""
+    if "n_sampled" not in lemma or lemma.n_sampled.iloc[0] == lemma.case_id.nunique():
+        return ""
+    return (f" (the first {lemma.case_id.nunique()} of the {lemma.n_sampled.iloc[0]} sampled: "
+            "analysis.lemma.max_elements / n_prompts)")
+
+
 def lemma_section(lemma: pd.DataFrame) -> str:
     per_layer = lemma.groupby(["layer", "matrix"])[["relative_error", "relative_error_batched"]].max()
     per_layer = per_layer.map(lambda error: f"{error:.2e}").unstack("matrix")
@@ -26,7 +34,8 @@ def lemma_section(lemma: pd.DataFrame) -> str:
     return "\n".join([
         "## Lemma 4.1: gradient = sum_i delta_i x_i^T",
         f"Reconstruction from the captured factors vs autograd's weight gradient ({lemma.dtype.iloc[0]}), "
-        f"{lemma.case_id.nunique()} prompts x {lemma.layer.nunique()} layers x {lemma.matrix.nunique()} matrices: "
+        f"{lemma.case_id.nunique()} prompts{sampled_note(lemma)} x {lemma.layer.nunique()} layers x "
+        f"{lemma.matrix.nunique()} matrices: "
         f"max relative error **{lemma.relative_error.max():.2e}** with factors captured from the same single-prompt "
         "pass (autograd forms the same sum, so 0 means bit-identical), and "
         f"**{lemma.relative_error_batched.max():.2e}** (median {lemma.relative_error_batched.median():.2e}) with the "
@@ -34,7 +43,8 @@ def lemma_section(lemma: pd.DataFrame) -> str:
         "pass, not a failure of the lemma (issue goal: below 1e-5 on the tiny test models, checked by the tests).",
         "",
         "Rank cross-check on the first "
-        f"{checked.case_id.nunique()} prompts ({len(checked)} gradients): rank from the factors equals "
+        f"{checked.case_id.nunique()} prompts ({len(checked)} gradients, {checked.layer.nunique()} of "
+        f"{lemma.layer.nunique()} layers): rank from the factors equals "
         f"`torch.linalg.matrix_rank` of the full float64 gradient (same tolerance) in **{agree64}/{len(checked)}** "
         f"cases, and matrix_rank of the float32 autograd gradient with its default tolerance in {agree32}/{len(checked)}.",
         "",

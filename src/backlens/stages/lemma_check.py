@@ -20,6 +20,13 @@ per prompt (2 x 90 matrix_rank calls on 576 x 1536 matrices; ~36 s at load 5-6),
 itself runs on every prompt and the crosscheck on ``n_crosscheck`` (2) of them; the whole stage
 took 136 s (model load ~25 s, batched capture ~23 s, crosscheck ~32 s) against 197 s before
 (back to back; 349 s before at load 4-6, close to the 348 s that opened the issue).
+Bound on large models: every checked prompt materialises every MLP weight gradient (twice) and the
+crosscheck runs two SVDs per full matrix, which on GPT-2 XL (96 matrices of 6400 x 1600) did not finish
+in 60 s on an H200. ``analysis.lemma.max_elements`` caps the weight-gradient elements checked in all
+(prompts x MLP weight elements; the first prompts that fit), and ``analysis.lemma.crosscheck_max_work``
+the SVDs' work (elements x min(d_out, d_in) per matrix; evenly spread layers of the crosschecked prompts).
+Both defaults keep SmolLM2-135M's full check (100 prompts, every layer of 2 crosschecked prompts); the
+lemma_check table's ``n_sampled`` column and the analysis report state the sample.
 A full-size difference per matrix is kept rather than a randomized sketch (G R against F R for a
 Gaussian d_in x k R): autograd's G is materialised by the backward pass either way, and reading
 it for G R cost as much as the exact difference (0.17 against 0.14 s for 90 matrices, k = 8),
@@ -29,6 +36,7 @@ which keeps the exact-zero reading.
 from __future__ import annotations
 
 import logging
+from collections.abc import Collection
 
 import pandas as pd
 import torch
@@ -68,7 +76,7 @@ def relative_error(site: LinearSite, reference: torch.Tensor, inputs_PxIn: torch
 
 
 def lemma_rows(loaded: LoadedModel, batch: CapturedBatch, prompt: int, case_id: int, input_ids: list[int],
-               target_id: int, crosscheck: bool) -> list[dict]:
+               target_id: int, crosscheck: bool | Collection[int]) -> list[dict]:
     """Rows for one prompt of a captured batch: reconstruction error and rank checks.
 
     One forward and backward pass of the prompt alone gives both its factors (inputs x_i and VJPs
@@ -94,7 +102,7 @@ def lemma_rows(loaded: LoadedModel, batch: CapturedBatch, prompt: int, case_id: 
             "rank_full_float64": None,
             "rank_full_float32_default_tol": None,
         }
-        if crosscheck:
+        if crosscheck is True or (crosscheck and key[0] in crosscheck):
             full64 = vjps.double().T @ inputs.double()
             row["rank_full_float64"] = int(torch.linalg.matrix_rank(full64, rtol=factor_rank.rtol))
             row["rank_full_float32_default_tol"] = int(torch.linalg.matrix_rank(reference.float()))
@@ -102,20 +110,42 @@ def lemma_rows(loaded: LoadedModel, batch: CapturedBatch, prompt: int, case_id: 
     return rows
 
 
-def checked_prompts(n_prompts: int | None, n_sampled: int) -> int:
-    """How many of the sampled prompts (the first, in sample order) are checked: all for null."""
-    if n_prompts is None:
-        return n_sampled
-    if int(n_prompts) < 1:
+def checked_prompts(n_prompts: int | None, n_sampled: int, elements_per_prompt: int = 0,
+                    max_elements: float | None = None) -> int:
+    """How many of the sampled prompts (the first, in sample order) are checked: all for null, at most
+    ``max_elements`` weight-gradient elements in all (at least one prompt)."""
+    if n_prompts is not None and int(n_prompts) < 1:
         raise ValueError(f"analysis.lemma.n_prompts={n_prompts}: give a positive number, or null for every prompt")
-    return min(int(n_prompts), n_sampled)
+    n = n_sampled if n_prompts is None else min(int(n_prompts), n_sampled)
+    if max_elements is not None and elements_per_prompt:
+        n = min(n, max(1, int(float(max_elements) // elements_per_prompt)))
+    return n
+
+
+def crosscheck_layers(sites: list[LinearSite], n_layers: int, n_prompts: int, max_work: float | None) -> list[int]:
+    """Layers whose full gradients are SVD'd on each crosschecked prompt: all, or evenly spread ones whose
+    SVD work (elements x min(d_out, d_in), per matrix) fits ``max_work`` over ``n_prompts`` prompts."""
+    if n_prompts == 0 or not sites:
+        return []
+    work = sum(s.out_features * s.in_features * min(s.out_features, s.in_features) for s in sites) / n_layers
+    fitting = n_layers if max_work is None else int(float(max_work) // (work * n_prompts))
+    if fitting >= n_layers:
+        return list(range(n_layers))
+    return sorted({round(i * (n_layers - 1) / max(fitting - 1, 1)) for i in range(max(fitting, 1))})
 
 
 def run(cfg: DictConfig) -> None:
     loaded = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
     prompts = read_prompts(cfg.paths.prompts, cfg.model.name)
-    n_checked = checked_prompts(cfg.analysis.lemma.get("n_prompts"), len(prompts.case_ids))
-    n_crosscheck = int(cfg.analysis.lemma.n_crosscheck)
+    lemma = cfg.analysis.lemma
+    adapter = loaded.adapter
+    sites = [site for layer in range(adapter.n_layers) for site in adapter.linear_sites(layer)]
+    n_checked = checked_prompts(lemma.get("n_prompts"), len(prompts.case_ids),
+                                sum(s.out_features * s.in_features for s in sites), lemma.get("max_elements"))
+    n_crosscheck = min(int(lemma.n_crosscheck), n_checked)
+    cross_layers = crosscheck_layers(sites, adapter.n_layers, n_crosscheck, lemma.get("crosscheck_max_work"))
+    log.info("Lemma check on %d of %d sampled prompts; crosscheck on %d prompts x %d of %d layers", n_checked,
+             len(prompts.case_ids), n_crosscheck, len(cross_layers), adapter.n_layers)
     rows: list[dict] = []
     index = 0  # position in sample order, which the batches follow
     # Batches over all prompts, as backward_lens pads them; the loop stops after the last checked one.
@@ -124,13 +154,14 @@ def run(cfg: DictConfig) -> None:
             if index == n_checked:
                 break
             rows.extend(lemma_rows(loaded, batch, prompt, case_id, prompts.input_ids[index],
-                                   prompts.target_ids[index], crosscheck=index < n_crosscheck))
+                                   prompts.target_ids[index], crosscheck=cross_layers if index < n_crosscheck else False))
             index += 1
         if index == n_checked:
             break
     table = pd.DataFrame(rows)
     table.insert(0, "model", cfg.model.name)
     table.insert(1, "dtype", str(loaded.dtype).removeprefix("torch."))
+    table["n_sampled"] = len(prompts.case_ids)  # the check may cover a sample of them (analysis.lemma)
     for column in ("rank_full_float64", "rank_full_float32_default_tol"):
         table[column] = table[column].astype("Int64")
     write_table(table, cfg.paths.lemma_check)
