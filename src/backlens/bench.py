@@ -51,6 +51,10 @@ def git_commit() -> str:
         return "unknown"
 
 
+# The commit a benchmark runs (its code is imported at start; the tree may move on while it runs).
+COMMIT_AT_START = git_commit()
+
+
 def machine() -> dict:
     """Where a benchmark ran: CPU model and cores, torch version and threads, GPU if any, load."""
     import torch
@@ -72,7 +76,7 @@ def write_result(path: str | Path | None, benchmark: str, *, model: str, device:
     result = {"benchmark": benchmark, "model": model, "device": device, "smoke": bool(smoke), "settings": settings,
               **{f"{name}_s": float(seconds) for name, seconds in timings.items()},
               "ratios": {name: float(value) for name, value in ratios.items()}, "goals": goals,
-              "machine": machine(), "commit": git_commit(),
+              "machine": machine(), "commit": COMMIT_AT_START,
               "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
     problems = check_result(result)
     if problems:

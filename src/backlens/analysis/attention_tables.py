@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import pandas as pd
 import torch
 
 from backlens.analysis.capture import CapturedBatch
@@ -90,7 +91,7 @@ def attention_output_vjp(batch: CapturedBatch, prompt: int, layer: int) -> torch
 
 def attention_target_rank_rows(
     batch: CapturedBatch, case_ids: Sequence[int], adapter: ArchitectureAdapter, *, normalized: bool = False
-) -> list[dict]:
+) -> pd.DataFrame:
     """One row per (prompt, layer, position): rank of target_new's first token in LL(VJP of W_O).
 
     Same columns and conventions as the FF2 table (``ff2_target_rank_rows``): 0 = most probable,
