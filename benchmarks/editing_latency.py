@@ -2,9 +2,11 @@
 
 Per method: the edit alone (``<method>_edit_s``, median over the cases) and the evaluation of a
 case without the edit (``<method>_eval_s`` for cases that only score prompts,
-``<method>_eval_generating_s`` for cases that also sample text and, like the pipeline's first
-cases, measure perplexity), each through ``backlens.editing.evaluation.evaluate_case``, the code
-the rule ``edit_evaluate`` runs. Every edit is undone bit for bit before the next. Also printed:
+``<method>_eval_generating_s`` for cases that also sample text), each through
+``backlens.editing.evaluation.evaluate_case``, the code the rule ``edit_evaluate`` runs; Table 7's
+perplexity (the first ``editing.n_perplexity_cases`` cases) apart, once (``<method>_perplexity_s``).
+``--reference`` also times the reference scoring path side by side (``*_reference_s`` and the
+ratios ``<method>_eval_over_reference``). Every edit is undone bit for bit before the next. Also printed:
 the ROME / shift ratio (issue 5 goal: >= 50x) and each shift variant's edit time over a bare
 forward pass of the edit prompt (issue 17 goal: one forward pass, a ratio near 1).
 
@@ -12,7 +14,7 @@ ROME/MEMIT and the whitened shift read the cached FF2 statistics and MEND the ca
 (rules edit_covariance and edit_mend_train; their one-off cost is not part of an edit); a method
 whose file is absent is left out with a note. ``--smoke``: the tiny random Llama, 2 cases, shift,
 FT and ROME (2 context templates, 4 forwards) with statistics computed on the fly from the tiny
-model's own samples (seconds).
+model's own samples, and the reference path side by side (seconds).
 
 Usage (from the project root, inside the environment):
     python benchmarks/editing_latency.py [--model smollm2-135m] [--cases 3] [--generating-cases 1]
@@ -33,7 +35,7 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from backlens.editing.covariance import accumulate_second_moments
-from backlens.editing.evaluation import evaluate_case
+from backlens.editing.evaluation import evaluate_case, perplexity
 from backlens.editing.methods import build_editor
 from backlens.editing.weights import restored_after
 from backlens.models.loading import load_model
@@ -87,19 +89,31 @@ def _bare_forward_s(loaded, requests) -> float:
     return statistics.median(times)
 
 
-def _time_method(editor, requests, settings, heldout, n_generating: int) -> dict[str, list[float]]:
-    """Edit seconds and evaluation seconds (whole case minus the edit) of every case."""
-    times: dict[str, list[float]] = {"edit": [], "eval": [], "eval_generating": []}
+def _time_method(editor, requests, settings, heldout, n_generating: int, reference: bool) -> dict[str, list[float]]:
+    """Per case: the edit, and the evaluation without the edit (whole case minus the edit); the first
+    ``n_generating`` cases also sample text, and perplexity is timed once per case apart. With
+    ``reference``, each case is also evaluated by the reference scoring path (one sequence per
+    prompt and target, issue 23's "before"), right before the batched one, so load affects both alike."""
+    times: dict[str, list[float]] = {}
     for position, request in enumerate(requests):
         generating = position < n_generating
-        with restored_after(editor.edited_parameters()):
-            started = time.perf_counter()
-            row = evaluate_case(editor, request, settings, generate=generating,
-                                perplexity_blocks=heldout if generating else None)
-            _sync(editor.device)
-            total = time.perf_counter() - started
-        times["edit"].append(float(row["edit_seconds"]))
-        times["eval_generating" if generating else "eval"].append(total - float(row["edit_seconds"]))
+        kind = "eval_generating" if generating else "eval"
+        for per_pair in ([True, False] if reference else [False]):
+            with restored_after(editor.edited_parameters()):
+                started = time.perf_counter()
+                row = evaluate_case(editor, request, settings, generate=generating, perplexity_blocks=None, per_pair=per_pair)
+                _sync(editor.device)
+                total = time.perf_counter() - started
+            suffix = "_reference" if per_pair else ""
+            times.setdefault("edit" + suffix, []).append(float(row["edit_seconds"]))
+            times.setdefault(kind + suffix, []).append(total - float(row["edit_seconds"]))
+        if position == 0:
+            with restored_after(editor.edited_parameters()):
+                editor.apply(request)
+                started = time.perf_counter()
+                perplexity(editor, heldout)
+                _sync(editor.device)
+                times["perplexity"] = [time.perf_counter() - started]
     return times
 
 
@@ -114,9 +128,11 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=None, choices=METHODS)
     parser.add_argument("--out", default=None, help="write the results as JSON here")
     parser.add_argument("--smoke", action="store_true", help="tiny random Llama, 2 cases, shift / FT / ROME: seconds")
+    parser.add_argument("--reference", action="store_true",
+                        help="also time the reference scoring path (one sequence per prompt and target) side by side")
     args = parser.parse_args()
     if args.smoke:
-        args.model, args.cases, args.generating_cases = "tiny-llama", 2, 1
+        args.model, args.cases, args.generating_cases, args.reference = "tiny-llama", 2, 1, True
         args.methods = args.methods or SMOKE_METHODS
     methods = args.methods or METHODS
     if "shift" not in methods:
@@ -146,6 +162,7 @@ def main() -> None:
         "device": f"{args.device} ({platform.processor() or platform.machine()})",
         "smoke": args.smoke,
         "settings": {"cases": len(requests), "generating_cases": min(args.generating_cases, len(requests)),
+                     "reference": args.reference,
                      "threads": torch.get_num_threads(), "max_new_tokens": int(settings.generation.max_new_tokens),
                      "perplexity_blocks": [int(corpus.n_heldout_blocks), int(corpus.block_tokens)],
                      "batch_size": int(settings.batch_size), "methods": [], "left_out": {},
@@ -160,15 +177,18 @@ def main() -> None:
             print(f"{method:15s} left out: needs {missing}")
             continue
         editor, _ = build_editor(loaded, cfg.method, extra=user_method_overrides(cfg, cfg.method.name))
-        times = _time_method(editor, requests, settings, heldout, args.generating_cases)
+        times = _time_method(editor, requests, settings, heldout, args.generating_cases, args.reference)
         result["settings"]["methods"].append(method)
         result[f"{method}_edit_s"] = statistics.median(times["edit"])
         line = f"{method:15s} edit {result[f'{method}_edit_s']:.4f} s"
-        for kind in ("eval", "eval_generating"):
-            if times[kind]:
+        for kind in ("eval", "eval_generating", "perplexity", "eval_reference", "eval_generating_reference"):
+            if times.get(kind):
                 result[f"{method}_{kind}_s"] = statistics.median(times[kind])
-                line += f"  {kind} {result[f'{method}_{kind}_s']:.4f} s/case"
+                line += f"  {kind} {result[f'{method}_{kind}_s']:.4f} s"
         print(line, flush=True)
+        for kind in ("eval", "eval_generating"):
+            if f"{method}_{kind}_reference_s" in result:
+                result["ratios"][f"{method}_{kind}_over_reference"] = result[f"{method}_{kind}_s"] / result[f"{method}_{kind}_reference_s"]
     ratios = result["ratios"]
     for method in [m for m in result["settings"]["methods"] if m.startswith("shift")]:
         ratios[f"{method}_edit_over_bare_forward"] = result[f"{method}_edit_s"] / bare_s

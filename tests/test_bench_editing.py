@@ -25,8 +25,11 @@ def test_editing_latency_smoke_writes_its_json(tmp_path):
     assert result["benchmark"] == "editing_latency" and result["smoke"] is True and result["model"] == "tiny-llama"
     assert result["settings"]["methods"] == ["shift", "ft", "rome"] and result["settings"]["left_out"] == {}
     for method in result["settings"]["methods"]:
-        for kind in ("edit", "eval", "eval_generating"):
+        for kind in ("edit", "eval", "eval_generating", "perplexity", "eval_reference", "eval_generating_reference"):
             assert result[f"{method}_{kind}_s"] > 0
+        for kind in ("eval", "eval_generating"):
+            ratio = result["ratios"][f"{method}_{kind}_over_reference"]
+            assert ratio == result[f"{method}_{kind}_s"] / result[f"{method}_{kind}_reference_s"]
     assert result["ratios"]["rome_edit_over_shift_edit"] == result["rome_edit_s"] / result["shift_edit_s"]
     assert {goal["name"].split(":")[0] for goal in result["goals"]} == {"shift_eval_s", "shift_eval_generating_s"}
     for goal in result["goals"]:

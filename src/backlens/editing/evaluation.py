@@ -16,7 +16,7 @@ from tqdm import tqdm
 from backlens.editing.base import Editor
 from backlens.editing.generation import generation_entropy, sample_texts
 from backlens.editing.requests import EditRequest, continuation, space_sensitive
-from backlens.editing.scoring import score_answers
+from backlens.editing.scoring import score_answers, score_answers_per_pair
 from backlens.editing.weights import restored_after
 
 log = logging.getLogger(__name__)
@@ -26,14 +26,19 @@ def _mean(values: Sequence[float]) -> float | None:
     return float(sum(values) / len(values)) if values else None
 
 
-def case_metrics(editor: Editor, request: EditRequest, *, batch_size: int) -> dict[str, object]:
-    """MEMIT accuracies and ROME probability comparisons for one (edited) model and case."""
+def case_metrics(editor: Editor, request: EditRequest, *, batch_size: int, per_pair: bool = False) -> dict[str, object]:
+    """MEMIT accuracies and ROME probability comparisons for one (edited) model and case.
+
+    All prompts of the case go through one padded batch; a prompt's targets share its sequence
+    (``score_answers``). ``per_pair``: the reference path, one sequence per (prompt, target).
+    """
     pairs = [(request.prompt, request.target_new), (request.prompt, request.target_true)]
     for prompt in request.paraphrase_prompts:
         pairs += [(prompt, request.target_new), (prompt, request.target_true)]
     for neighbour in request.neighborhood_prompts:
         pairs += [(neighbour.prompt, neighbour.answer), (neighbour.prompt, request.target_new)]
-    scores = score_answers(editor.model, editor.tokenizer, pairs, batch_size=batch_size)
+    scorer = score_answers_per_pair if per_pair else score_answers
+    scores = scorer(editor.model, editor.tokenizer, pairs, batch_size=batch_size)
     rewrite_new, rewrite_true = scores[0], scores[1]
     n_para = len(request.paraphrase_prompts)
     para = [(scores[2 + 2 * i], scores[3 + 2 * i]) for i in range(n_para)]
@@ -64,6 +69,14 @@ def perplexity(editor: Editor, blocks_BxT: torch.Tensor, batch_size: int = 8) ->
     return math.exp(total_nll / total_tokens)
 
 
+def efficacy_before(editor: Editor, requests: Sequence[EditRequest], *, batch_size: int) -> dict[int, float]:
+    """The unedited model's efficacy (argmax equals every target_new token) of each case, the rewrite
+    prompts of many cases in one batch: the only number of the unedited model a case's row keeps."""
+    scores = score_answers(editor.model, editor.tokenizer, [(r.prompt, r.target_new) for r in requests],
+                           batch_size=batch_size)
+    return {r.case_id: float(score.argmax_correct) for r, score in zip(requests, scores)}
+
+
 def request_facts(editor: Editor, request: EditRequest) -> dict[str, object]:
     """Tokenization facts counted in the results (multi-token and space-sensitive targets)."""
     new = continuation(editor.tokenizer, request.prompt, request.target_new)
@@ -92,13 +105,22 @@ def evaluate_case(
     *,
     generate: bool,
     perplexity_blocks: torch.Tensor | None,
+    before: float | None = None,
+    per_pair: bool = False,
 ) -> dict[str, object]:
-    """Edit, measure, restore. ``settings`` is conf/editing's ``evaluation`` block."""
+    """Edit, measure, restore. ``settings`` is conf/editing's ``evaluation`` block.
+
+    ``before``: the unedited model's efficacy when the caller batched it over cases
+    (``efficacy_before``). ``per_pair``: the reference scoring path (tests, benchmark).
+    """
     batch_size = int(settings["batch_size"])
     row = request_facts(editor, request)
-    before = case_metrics(editor, request, batch_size=batch_size)
-    row["already_predicted"] = bool(before["efficacy"])
-    row["efficacy_before"] = before["efficacy"]
+    if per_pair:
+        before = case_metrics(editor, request, batch_size=batch_size, per_pair=True)["efficacy"]
+    elif before is None:
+        before = efficacy_before(editor, [request], batch_size=batch_size)[request.case_id]
+    row["already_predicted"] = bool(before)
+    row["efficacy_before"] = before
     with restored_after(editor.edited_parameters()):
         started = time.perf_counter()
         info = editor.apply(request)
@@ -107,7 +129,7 @@ def evaluate_case(
         row["edit_seconds"] = time.perf_counter() - started
         row["skipped"] = bool(info.pop("skipped", False))
         row["edit_info"] = json.dumps(info, sort_keys=True, default=str)
-        row.update(case_metrics(editor, request, batch_size=batch_size))
+        row.update(case_metrics(editor, request, batch_size=batch_size, per_pair=per_pair))
         row["generation_entropy"] = None
         row["generated_texts"] = None
         if generate:
@@ -190,6 +212,7 @@ def evaluate_editor(
     todo = [r for r in requests if r.case_id not in done]
     if done:
         log.info("%s: resuming, %d of %d cases already done", label, len(requests) - len(todo), len(requests))
+    before = efficacy_before(editor, todo, batch_size=int(settings["batch_size"]))
     for request in tqdm(todo, desc=f"edit {label}", unit="case"):
         row = evaluate_case(
             editor,
@@ -197,6 +220,7 @@ def evaluate_editor(
             settings,
             generate=request.case_id in generation_case_ids,
             perplexity_blocks=perplexity_blocks if request.case_id in perplexity_case_ids else None,
+            before=before[request.case_id],
         )
         case_log.append(row)
         done[request.case_id] = {**row, "config_fingerprint": case_log.fingerprint}

@@ -1,0 +1,94 @@
+"""The batched evaluation (shared sequences, logits only where read, the unedited efficacy over
+cases) gives the reference path's numbers on tiny GPT-2 and tiny Llama (issue 23).
+
+Bound: float32 round-off of a different batch shape and of the unembedding on fewer positions;
+the measured largest difference of mean NLL is 9.5e-7 on both models (one float32 ulp at their
+NLLs of 10-11 nats), the bound is 1e-5 (absolute); every accuracy and success flag is equal.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from backlens.data.counterfact import PromptWithAnswer
+from backlens.editing.evaluation import case_metrics, efficacy_before, evaluate_case
+from backlens.editing.requests import continuation
+from backlens.editing.scoring import score_answers, score_answers_per_pair, shared_sequences
+from backlens.editing.shift import ForwardPassShift
+from test_editing_methods import EVALUATION, REQUEST
+
+NLL_BOUND = 1e-5
+
+PAIRS = [
+    ("The mother tongue of Danielle Darrieux is", "English"),
+    ("The mother tongue of Danielle Darrieux is", "French"),
+    ("The mother tongue of Danielle Darrieux is", "Rio de Janeiro"),
+    ("The mother tongue of Danielle Darrieux is", "Rio de Janeiro"),
+    ("He lives in", "Rio de Janeiro"),
+    ("He lives in", "São Paulo"),
+    ("He lives in", "Paris"),
+    ("Where Danielle Darrieux is from, people speak the language of", "French"),
+    ("A prompt ending in a space ", "English"),
+    ("Michel Rocard is a native speaker of", "French"),
+]
+
+
+@pytest.fixture(params=["tiny_gpt2", "tiny_llama"], scope="module")
+def loaded(request):
+    return request.getfixturevalue(request.param)
+
+
+def assert_same_scores(batched, reference):
+    assert len(batched) == len(reference)
+    for new, old in zip(batched, reference):
+        assert new.argmax_correct == old.argmax_correct and new.n_tokens == old.n_tokens and new.merged == old.merged
+        assert new.mean_nll == pytest.approx(old.mean_nll, abs=NLL_BOUND)
+
+
+@pytest.mark.parametrize("batch_size", [1, 3, 32])
+def test_shared_sequences_score_as_one_sequence_per_pair(loaded, batch_size):
+    batched = score_answers(loaded.model, loaded.tokenizer, PAIRS, batch_size=batch_size)
+    reference = score_answers_per_pair(loaded.model, loaded.tokenizer, PAIRS, batch_size=batch_size)
+    assert_same_scores(batched, reference)
+    assert any(s.n_tokens > 1 for s in reference)
+
+
+def test_a_prompt_needs_one_sequence_per_multi_token_answer(loaded):
+    items = [continuation(loaded.tokenizer, p, a) for p, a in PAIRS]
+    sequences, where = shared_sequences(items)
+    for item, index in zip(items, where):
+        assert sequences[index][: len(item.prompt_ids)] == item.prompt_ids
+        if len(item.target_ids) > 1:
+            assert sequences[index] == item.prompt_ids + item.target_ids
+    prompts = {item.prompt_ids for item in items}
+    multi = {item.prompt_ids + item.target_ids for item in items if len(item.target_ids) > 1}
+    only_single = {p for p in prompts if not any(s[: len(p)] == p and len(s) > len(p) for s in multi)}
+    assert len(sequences) == len(multi) + len(only_single) < len(PAIRS)
+
+
+def _requests():
+    neighbour = PromptWithAnswer("Michel Rocard is a native speaker of", "French")
+    return [
+        REQUEST,
+        replace(REQUEST, case_id=8, target_new="Rio de Janeiro"),
+        replace(REQUEST, case_id=9, target_true="São Paulo", neighborhood_prompts=(neighbour, neighbour)),
+    ]
+
+
+def test_case_rows_equal_the_reference_path(loaded):
+    editor = ForwardPassShift(loaded, {"layer": 1, "eta": 5.0, "skip_if_predicted": False})
+    for request in _requests():
+        reference = evaluate_case(editor, request, EVALUATION, generate=True, perplexity_blocks=None, per_pair=True)
+        batched = evaluate_case(editor, request, EVALUATION, generate=True, perplexity_blocks=None)
+        for key in ("p_new", "p_true"):
+            assert batched.pop(key) == pytest.approx(reference.pop(key), rel=NLL_BOUND)
+        batched.pop("edit_seconds"), reference.pop("edit_seconds")
+        assert batched == reference
+        unedited = case_metrics(editor, request, batch_size=8, per_pair=True)
+        assert batched["efficacy_before"] == unedited["efficacy"]
+    # The unedited efficacy batched over cases is each case's own.
+    requests = _requests()
+    assert efficacy_before(editor, requests, batch_size=2) == {
+        r.case_id: case_metrics(editor, r, batch_size=8, per_pair=True)["efficacy"] for r in requests}
