@@ -2,8 +2,8 @@
 
 Per method: the edit alone (``<method>_edit_s``, median over the cases) and the evaluation of a
 case without the edit (``<method>_eval_s`` for cases that only score prompts,
-``<method>_eval_generating_s`` for cases that also sample text), each through
-``backlens.editing.evaluation.evaluate_case``, the code the rule ``edit_evaluate`` runs; Table 7's
+``<method>_eval_generating_s`` for cases that also sample text, which ``evaluate_editor`` runs
+together as the rule ``edit_evaluate`` does); Table 7's
 perplexity (the first ``editing.n_perplexity_cases`` cases) apart, once (``<method>_perplexity_s``).
 ``--reference`` also times the reference scoring path side by side (``*_reference_s`` and the
 ratios ``<method>_eval_over_reference``). Every edit is undone bit for bit before the next. Also printed:
@@ -12,12 +12,12 @@ forward pass of the edit prompt (issue 17 goal: one forward pass, a ratio near 1
 
 ROME/MEMIT and the whitened shift read the cached FF2 statistics and MEND the cached editor
 (rules edit_covariance and edit_mend_train; their one-off cost is not part of an edit); a method
-whose file is absent is left out with a note. ``--smoke``: the tiny random Llama, 2 cases, shift,
+whose file is absent is left out with a note. ``--smoke``: the tiny random Llama, 3 cases (2 generating), shift,
 FT and ROME (2 context templates, 4 forwards) with statistics computed on the fly from the tiny
 model's own samples, and the reference path side by side (seconds).
 
 Usage (from the project root, inside the environment):
-    python benchmarks/editing_latency.py [--model smollm2-135m] [--cases 3] [--generating-cases 1]
+    python benchmarks/editing_latency.py [--model smollm2-135m] [--cases 4] [--generating-cases 2] [--reference]
         [--threads 1] [--methods shift rome ...] [--out results/bench/editing_latency.json] [--smoke]
 """
 
@@ -35,7 +35,7 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from backlens.editing.covariance import accumulate_second_moments
-from backlens.editing.evaluation import evaluate_case, perplexity
+from backlens.editing.evaluation import CaseLog, evaluate_case, evaluate_editor, perplexity
 from backlens.editing.methods import build_editor
 from backlens.editing.weights import restored_after
 from backlens.models.loading import load_model
@@ -90,49 +90,70 @@ def _bare_forward_s(loaded, requests) -> float:
 
 
 def _time_method(editor, requests, settings, heldout, n_generating: int, reference: bool) -> dict[str, list[float]]:
-    """Per case: the edit, and the evaluation without the edit (whole case minus the edit); the first
-    ``n_generating`` cases also sample text, and perplexity is timed once per case apart. With
-    ``reference``, each case is also evaluated by the reference scoring path (one sequence per
-    prompt and target, issue 23's "before"), right before the batched one, so load affects both alike."""
-    times: dict[str, list[float]] = {}
-    for position, request in enumerate(requests):
-        generating = position < n_generating
-        kind = "eval_generating" if generating else "eval"
+    """Evaluation seconds per case without the edit (whole case minus the edit).
+
+    Cases from ``n_generating`` on only score prompts: each through ``evaluate_case``. The first
+    ``n_generating`` also sample text: together through ``evaluate_editor``, as the rule runs them
+    (their texts share one batch when the edits are rank-one), the time divided by their number.
+    Perplexity is timed once apart. With ``reference``, every case is also evaluated by the
+    reference path (one sequence per prompt and target, each case's generation alone), before the
+    batched one, so load affects both alike."""
+    times: dict[str, list[float]] = {"edit": []}
+    generating, scoring = requests[:n_generating], requests[n_generating:]
+    for request in scoring:
         for per_pair in ([True, False] if reference else [False]):
             with restored_after(editor.edited_parameters()):
                 started = time.perf_counter()
-                row = evaluate_case(editor, request, settings, generate=generating, perplexity_blocks=None, per_pair=per_pair)
+                row = evaluate_case(editor, request, settings, generate=False, perplexity_blocks=None, per_pair=per_pair)
                 _sync(editor.device)
                 total = time.perf_counter() - started
-            suffix = "_reference" if per_pair else ""
-            times.setdefault("edit" + suffix, []).append(float(row["edit_seconds"]))
-            times.setdefault(kind + suffix, []).append(total - float(row["edit_seconds"]))
-        if position == 0:
-            with restored_after(editor.edited_parameters()):
-                editor.apply(request)
-                started = time.perf_counter()
-                perplexity(editor, heldout)
-                _sync(editor.device)
-                times["perplexity"] = [time.perf_counter() - started]
+            times.setdefault("eval_reference" if per_pair else "eval", []).append(total - float(row["edit_seconds"]))
+            if not per_pair:
+                times["edit"].append(float(row["edit_seconds"]))
+    if generating:
+        if reference:
+            for request in generating:
+                with restored_after(editor.edited_parameters()):
+                    started = time.perf_counter()
+                    row = evaluate_case(editor, request, settings, generate=True, perplexity_blocks=None, per_pair=True)
+                    _sync(editor.device)
+                    total = time.perf_counter() - started
+                times.setdefault("eval_generating_reference", []).append(total - float(row["edit_seconds"]))
+        with tempfile.TemporaryDirectory() as folder:
+            started = time.perf_counter()
+            rows = evaluate_editor(editor, generating, CaseLog(Path(folder) / "cases.jsonl", "bench"), settings,
+                                   generation_case_ids={r.case_id for r in generating}, perplexity_case_ids=set(),
+                                   perplexity_blocks=None, label="benchmark")
+            _sync(editor.device)
+            total = time.perf_counter() - started
+        edits = [float(row["edit_seconds"]) for row in rows]
+        times["edit"] += edits
+        times["eval_generating"] = [(total - sum(edits)) / len(rows)]
+    with restored_after(editor.edited_parameters()):
+        editor.apply(requests[0])
+        started = time.perf_counter()
+        perplexity(editor, heldout)
+        _sync(editor.device)
+        times["perplexity"] = [time.perf_counter() - started]
     return times
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2-135m")
-    parser.add_argument("--cases", type=int, default=3, help="cases per method (CounterFact records 0..cases-1)")
-    parser.add_argument("--generating-cases", type=int, default=1,
+    parser.add_argument("--cases", type=int, default=4, help="cases per method (CounterFact records 0..cases-1)")
+    parser.add_argument("--generating-cases", type=int, default=2,
                         help="how many of them also sample text and measure perplexity, as the pipeline's first cases do")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (the pipeline's editing jobs run with one)")
     parser.add_argument("--methods", nargs="+", default=None, choices=METHODS)
     parser.add_argument("--out", default=None, help="write the results as JSON here")
-    parser.add_argument("--smoke", action="store_true", help="tiny random Llama, 2 cases, shift / FT / ROME: seconds")
+    parser.add_argument("--smoke", action="store_true", help="tiny random Llama, 3 cases, shift / FT / ROME: seconds")
     parser.add_argument("--reference", action="store_true",
                         help="also time the reference scoring path (one sequence per prompt and target) side by side")
     args = parser.parse_args()
     if args.smoke:
-        args.model, args.cases, args.generating_cases, args.reference = "tiny-llama", 2, 1, True
+        args.model, args.cases, args.generating_cases, args.reference = "tiny-llama", 3, 2, True
         args.methods = args.methods or SMOKE_METHODS
     methods = args.methods or METHODS
     if "shift" not in methods:

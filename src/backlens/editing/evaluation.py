@@ -14,12 +14,17 @@ import torch
 from tqdm import tqdm
 
 from backlens.editing.base import Editor
-from backlens.editing.generation import generation_entropy, sample_texts
+from backlens.editing.generation import generation_entropy, sample_texts, sample_texts_by_case
 from backlens.editing.requests import EditRequest, continuation, space_sensitive
 from backlens.editing.scoring import score_answers, score_answers_per_pair
+from backlens.editing.row_edits import RankOneChange, per_row_changes, rank_one_changes
 from backlens.editing.weights import restored_after
 
 log = logging.getLogger(__name__)
+
+# Generating cases whose edits are rank-one sample their texts together, this many per batch
+# (one batch holds the default run's 10 generating cases; 2 prompts each).
+GENERATION_CASES_PER_BATCH = 10
 
 
 def _mean(values: Sequence[float]) -> float | None:
@@ -107,11 +112,15 @@ def evaluate_case(
     perplexity_blocks: torch.Tensor | None,
     before: float | None = None,
     per_pair: bool = False,
+    deferred: list[list[RankOneChange]] | None = None,
 ) -> dict[str, object]:
     """Edit, measure, restore. ``settings`` is conf/editing's ``evaluation`` block.
 
     ``before``: the unedited model's efficacy when the caller batched it over cases
     (``efficacy_before``). ``per_pair``: the reference scoring path (tests, benchmark).
+    ``deferred``: when given and the edit is rank-one (``rank_one_changes``), the generation is
+    left to the caller (``generate_deferred``): the changes are appended to it and the row's
+    generation fields stay None.
     """
     batch_size = int(settings["batch_size"])
     row = request_facts(editor, request)
@@ -121,7 +130,7 @@ def evaluate_case(
         before = efficacy_before(editor, [request], batch_size=batch_size)[request.case_id]
     row["already_predicted"] = bool(before)
     row["efficacy_before"] = before
-    with restored_after(editor.edited_parameters()):
+    with restored_after(editor.edited_parameters()) as snapshot:
         started = time.perf_counter()
         info = editor.apply(request)
         if editor.device.type == "cuda":
@@ -132,7 +141,10 @@ def evaluate_case(
         row.update(case_metrics(editor, request, batch_size=batch_size, per_pair=per_pair))
         row["generation_entropy"] = None
         row["generated_texts"] = None
-        if generate:
+        changes = rank_one_changes(snapshot, editor.adapter) if generate and deferred is not None else None
+        if changes is not None:
+            deferred.append(changes)
+        elif generate:
             texts = sample_texts(
                 editor.model,
                 editor.tokenizer,
@@ -213,7 +225,18 @@ def evaluate_editor(
     if done:
         log.info("%s: resuming, %d of %d cases already done", label, len(requests) - len(todo), len(requests))
     before = efficacy_before(editor, todo, batch_size=int(settings["batch_size"]))
+    # Rows whose generation waits for a batch of cases (written in case order once it ran).
+    pending: list[tuple[EditRequest, dict, list[RankOneChange]]] = []
+
+    def write_pending() -> None:
+        generate_deferred(editor, pending, settings)
+        for request, row, _ in pending:
+            case_log.append(row)
+            done[request.case_id] = {**row, "config_fingerprint": case_log.fingerprint}
+        pending.clear()
+
     for request in tqdm(todo, desc=f"edit {label}", unit="case"):
+        deferred: list[list[RankOneChange]] = []
         row = evaluate_case(
             editor,
             request,
@@ -221,7 +244,34 @@ def evaluate_editor(
             generate=request.case_id in generation_case_ids,
             perplexity_blocks=perplexity_blocks if request.case_id in perplexity_case_ids else None,
             before=before[request.case_id],
+            deferred=deferred,
         )
+        if deferred:
+            pending.append((request, row, deferred[0]))
+            if len(pending) >= GENERATION_CASES_PER_BATCH:
+                write_pending()
+            continue
+        write_pending()
         case_log.append(row)
         done[request.case_id] = {**row, "config_fingerprint": case_log.fingerprint}
+    write_pending()
     return [done[r.case_id] for r in requests]
+
+
+def generate_deferred(editor: Editor, pending: Sequence[tuple[EditRequest, dict, list[RankOneChange]]],
+                      settings: Mapping) -> None:
+    """Sample the texts of every pending case in one batch, each case's rows with its own rank-one
+    changes (the model's weights are the unedited ones here) and its own seed; fill the rows."""
+    if not pending:
+        return
+    prompts = [list(request.generation_prompts) for request, _, _ in pending]
+    changes_per_row = [changes for (_, _, changes), case in zip(pending, prompts) for _ in case]
+    with per_row_changes(changes_per_row):
+        texts_per_case = sample_texts_by_case(
+            editor.model, editor.tokenizer, prompts,
+            max_new_tokens=int(settings["generation"]["max_new_tokens"]), top_k=int(settings["generation"]["top_k"]),
+            seeds=[int(settings["seed"]) + request.case_id for request, _, _ in pending],
+        )
+    for (_, row, _), texts in zip(pending, texts_per_case):
+        row["generation_entropy"] = generation_entropy(texts)
+        row["generated_texts"] = json.dumps(texts)
