@@ -12,6 +12,13 @@ from __future__ import annotations
 
 import importlib
 
+# Every use of the project's Hydra config needs the ``${artifact:...}`` resolver (conf/config.yaml's
+# paths); registering it here, where any ``import backlens.<module>`` passes, means no script or
+# benchmark that composes the config can forget it (omegaconf only: no torch).
+from backlens.artifacts import register_resolver
+
+register_resolver()
+
 __all__ = ["BackwardLens", "EditResult", "LensTables", "TracedFact", "edit", "load", "next_tokens", "trace"]
 
 

@@ -13,9 +13,9 @@ a figure's name.
 * conf/config.yaml's ``paths`` refer to the same entries through the ``${artifact:<name>}``
   resolver, which fills the directories from the composed config's own ``paths`` (so
   ``paths.results=...`` or ``paths.tracing=...`` still moves every file under it), ``{run}`` from
-  ``run_name`` and ``{method}`` from ``method.name``. Importing this module registers the resolver;
-  backlens.cli (every script), the workflow's common.smk and the tests' conftest import it before
-  Hydra composes.
+  ``run_name`` and ``{method}`` from ``method.name``. Importing this module registers the resolver,
+  and the package ``backlens`` imports it, so importing any ``backlens.<module>`` before Hydra
+  composes (every script, benchmark, the workflow's common.smk, the tests) is enough.
 """
 
 from __future__ import annotations

@@ -14,26 +14,36 @@ import torch
 from tqdm import tqdm
 
 from backlens.editing.base import Editor
-from backlens.editing.generation import generation_entropy, sample_texts
+from backlens.editing.generation import generation_entropy, sample_texts, sample_texts_by_case
 from backlens.editing.requests import EditRequest, continuation, space_sensitive
-from backlens.editing.scoring import score_answers
+from backlens.editing.scoring import score_answers, score_answers_per_pair
+from backlens.editing.row_edits import RankOneChange, per_row_changes, rank_one_changes
 from backlens.editing.weights import restored_after
 
 log = logging.getLogger(__name__)
+
+# Generating cases whose edits are rank-one sample their texts together, this many per batch
+# (one batch holds the default run's 10 generating cases; 2 prompts each).
+GENERATION_CASES_PER_BATCH = 10
 
 
 def _mean(values: Sequence[float]) -> float | None:
     return float(sum(values) / len(values)) if values else None
 
 
-def case_metrics(editor: Editor, request: EditRequest, *, batch_size: int) -> dict[str, object]:
-    """MEMIT accuracies and ROME probability comparisons for one (edited) model and case."""
+def case_metrics(editor: Editor, request: EditRequest, *, batch_size: int, per_pair: bool = False) -> dict[str, object]:
+    """MEMIT accuracies and ROME probability comparisons for one (edited) model and case.
+
+    All prompts of the case go through one padded batch; a prompt's targets share its sequence
+    (``score_answers``). ``per_pair``: the reference path, one sequence per (prompt, target).
+    """
     pairs = [(request.prompt, request.target_new), (request.prompt, request.target_true)]
     for prompt in request.paraphrase_prompts:
         pairs += [(prompt, request.target_new), (prompt, request.target_true)]
     for neighbour in request.neighborhood_prompts:
         pairs += [(neighbour.prompt, neighbour.answer), (neighbour.prompt, request.target_new)]
-    scores = score_answers(editor.model, editor.tokenizer, pairs, batch_size=batch_size)
+    scorer = score_answers_per_pair if per_pair else score_answers
+    scores = scorer(editor.model, editor.tokenizer, pairs, batch_size=batch_size)
     rewrite_new, rewrite_true = scores[0], scores[1]
     n_para = len(request.paraphrase_prompts)
     para = [(scores[2 + 2 * i], scores[3 + 2 * i]) for i in range(n_para)]
@@ -64,6 +74,14 @@ def perplexity(editor: Editor, blocks_BxT: torch.Tensor, batch_size: int = 8) ->
     return math.exp(total_nll / total_tokens)
 
 
+def efficacy_before(editor: Editor, requests: Sequence[EditRequest], *, batch_size: int) -> dict[int, float]:
+    """The unedited model's efficacy (argmax equals every target_new token) of each case, the rewrite
+    prompts of many cases in one batch: the only number of the unedited model a case's row keeps."""
+    scores = score_answers(editor.model, editor.tokenizer, [(r.prompt, r.target_new) for r in requests],
+                           batch_size=batch_size)
+    return {r.case_id: float(score.argmax_correct) for r, score in zip(requests, scores)}
+
+
 def request_facts(editor: Editor, request: EditRequest) -> dict[str, object]:
     """Tokenization facts counted in the results (multi-token and space-sensitive targets)."""
     new = continuation(editor.tokenizer, request.prompt, request.target_new)
@@ -92,14 +110,27 @@ def evaluate_case(
     *,
     generate: bool,
     perplexity_blocks: torch.Tensor | None,
+    before: float | None = None,
+    per_pair: bool = False,
+    deferred: list[list[RankOneChange]] | None = None,
 ) -> dict[str, object]:
-    """Edit, measure, restore. ``settings`` is conf/editing's ``evaluation`` block."""
+    """Edit, measure, restore. ``settings`` is conf/editing's ``evaluation`` block.
+
+    ``before``: the unedited model's efficacy when the caller batched it over cases
+    (``efficacy_before``). ``per_pair``: the reference scoring path (tests, benchmark).
+    ``deferred``: when given and the edit is rank-one (``rank_one_changes``), the generation is
+    left to the caller (``generate_deferred``): the changes are appended to it and the row's
+    generation fields stay None.
+    """
     batch_size = int(settings["batch_size"])
     row = request_facts(editor, request)
-    before = case_metrics(editor, request, batch_size=batch_size)
-    row["already_predicted"] = bool(before["efficacy"])
-    row["efficacy_before"] = before["efficacy"]
-    with restored_after(editor.edited_parameters()):
+    if per_pair:
+        before = case_metrics(editor, request, batch_size=batch_size, per_pair=True)["efficacy"]
+    elif before is None:
+        before = efficacy_before(editor, [request], batch_size=batch_size)[request.case_id]
+    row["already_predicted"] = bool(before)
+    row["efficacy_before"] = before
+    with restored_after(editor.edited_parameters()) as snapshot:
         started = time.perf_counter()
         info = editor.apply(request)
         if editor.device.type == "cuda":
@@ -107,10 +138,13 @@ def evaluate_case(
         row["edit_seconds"] = time.perf_counter() - started
         row["skipped"] = bool(info.pop("skipped", False))
         row["edit_info"] = json.dumps(info, sort_keys=True, default=str)
-        row.update(case_metrics(editor, request, batch_size=batch_size))
+        row.update(case_metrics(editor, request, batch_size=batch_size, per_pair=per_pair))
         row["generation_entropy"] = None
         row["generated_texts"] = None
-        if generate:
+        changes = rank_one_changes(snapshot, editor.adapter) if generate and deferred is not None else None
+        if changes is not None:
+            deferred.append(changes)
+        elif generate:
             texts = sample_texts(
                 editor.model,
                 editor.tokenizer,
@@ -190,14 +224,54 @@ def evaluate_editor(
     todo = [r for r in requests if r.case_id not in done]
     if done:
         log.info("%s: resuming, %d of %d cases already done", label, len(requests) - len(todo), len(requests))
+    before = efficacy_before(editor, todo, batch_size=int(settings["batch_size"]))
+    # Rows whose generation waits for a batch of cases (written in case order once it ran).
+    pending: list[tuple[EditRequest, dict, list[RankOneChange]]] = []
+
+    def write_pending() -> None:
+        generate_deferred(editor, pending, settings)
+        for request, row, _ in pending:
+            case_log.append(row)
+            done[request.case_id] = {**row, "config_fingerprint": case_log.fingerprint}
+        pending.clear()
+
     for request in tqdm(todo, desc=f"edit {label}", unit="case"):
+        deferred: list[list[RankOneChange]] = []
         row = evaluate_case(
             editor,
             request,
             settings,
             generate=request.case_id in generation_case_ids,
             perplexity_blocks=perplexity_blocks if request.case_id in perplexity_case_ids else None,
+            before=before[request.case_id],
+            deferred=deferred,
         )
+        if deferred:
+            pending.append((request, row, deferred[0]))
+            if len(pending) >= GENERATION_CASES_PER_BATCH:
+                write_pending()
+            continue
+        write_pending()
         case_log.append(row)
         done[request.case_id] = {**row, "config_fingerprint": case_log.fingerprint}
+    write_pending()
     return [done[r.case_id] for r in requests]
+
+
+def generate_deferred(editor: Editor, pending: Sequence[tuple[EditRequest, dict, list[RankOneChange]]],
+                      settings: Mapping) -> None:
+    """Sample the texts of every pending case in one batch, each case's rows with its own rank-one
+    changes (the model's weights are the unedited ones here) and its own seed; fill the rows."""
+    if not pending:
+        return
+    prompts = [list(request.generation_prompts) for request, _, _ in pending]
+    changes_per_row = [changes for (_, _, changes), case in zip(pending, prompts) for _ in case]
+    with per_row_changes(changes_per_row):
+        texts_per_case = sample_texts_by_case(
+            editor.model, editor.tokenizer, prompts,
+            max_new_tokens=int(settings["generation"]["max_new_tokens"]), top_k=int(settings["generation"]["top_k"]),
+            seeds=[int(settings["seed"]) + request.case_id for request, _, _ in pending],
+        )
+    for (_, row, _), texts in zip(pending, texts_per_case):
+        row["generation_entropy"] = generation_entropy(texts)
+        row["generated_texts"] = json.dumps(texts)

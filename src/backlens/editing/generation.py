@@ -40,13 +40,50 @@ def sample_token_ids(
     top_k: int,
     seed: int,
 ) -> torch.Tensor:
-    """(B, max_new_tokens) sampled continuations of every prompt, in one left-padded batch with a KV cache.
+    """(B, max_new_tokens) sampled continuations of every prompt, in one left-padded batch with a KV cache."""
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    return _sample(model, tokenizer, prompts, [(slice(None), generator)], max_new_tokens=max_new_tokens, top_k=top_k)
+
+
+def sample_texts_by_case(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts_per_case: list[list[str]],
+    *,
+    max_new_tokens: int,
+    top_k: int,
+    seeds: list[int],
+) -> list[list[str]]:
+    """``sample_texts`` of several cases in one batch: each case's rows draw from its own generator
+    seeded with its seed, as ``sample_texts(prompts, seed)`` does for that case alone (the same
+    draws, given the same probabilities)."""
+    prompts = [p for case in prompts_per_case for p in case]
+    draws, start = [], 0
+    for case, seed in zip(prompts_per_case, seeds):
+        draws.append((slice(start, start + len(case)), torch.Generator(device="cpu").manual_seed(seed)))
+        start += len(case)
+    new_tokens = _sample(model, tokenizer, prompts, draws, max_new_tokens=max_new_tokens, top_k=top_k)
+    texts = [prompt + tokenizer.decode(new_tokens[row]) for row, prompt in enumerate(prompts)]
+    return [texts[rows] for rows, _ in draws]
+
+
+@torch.no_grad()
+def _sample(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: list[str],
+    draws: list[tuple[slice, torch.Generator]],
+    *,
+    max_new_tokens: int,
+    top_k: int,
+) -> torch.Tensor:
+    """Top-k sampling of every prompt, left-padded with a KV cache; the rows of each ``draws`` entry
+    sample from its generator, in one multinomial call per step (the order of the draws).
 
     The attention mask always spans the full sequence so far: a one-column mask on a cached
     step would silently mask the cached positions (see NOTES, transformers 5 pitfall).
     """
     device = next(model.parameters()).device
-    generator = torch.Generator(device="cpu").manual_seed(seed)
     encoded = [tokenizer(p)["input_ids"] for p in prompts]
     width = max(len(e) for e in encoded)
     ids = torch.full((len(prompts), width), pad_id(tokenizer), dtype=torch.long)
@@ -66,8 +103,11 @@ def sample_token_ids(
         past = output.past_key_values
         logits_BxV = output.logits[:, -1].float().cpu()
         top_values, top_indices = logits_BxV.topk(top_k, dim=-1)
-        choice = torch.multinomial(torch.softmax(top_values, dim=-1), 1, generator=generator)
-        next_ids = top_indices.gather(1, choice).to(device)
+        next_ids = torch.empty((len(prompts), 1), dtype=torch.long)
+        for rows, generator in draws:
+            choice = torch.multinomial(torch.softmax(top_values[rows], dim=-1), 1, generator=generator)
+            next_ids[rows] = top_indices[rows].gather(1, choice)
+        next_ids = next_ids.to(device)
         generated.append(next_ids)
         step_ids = next_ids
         step_positions = step_positions[:, -1:] + 1

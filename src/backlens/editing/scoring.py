@@ -8,7 +8,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from backlens.data.batching import pad_batch, pad_id
-from backlens.editing.requests import continuation
+from backlens.editing.requests import Continuation, continuation
 
 
 @dataclass(frozen=True)
@@ -27,6 +27,49 @@ class AnswerScore:
     merged: bool
 
 
+def _score(log_probs_KxV: torch.Tensor, item: Continuation) -> AnswerScore:
+    """``log_probs_KxV``: the log-probabilities at the positions that predict each answer token."""
+    targets = torch.tensor(item.target_ids, device=log_probs_KxV.device)
+    token_log_probs = log_probs_KxV[torch.arange(len(targets), device=targets.device), targets]
+    return AnswerScore(
+        mean_nll=float(-token_log_probs.mean()),
+        argmax_correct=bool((log_probs_KxV.argmax(dim=-1) == targets).all()),
+        n_tokens=len(item.target_ids),
+        merged=item.merged,
+    )
+
+
+def shared_sequences(items: list[Continuation]) -> tuple[list[tuple[int, ...]], list[int]]:
+    """The fewest token sequences that score every item, and the sequence each item reads.
+
+    Causal attention: the logits at the prompt's last position see nothing after it, so any
+    sequence that starts with the prompt gives a one-token answer's score. A prompt therefore
+    needs one sequence per distinct multi-token answer (prompt + answer), or the prompt alone
+    when all its answers are one token: a CounterFact case's two targets share one pass.
+    """
+    sequences: list[tuple[int, ...]] = []
+    index: dict[tuple[int, ...], int] = {}
+    of_prompt: dict[tuple[int, ...], int] = {}
+
+    def add(sequence: tuple[int, ...], prompt: tuple[int, ...]) -> int:
+        if sequence not in index:
+            index[sequence] = len(sequences)
+            sequences.append(sequence)
+        of_prompt.setdefault(prompt, index[sequence])
+        return index[sequence]
+
+    where = [-1] * len(items)
+    for number, item in enumerate(items):
+        if len(item.target_ids) > 1:
+            where[number] = add(item.prompt_ids + item.target_ids, item.prompt_ids)
+    for number, item in enumerate(items):
+        if len(item.target_ids) == 1:
+            where[number] = of_prompt.get(item.prompt_ids, None)
+            if where[number] is None:
+                where[number] = add(item.prompt_ids, item.prompt_ids)
+    return sequences, where
+
+
 @torch.no_grad()
 def score_answers(
     model: PreTrainedModel,
@@ -35,7 +78,46 @@ def score_answers(
     *,
     batch_size: int = 32,
 ) -> list[AnswerScore]:
-    """Score each (prompt, answer) pair; results in the order given."""
+    """Score each (prompt, answer) pair; results in the order given.
+
+    Pairs share sequences (``shared_sequences``) and logits are computed only at the positions
+    read (``logits_to_keep``); the numbers are those of one sequence per pair
+    (``score_answers_per_pair``) up to float round-off (tests/test_editing_batched.py).
+    """
+    device = next(model.parameters()).device
+    items = [continuation(tokenizer, prompt, answer) for prompt, answer in pairs]
+    sequences, where = shared_sequences(items)
+    readers: dict[int, list[int]] = {}
+    for number, sequence_index in enumerate(where):
+        readers.setdefault(sequence_index, []).append(number)
+    scores: list[AnswerScore | None] = [None] * len(items)
+    for start in range(0, len(sequences), batch_size):
+        rows = range(start, min(start + batch_size, len(sequences)))
+        # Every position some answer token is predicted from, over the batch's rows.
+        needed = sorted({len(items[n].prompt_ids) - 1 + k for s in rows for n in readers[s]
+                         for k in range(len(items[n].target_ids))})
+        column = {position: c for c, position in enumerate(needed)}
+        ids, mask = pad_batch([sequences[s] for s in rows], pad_id(tokenizer), device)
+        logits_BxKxV = model(input_ids=ids, attention_mask=mask, logits_to_keep=torch.tensor(needed, device=device)).logits
+        log_probs_BxKxV = torch.log_softmax(logits_BxKxV.float(), dim=-1)
+        for row, s in enumerate(rows):
+            for n in readers[s]:
+                first = len(items[n].prompt_ids) - 1
+                columns = [column[first + k] for k in range(len(items[n].target_ids))]
+                scores[n] = _score(log_probs_BxKxV[row, columns], items[n])
+    return scores
+
+
+@torch.no_grad()
+def score_answers_per_pair(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    pairs: list[tuple[str, str]],
+    *,
+    batch_size: int = 32,
+) -> list[AnswerScore]:
+    """The reference: one sequence per pair and the logits at every position (the code before
+    issue 23; kept for the tests and the benchmark's side-by-side timing)."""
     device = next(model.parameters()).device
     scores: list[AnswerScore] = []
     for start in range(0, len(pairs), batch_size):
@@ -46,15 +128,5 @@ def score_answers(
         for row, item in enumerate(chunk):
             first = len(item.prompt_ids) - 1
             positions = torch.arange(first, first + len(item.target_ids), device=device)
-            targets = torch.tensor(item.target_ids, device=device)
-            token_log_probs = log_probs_BxTxV[row, positions, targets]
-            predicted = log_probs_BxTxV[row, positions].argmax(dim=-1)
-            scores.append(
-                AnswerScore(
-                    mean_nll=float(-token_log_probs.mean()),
-                    argmax_correct=bool((predicted == targets).all()),
-                    n_tokens=len(item.target_ids),
-                    merged=item.merged,
-                )
-            )
+            scores.append(_score(log_probs_BxTxV[row, positions], item))
     return scores

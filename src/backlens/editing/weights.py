@@ -21,6 +21,10 @@ class WeightSnapshot:
             for parameter, saved in self._saved:
                 parameter.copy_(saved)
 
+    def changes(self) -> list[tuple[nn.Parameter, torch.Tensor]]:
+        """Each changed parameter with its change (current minus saved)."""
+        return [(p, p.detach() - saved) for p, saved in self._saved if not torch.equal(p.detach(), saved)]
+
     def changed(self) -> list[int]:
         """Positions of the snapshot's parameters that differ from their saved copy."""
         return [i for i, (p, saved) in enumerate(self._saved) if not torch.equal(p.detach(), saved)]

@@ -1,0 +1,73 @@
+"""Many edited models in one batch: a rank-one weight change applied per batch row through a hook.
+
+An edit that changed one or more FF2 weights by a rank-one matrix each (the forward pass shift,
+ROME, MEMIT for one request) is equivalent to adding (x_b . u_b) v_b to that module's output for
+the rows b of its case, x_b being the module's input: W + u v^T maps x to x W + (x . u) v. So the
+generation of several cases shares one batch, each row with its own case's change; the numbers
+are those of the edited weights up to float round-off (tests/test_editing_batched.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from backlens.editing.weights import WeightSnapshot
+from backlens.models.adapters import ArchitectureAdapter
+from backlens.models.hooks import add_to_outputs
+
+# A change is taken as rank one when u v^T reproduces it to this fraction of its largest entry
+# (the float32 round-off of W + u v^T - W is ~1e-7 of |W|; a rank-two change misses by O(1)).
+RANK_ONE_TOLERANCE = 1e-4
+
+
+@dataclass(frozen=True)
+class RankOneChange:
+    """``module``'s weight changed by u v^T in (in, out) terms: its output gains (x . u_In) v_Out."""
+
+    module: nn.Module
+    u_In: torch.Tensor
+    v_Out: torch.Tensor
+
+
+def rank_one_changes(snapshot: WeightSnapshot, adapter: ArchitectureAdapter) -> list[RankOneChange] | None:
+    """The edit's changes as rank-one FF2 changes, or None when some change is not one (a bias, a
+    weight other than FF2's, a change of higher rank: FT, MEND)."""
+    sites = {id(site.weight): site for site in (adapter.ff2_site(layer) for layer in range(adapter.n_layers))}
+    changes = []
+    for parameter, delta in snapshot.changes():
+        site = sites.get(id(parameter))
+        if site is None:
+            return None
+        change_InxOut = delta if site.layout == "in_out" else delta.T
+        row = int(change_InxOut.norm(dim=1).argmax())
+        v_Out = change_InxOut[row]
+        column = int(v_Out.abs().argmax())
+        u_In = change_InxOut[:, column] / v_Out[column]
+        if float((change_InxOut - torch.outer(u_In, v_Out)).abs().max()) > RANK_ONE_TOLERANCE * float(change_InxOut.abs().max()):
+            return None
+        changes.append(RankOneChange(site.module, u_In, v_Out))
+    return changes
+
+
+@contextmanager
+def per_row_changes(changes_per_row: Sequence[Sequence[RankOneChange]]) -> Iterator[None]:
+    """During the block, batch row b of every forward pass runs with ``changes_per_row[b]`` applied
+    (rows without a change of some module run with its unchanged weight)."""
+    modules = {id(c.module): c.module for row in changes_per_row for c in row}
+    additions = {}
+    for key, module in modules.items():
+        first = next(c for row in changes_per_row for c in row if id(c.module) == key)
+        u_BxIn = first.u_In.new_zeros(len(changes_per_row), first.u_In.shape[0])
+        v_BxOut = first.v_Out.new_zeros(len(changes_per_row), first.v_Out.shape[0])
+        for b, row in enumerate(changes_per_row):
+            for change in row:
+                if id(change.module) == key:
+                    u_BxIn[b], v_BxOut[b] = change.u_In, change.v_Out
+        additions[module] = lambda x_BxTxIn, u=u_BxIn, v=v_BxOut: torch.einsum("bti,bi->bt", x_BxTxIn, u)[..., None] * v[:, None, :]
+    with add_to_outputs(additions):
+        yield

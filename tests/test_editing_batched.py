@@ -1,0 +1,164 @@
+"""The batched evaluation (shared sequences, logits only where read, the unedited efficacy over
+cases) gives the reference path's numbers on tiny GPT-2 and tiny Llama (issue 23).
+
+Bound: float32 round-off of a different batch shape and of the unembedding on fewer positions;
+the measured largest difference of mean NLL is 9.5e-7 on both models (one float32 ulp at their
+NLLs of 10-11 nats), the bound is 1e-5 (absolute); every accuracy and success flag is equal.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+import torch
+
+from backlens.data.counterfact import PromptWithAnswer
+from backlens.editing.base import Editor
+from backlens.editing.evaluation import CaseLog, case_metrics, efficacy_before, evaluate_case, evaluate_editor
+from backlens.editing.row_edits import rank_one_changes
+from backlens.editing.requests import continuation
+from backlens.editing.scoring import score_answers, score_answers_per_pair, shared_sequences
+from backlens.editing.shift import ForwardPassShift
+from backlens.editing.weights import restored_after
+from test_editing_methods import EVALUATION, REQUEST
+
+NLL_BOUND = 1e-5
+
+PAIRS = [
+    ("The mother tongue of Danielle Darrieux is", "English"),
+    ("The mother tongue of Danielle Darrieux is", "French"),
+    ("The mother tongue of Danielle Darrieux is", "Rio de Janeiro"),
+    ("The mother tongue of Danielle Darrieux is", "Rio de Janeiro"),
+    ("He lives in", "Rio de Janeiro"),
+    ("He lives in", "São Paulo"),
+    ("He lives in", "Paris"),
+    ("Where Danielle Darrieux is from, people speak the language of", "French"),
+    ("A prompt ending in a space ", "English"),
+    ("Michel Rocard is a native speaker of", "French"),
+]
+
+
+@pytest.fixture(params=["tiny_gpt2", "tiny_llama"], scope="module")
+def loaded(request):
+    return request.getfixturevalue(request.param)
+
+
+def assert_same_scores(batched, reference):
+    assert len(batched) == len(reference)
+    for new, old in zip(batched, reference):
+        assert new.argmax_correct == old.argmax_correct and new.n_tokens == old.n_tokens and new.merged == old.merged
+        assert new.mean_nll == pytest.approx(old.mean_nll, abs=NLL_BOUND)
+
+
+@pytest.mark.parametrize("batch_size", [1, 3, 32])
+def test_shared_sequences_score_as_one_sequence_per_pair(loaded, batch_size):
+    batched = score_answers(loaded.model, loaded.tokenizer, PAIRS, batch_size=batch_size)
+    reference = score_answers_per_pair(loaded.model, loaded.tokenizer, PAIRS, batch_size=batch_size)
+    assert_same_scores(batched, reference)
+    assert any(s.n_tokens > 1 for s in reference)
+
+
+def test_a_prompt_needs_one_sequence_per_multi_token_answer(loaded):
+    items = [continuation(loaded.tokenizer, p, a) for p, a in PAIRS]
+    sequences, where = shared_sequences(items)
+    for item, index in zip(items, where):
+        assert sequences[index][: len(item.prompt_ids)] == item.prompt_ids
+        if len(item.target_ids) > 1:
+            assert sequences[index] == item.prompt_ids + item.target_ids
+    prompts = {item.prompt_ids for item in items}
+    multi = {item.prompt_ids + item.target_ids for item in items if len(item.target_ids) > 1}
+    only_single = {p for p in prompts if not any(s[: len(p)] == p and len(s) > len(p) for s in multi)}
+    assert len(sequences) == len(multi) + len(only_single) < len(PAIRS)
+
+
+def _requests():
+    neighbour = PromptWithAnswer("Michel Rocard is a native speaker of", "French")
+    return [
+        REQUEST,
+        replace(REQUEST, case_id=8, target_new="Rio de Janeiro"),
+        replace(REQUEST, case_id=9, target_true="São Paulo", neighborhood_prompts=(neighbour, neighbour)),
+    ]
+
+
+def test_case_rows_equal_the_reference_path(loaded):
+    editor = ForwardPassShift(loaded, {"layer": 1, "eta": 5.0, "skip_if_predicted": False})
+    for request in _requests():
+        reference = evaluate_case(editor, request, EVALUATION, generate=True, perplexity_blocks=None, per_pair=True)
+        batched = evaluate_case(editor, request, EVALUATION, generate=True, perplexity_blocks=None)
+        for key in ("p_new", "p_true"):
+            assert batched.pop(key) == pytest.approx(reference.pop(key), rel=NLL_BOUND)
+        batched.pop("edit_seconds"), reference.pop("edit_seconds")
+        assert batched == reference
+        unedited = case_metrics(editor, request, batch_size=8, per_pair=True)
+        assert batched["efficacy_before"] == unedited["efficacy"]
+    # The unedited efficacy batched over cases is each case's own.
+    requests = _requests()
+    assert efficacy_before(editor, requests, batch_size=2) == {
+        r.case_id: case_metrics(editor, r, batch_size=8, per_pair=True)["efficacy"] for r in requests}
+
+
+class RandomFF2Edits(Editor):
+    """Seeded random changes of two FF2 weights per case: rank one each (as MEMIT's), or of full
+    rank (as FT's, which cannot share a batch and generates on its own)."""
+
+    def __init__(self, loaded, rank_one: bool):
+        super().__init__(loaded, {})
+        self.sites = [loaded.adapter.ff2_site(layer) for layer in (0, 1)]
+        self.rank_one = rank_one
+
+    def edited_parameters(self):
+        return [site.weight for site in self.sites]
+
+    def apply(self, request):
+        generator = torch.Generator().manual_seed(request.case_id)
+        with torch.no_grad():
+            for site in self.sites:
+                rank = 1 if self.rank_one else 3
+                u = torch.randn(rank, site.in_features, generator=generator)
+                v = torch.randn(rank, site.out_features, generator=generator)
+                site.weight.add_(site.gradient_from_factors(u, v))
+        return {}
+
+
+def _editors(loaded):
+    return {
+        "shift": ForwardPassShift(loaded, {"layer": 1, "eta": 5.0, "skip_if_predicted": True}),
+        "two rank-one layers": RandomFF2Edits(loaded, rank_one=True),
+        "rank three": RandomFF2Edits(loaded, rank_one=False),
+    }
+
+
+def test_rank_one_changes_reproduce_the_edit_or_refuse(loaded):
+    for name, editor in _editors(loaded).items():
+        with restored_after(editor.edited_parameters()) as snapshot:
+            editor.apply(REQUEST)
+            changes = rank_one_changes(snapshot, loaded.adapter)
+            if name == "rank three":
+                assert changes is None
+                continue
+            assert len(changes) == len(snapshot.changes()) > 0
+            for (parameter, delta), change in zip(snapshot.changes(), changes):
+                site = next(s for s in (loaded.adapter.ff2_site(i) for i in range(3)) if s.weight is parameter)
+                rebuilt = site.gradient_from_factors(change.u_In[None], change.v_Out[None])
+                assert torch.allclose(rebuilt, delta, rtol=0, atol=1e-5 * float(delta.abs().max()))
+
+
+def test_cases_generating_in_one_batch_give_each_case_its_own_rows(loaded, tmp_path):
+    """evaluate_editor samples the generating cases' texts together, each row with its case's
+    rank-one changes through a hook; the texts equal those of each case's edited weights alone."""
+    evaluation = {**EVALUATION, "generation": {"max_new_tokens": 8, "top_k": 5}}
+    requests = [*_requests(), replace(REQUEST, case_id=10, target_new="Paris")]
+    for name, editor in _editors(loaded).items():
+        rows = evaluate_editor(editor, requests, CaseLog(tmp_path / f"{name}.jsonl", "f"), evaluation,
+                               generation_case_ids={7, 8, 9}, perplexity_case_ids=set(), perplexity_blocks=None,
+                               label=name)
+        for request, row in zip(requests, rows):
+            alone = evaluate_case(editor, request, evaluation, generate=request.case_id in {7, 8, 9},
+                                  perplexity_blocks=None)
+            for key in ("p_new", "p_true"):
+                assert row.pop(key) == pytest.approx(alone.pop(key), rel=NLL_BOUND)
+            for key in ("edit_seconds", "config_fingerprint"):
+                row.pop(key, None), alone.pop(key, None)
+            assert row == alone, (name, request.case_id)
+            assert (row["generated_texts"] is not None) == (request.case_id in {7, 8, 9})
