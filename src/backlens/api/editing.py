@@ -113,19 +113,23 @@ class EditorHandle:
         overrides = dict(overrides or {})
         check_method_overrides(self.method, overrides, method_cfg)
         params = {**method_hparams(method_cfg, loaded.name, loaded.adapter.n_layers), **overrides}
-        if covariance is None and needs_statistics(str(method_cfg["kind"]), params) and not Path(str(params[STATS_KEY])).exists():
-            raise _missing_statistics(self.method, loaded.name, Path(str(params[STATS_KEY])))
-        self.editor, self.hparams = build_editor(loaded, method_cfg, overrides, covariance=covariance, templates=templates)
+        stats = Path(str(params.get(STATS_KEY)))
+        if covariance is None and needs_statistics(str(method_cfg["kind"]), params) and not stats.exists():
+            raise _missing_statistics(self.method, loaded.name, stats)
+        self.editor, self.hparams = build_editor(loaded, method_cfg, overrides, covariance=covariance,
+                                                 templates=templates)
 
     @contextmanager
-    def edit(self, prompt_template: str, subject: str, target_new: str, *, target_true: str = "") -> Iterator[EditResult]:
+    def edit(self, prompt_template: str, subject: str, target_new: str, *,
+             target_true: str = "") -> Iterator[EditResult]:
         """Apply one edit in place for the ``with`` block (arguments as ``edit``'s)."""
         request = _request(self.loaded, prompt_template, subject, target_new, target_true)
         with restored_after(self.editor.edited_parameters()) as snapshot:
             facts, update = self.editor.apply_with_update(request)
             yield EditResult(self.method, request, self.hparams, dict(facts), self.editor, update)
         if snapshot.changed():
-            raise RuntimeError(f"{self.method}: the edited weights were not restored")  # restore copies every saved tensor
+            # restore copies every saved tensor, so this cannot happen unless the snapshot missed one
+            raise RuntimeError(f"{self.method}: the edited weights were not restored")
 
 
 def editor(model: str | LoadedModel = DEFAULT_MODEL, method: str = "shift", *,

@@ -76,6 +76,7 @@ def describe(hparams: dict) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from backlens.api.editing import editor, next_tokens
+    from backlens.api.lens import target_token
     from backlens.data.segments import place_subject
     from backlens.commands.main import load_for
 
@@ -87,6 +88,7 @@ def run(args: argparse.Namespace) -> int:
     prompts = [prompt, *args.prompts]
     before = next_tokens(loaded, prompts, args.top_k)
     print(f"applying {args.method} (ROME and MEMIT optimise for up to a minute on a CPU)...", file=sys.stderr)
+    target_token(loaded.tokenizer, prompt, args.target)  # an empty target fails before the editor is built
     started = time.perf_counter()
     handle = editor(loaded, args.method, **overrides)
     setup_seconds = time.perf_counter() - started
