@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
-from backlens.api import BackwardLens, edit, next_tokens, trace
+from backlens.api import BackwardLens, edit, editor, next_tokens, trace
 from backlens.api.lens import GRADIENT_TABLES, LENS_TABLES
 from backlens.api.tracing import MAP_KINDS
 from backlens.editing.keys_values import outputs_at_subject
@@ -139,6 +139,32 @@ def test_edit_returns_the_update_factors_and_the_loss_curve(request, model_name,
         # Every loss but the last is above the stop value; the last is below it or the last step's.
         assert all(loss >= stop for loss in losses[:-1])
         assert losses[-1] < stop or len(losses) == result.hparams["v_num_grad_steps"]
+
+
+def test_editor_handle_builds_once_and_edits_as_edit_does(tiny_gpt2, monkeypatch):
+    """The handle samples ROME's templates and inverts C once; each of its edits equals ``edit``'s."""
+    before = parameters(tiny_gpt2)
+    d_ff = tiny_gpt2.adapter.ff2_site(0).in_features
+    covariance = torch.eye(d_ff, dtype=torch.float64) * 2.0
+    handle = editor(tiny_gpt2, "rome", covariance=covariance, v_num_grad_steps=3)
+    kept = (handle.editor.templates, handle.editor.inverse_mom2)
+    inversions = []
+    monkeypatch.setattr(torch.linalg, "inv", lambda *a, **k: inversions.append(1))  # any later inversion is counted
+    facts = [("The Eiffel Tower", " Rome"), ("The Space Needle", " Paris")]
+    for subject, target in facts:
+        with handle.edit("{} is located in", subject, target) as result:
+            change = {n: p.detach() - before[n] for n, p in tiny_gpt2.model.named_parameters()}
+        assert result.method == "rome" and result.editor is handle.editor
+        monkeypatch.undo()
+        with edit(tiny_gpt2, "{} is located in", subject, target, method="rome", covariance=covariance,
+                  templates=kept[0], v_num_grad_steps=3) as single:
+            for name, p in tiny_gpt2.model.named_parameters():
+                torch.testing.assert_close(p.detach() - before[name], change[name], rtol=0, atol=0)
+        assert single.facts["v_last_loss"] == result.facts["v_last_loss"]
+        monkeypatch.setattr(torch.linalg, "inv", lambda *a, **k: inversions.append(1))
+    assert not inversions and handle.editor.templates is kept[0] and handle.editor.inverse_mom2 is kept[1]
+    after = parameters(tiny_gpt2)
+    assert all(torch.equal(before[name], after[name]) for name in before)
 
 
 def test_edit_of_other_methods_has_no_factored_update(tiny_gpt2):

@@ -255,3 +255,25 @@ def test_trained_mend_editor_edits_better_than_the_untrained_one(tiny_model, tmp
             editor.apply(REQUEST)
             after[steps] = nll_new(tiny_model)
     assert after[40] < after[0]
+
+
+def test_mend_training_gives_identical_weights_whatever_the_caller_set(tiny_gpt2, tmp_path):
+    """Seeded, deterministic kernels, a fixed thread count: the caller's RNG state and thread count
+    do not reach the trained editor, and both are set back afterwards."""
+    n = tiny_gpt2.adapter.n_layers
+    hparams = {"layers": [n - 1], "rank": 8, "log_lr_init": -2.0, "train_lr": 1e-2, "train_steps": 4, "n_norm_cases": 1,
+               "edit_weight": 1.0, "locality_weight": 1.0, "grad_clip": 10.0, "checkpoint_every": 100, "train_threads": 1}
+    previous = torch.get_num_threads()
+    trained = []
+    for caller_seed, caller_threads in ((1, 1), (2, 2)):
+        torch.manual_seed(caller_seed)
+        torch.set_num_threads(caller_threads)
+        try:
+            state = train_mend(NoEdit(tiny_gpt2, {}), [REQUEST], hparams, tmp_path / f"mend{caller_seed}.pt", seed=0)
+            assert torch.get_num_threads() == caller_threads and not torch.are_deterministic_algorithms_enabled()
+        finally:
+            torch.set_num_threads(previous)
+        trained.append(state["networks"])
+    assert trained[0].keys() == trained[1].keys()
+    assert all(torch.equal(trained[0][key], trained[1][key]) for key in trained[0])
+    assert not torch.equal(trained[0][f"{n - 1}.down.weight"], torch.zeros_like(trained[0][f"{n - 1}.down.weight"]))

@@ -1,5 +1,6 @@
 """The public API: ``BackwardLens`` (gradients through the vocabulary), ``edit`` (one edit, undone on
-exit), ``trace`` (causal tracing of one fact). The pipeline's stages run on the same functions.
+exit), ``editor`` (a method built once for many edits), ``trace`` (causal tracing of one fact). The
+pipeline's stages run on the same functions.
 
 Names are imported on first use, so a stage importing ``backlens.api.lens`` does not load the editors.
 """
@@ -10,7 +11,7 @@ import importlib
 
 _HOMES = {
     "ALL_TABLES": "lens", "BackwardLens": "lens", "LensTables": "lens",
-    "EditResult": "editing", "edit": "editing", "next_tokens": "editing",
+    "EditResult": "editing", "EditorHandle": "editing", "edit": "editing", "editor": "editing", "next_tokens": "editing",
     "load": "models",
     "TracedFact": "tracing", "trace": "tracing",
 }

@@ -6,6 +6,14 @@
         next_tokens(loaded, ["The Eiffel Tower is located in"])
     # the edited weights are restored here, whatever happened inside
 
+Many edits with one method: ``editor`` builds the method once (ROME's sampled templates and C^-1,
+MEMIT's statistics, MEND's networks) and keeps it across edits; ``edit`` is one such edit.
+
+    rome = editor(loaded, "rome")
+    for subject, target in facts:
+        with rome.edit("{} is located in", subject, target) as result:
+            ...
+
 Methods are the pipeline's editors (conf/method/<name>.yaml: shift, shift_centered, shift_whitened,
 ft, ft_mlp0, rome, memit), with their per-model hyper-parameters; keyword arguments override them.
 ROME, MEMIT and the whitened shift read the FF2 second moments from the pipeline's statistics file
@@ -29,7 +37,7 @@ from backlens.project import project_root
 from backlens.artifacts import artifact
 from backlens.data.segments import place_subject
 from backlens.editing.base import Editor, FactoredUpdate
-from backlens.editing.methods import EDITORS, check_method_overrides, load_method_config, method_hparams
+from backlens.editing.methods import build_editor, check_method_overrides, load_method_config, method_hparams
 from backlens.editing.requests import EditRequest
 from backlens.editing.weights import restored_after
 from backlens.errors import UserError
@@ -73,24 +81,6 @@ def needs_statistics(kind: str, hparams: Mapping) -> bool:
         kind == "shift" and hparams.get("key") == "whitened")
 
 
-def _editor(kind: str, loaded: LoadedModel, hparams: dict, covariance, templates) -> Editor:
-    extra: dict = {}
-    if kind == "memit":
-        if covariance is not None:
-            extra["second_moments"] = covariance if isinstance(covariance, Mapping) else {
-                int(layer): covariance for layer in hparams["layers"]}
-        if templates is not None:
-            extra["templates"] = [list(group) for group in templates]
-    elif kind in ("rome", "shift"):
-        if covariance is not None:
-            extra["second_moment"] = covariance[int(hparams["layer"])] if isinstance(covariance, Mapping) else covariance
-        if templates is not None and kind == "rome":
-            extra["templates"] = list(templates)
-    elif covariance is not None or templates is not None:
-        raise UserError(f"method kind {kind!r} takes no covariance or templates")
-    return EDITORS[kind](loaded, hparams, **extra)
-
-
 def _missing_statistics(method: str, model_name: str, path: Path) -> MissingStatisticsError:
     root = project_root()
     shown = path.relative_to(root) if path.is_relative_to(root) else path
@@ -98,6 +88,56 @@ def _missing_statistics(method: str, model_name: str, path: Path) -> MissingStat
         f"{method} needs the FF2 statistics {shown}, which do not exist; make them with "
         f"`snakemake --cores 2 {shown}` (rule edit_covariance) or pass covariance=<tensor>"
     )
+
+
+def _request(loaded: LoadedModel, prompt_template: str, subject: str, target_new: str, target_true: str) -> EditRequest:
+    prompt, subject_start = place_subject(prompt_template, subject)
+    target_token(loaded.tokenizer, prompt, target_new)  # one clear error for an empty target
+    return EditRequest(case_id=0, prompt=prompt, subject=subject, target_new=target_new, target_true=target_true,
+                       subject_start=subject_start)
+
+
+class EditorHandle:
+    """One method's editor for one model, built once and kept across edits: ROME's sampled context
+    templates and inverted C, MEMIT's scaled statistics, MEND's trained networks. ``edit`` applies
+    one edit for a ``with`` block and restores the weights bit for bit on exit.
+
+    ``method_cfg``: a conf/method/<name>.yaml mapping with its paths resolved (``method_config``;
+    the stages pass their composed ``cfg.method``); ``overrides`` its hyper-parameters.
+    """
+
+    def __init__(self, loaded: LoadedModel, method_cfg: Mapping, overrides: Mapping | None = None, *,
+                 covariance: torch.Tensor | Mapping[int, torch.Tensor] | None = None, templates: Sequence | None = None):
+        self.loaded = loaded
+        self.method = str(method_cfg["name"])
+        overrides = dict(overrides or {})
+        check_method_overrides(self.method, overrides, method_cfg)
+        params = {**method_hparams(method_cfg, loaded.name, loaded.adapter.n_layers), **overrides}
+        stats = Path(str(params.get(STATS_KEY)))
+        if covariance is None and needs_statistics(str(method_cfg["kind"]), params) and not stats.exists():
+            raise _missing_statistics(self.method, loaded.name, stats)
+        self.editor, self.hparams = build_editor(loaded, method_cfg, overrides, covariance=covariance,
+                                                 templates=templates)
+
+    @contextmanager
+    def edit(self, prompt_template: str, subject: str, target_new: str, *,
+             target_true: str = "") -> Iterator[EditResult]:
+        """Apply one edit in place for the ``with`` block (arguments as ``edit``'s)."""
+        request = _request(self.loaded, prompt_template, subject, target_new, target_true)
+        with restored_after(self.editor.edited_parameters()) as snapshot:
+            facts, update = self.editor.apply_with_update(request)
+            yield EditResult(self.method, request, self.hparams, dict(facts), self.editor, update)
+        if snapshot.changed():
+            # restore copies every saved tensor, so this cannot happen unless the snapshot missed one
+            raise RuntimeError(f"{self.method}: the edited weights were not restored")
+
+
+def editor(model: str | LoadedModel = DEFAULT_MODEL, method: str = "shift", *,
+           covariance: torch.Tensor | Mapping[int, torch.Tensor] | None = None, templates: Sequence | None = None,
+           **hparams: object) -> EditorHandle:
+    """The method's editor for ``model``, built once for many edits (``handle.edit(...)``); arguments as ``edit``'s."""
+    loaded = getattr(model, "loaded", None) or load(model if model is not None else DEFAULT_MODEL)
+    return EditorHandle(loaded, method_config(method, loaded.name), hparams, covariance=covariance, templates=templates)
 
 
 @contextmanager
@@ -110,26 +150,14 @@ def edit(model: str | LoadedModel, prompt_template: str, subject: str, target_ne
     subject written out). ``hparams`` override conf/method/<method>.yaml (e.g. ``layer=20, eta=0.5``;
     ``stats_path=`` another statistics file). ``covariance``: the FF2 second moment (d_ff, d_ff) of the
     edited layer, or {layer: tensor} (MEMIT), instead of the statistics file; ``templates``: ROME's
-    flat context-template list or MEMIT's groups instead of sampled ones.
+    flat context-template list or MEMIT's groups instead of sampled ones. Builds the editor for this
+    one edit; ``editor`` keeps it for many.
     """
     loaded = getattr(model, "loaded", None) or load(model if model is not None else DEFAULT_MODEL)
-    prompt, subject_start = place_subject(prompt_template, subject)
-    target_token(loaded.tokenizer, prompt, target_new)  # one clear error for an empty target
-    method_cfg = method_config(method, loaded.name)
-    check_method_overrides(method, hparams, method_cfg)
-    kind = str(method_cfg["kind"])
-    params = method_hparams(method_cfg, loaded.name, loaded.adapter.n_layers)
-    params.update(hparams)
-    if covariance is None and needs_statistics(kind, params) and not Path(str(params[STATS_KEY])).exists():
-        raise _missing_statistics(method, loaded.name, Path(str(params[STATS_KEY])))
-    editor = _editor(kind, loaded, params, covariance, templates)
-    request = EditRequest(case_id=0, prompt=prompt, subject=subject, target_new=target_new, target_true=target_true,
-                          subject_start=subject_start)
-    with restored_after(editor.edited_parameters()) as snapshot:
-        facts, update = editor.apply_with_update(request)
-        yield EditResult(method, request, params, dict(facts), editor, update)
-    if snapshot.changed():
-        raise RuntimeError(f"{method}: the edited weights were not restored")  # restore copies every saved tensor
+    _request(loaded, prompt_template, subject, target_new, target_true)  # bad input fails before the editor is built
+    handle = editor(loaded, method, covariance=covariance, templates=templates, **hparams)
+    with handle.edit(prompt_template, subject, target_new, target_true=target_true) as result:
+        yield result
 
 
 @torch.no_grad()

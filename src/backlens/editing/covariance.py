@@ -7,6 +7,7 @@ accumulation is check-pointed after every batch so a killed run resumes.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import torch
 from tqdm import tqdm
 
 from backlens.editing.generation import sample_token_ids
+from backlens.errors import UserError
 from backlens.io import write_torch
 from backlens.models.hooks import record_module_io
 from backlens.models.loading import LoadedModel
@@ -51,6 +53,31 @@ def text_file_blocks(tokenizer, path: str | Path, n_blocks: int, block_tokens: i
 _WIKITEXT_IDS: dict[tuple[str, int], list[int]] = {}
 
 
+OFFLINE_CORPORA = "editing.corpus.source=model_samples or editing.corpus.source=text_file editing.corpus.path=<file>"
+
+
+class WikiTextUnavailableError(UserError, RuntimeError):
+    """WikiText cannot be read: the ``datasets`` package is missing, or the dataset is not reachable."""
+
+
+def _wikitext_rows():
+    """WikiText-103's train split through ``datasets`` (an extra: ``pip install .[paper]``)."""
+    try:
+        import datasets  # noqa: PLC0415 (the paper extra, only for the online corpus)
+    except ImportError as error:
+        raise WikiTextUnavailableError(
+            f"editing.corpus.source=wikitext needs the Python module 'datasets', which is not installed ({error}): "
+            f"pip install '.[paper]' (or pip install datasets); or use {OFFLINE_CORPORA}"
+        ) from error
+    try:
+        return datasets.load_dataset("wikitext", "wikitext-103-raw-v1", split="train")
+    except Exception as error:  # noqa: BLE001 (any failure of the download or the cache: not reachable from here)
+        raise WikiTextUnavailableError(
+            f"WikiText is not reachable through datasets.load_dataset ({type(error).__name__}: {error}); "
+            f"check the network or the Hugging Face cache, or offline use {OFFLINE_CORPORA}"
+        ) from error
+
+
 def wikitext_blocks(tokenizer, n_blocks: int, block_tokens: int, offset_blocks: int = 0) -> torch.Tensor:
     """Consecutive token blocks of WikiText-103's train split, tokenized once per process (as many
     rows as the blocks need: ROME's 100,000 samples of up to 1024 tokens take most of it)."""
@@ -58,15 +85,7 @@ def wikitext_blocks(tokenizer, n_blocks: int, block_tokens: int, offset_blocks: 
     key = (getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__, id(tokenizer))
     ids = _WIKITEXT_IDS.get(key, [])
     if len(ids) < needed:
-        try:
-            import datasets  # noqa: PLC0415 (optional dependency, only for the online corpus)
-
-            rows = datasets.load_dataset("wikitext", "wikitext-103-raw-v1", split="train")
-        except Exception as error:  # noqa: BLE001 (any failure means: not reachable from here)
-            raise RuntimeError(
-                f"WikiText is not reachable ({type(error).__name__}: {error}); offline, use "
-                "editing.corpus.source=model_samples or editing.corpus.source=text_file editing.corpus.path=<file>"
-            ) from error
+        rows = _wikitext_rows()
         ids, chunk = [], 20_000
         for start in range(0, len(rows), chunk):
             text = "\n".join(rows.select(range(start, min(len(rows), start + chunk)))["text"])
@@ -124,8 +143,12 @@ def accumulate_second_moments(
     # GPT-2 XL); the checkpoint (CPU copies) is written every checkpoint_every batches and at the end.
     every = int(corpus.get("checkpoint_every", 1))
     sums = {layer: total.to(loaded.device) for layer, total in state["sums"].items()}
-    for batch_index in tqdm(range(state["batches_done"], n_batches), desc="FF2 second moments", unit="batch",
-                            initial=state["batches_done"], total=n_batches):
+    # One forward per batch feeds every layer's sum (hooks on all of them), unlike ROME's
+    # layer_stats, which makes a pass over the corpus per layer.
+    started, tokens_before = time.perf_counter(), state["n_tokens"]
+    progress = tqdm(range(state["batches_done"], n_batches), desc="FF2 second moments", unit="batch",
+                    initial=state["batches_done"], total=n_batches)
+    for batch_index in progress:
         ids = corpus_batch(loaded, corpus, batch_index).to(loaded.device)
         with record_module_io(modules, outputs=False) as record:
             loaded.model(input_ids=ids)
@@ -134,11 +157,26 @@ def accumulate_second_moments(
             sums[layer] += keys_NxIn.T @ keys_NxIn
         state["n_tokens"] += ids.numel()
         state["batches_done"] = batch_index + 1
+        progress.set_postfix(tokens_per_s=f"{(state['n_tokens'] - tokens_before) / (time.perf_counter() - started):.0f}")
         if state["batches_done"] % every == 0 or state["batches_done"] == n_batches:
             state["sums"] = {layer: total.cpu() for layer, total in sums.items()}
             write_torch(state, checkpoint)
     state["sums"] = {layer: total.cpu() for layer, total in sums.items()}
+    seconds, new_tokens = time.perf_counter() - started, state["n_tokens"] - tokens_before
+    # Sampled corpora (model_samples) include the sampling in this rate.
+    log.info("FF2 second moments of %d layers in one pass: %d tokens in %.1f s, %.0f tokens/s", len(layers),
+             new_tokens, seconds, new_tokens / seconds if seconds > 0 else float("nan"))
     return state
+
+
+def blocks_for(corpus: Mapping, d_ff: int) -> int:
+    """The number of statistics blocks: ``n_blocks``, or with ``n_tokens_per_d_ff`` set (the small
+    setting; Gupta et al. 2025 find a small fraction of ROME's 100,000 samples enough) as many
+    blocks as hold that many tokens per FF2 input dimension."""
+    per_d_ff = corpus.get("n_tokens_per_d_ff")
+    if per_d_ff is None:
+        return int(corpus["n_blocks"])
+    return -(-int(float(per_d_ff) * d_ff) // int(corpus["block_tokens"]))
 
 
 def load_second_moment(path: str | Path, layer: int, expected_corpus: str | None = None) -> torch.Tensor:

@@ -18,7 +18,7 @@ from backlens.data.batching import pad_batch, pad_id
 from backlens.editing.base import Editor
 from backlens.editing.generation import sample_token_ids
 from backlens.editing.requests import EditRequest, continuation, subject_token_index
-from backlens.editing.training import mean_answer_nll, trainable_only
+from backlens.editing.training import trainable_only
 from backlens.models.hooks import record_module_io, replace_outputs
 
 # ROME's get_context_templates: ["{}"] + 10 texts of 5 tokens and 10 of 10 tokens (the model's
@@ -141,6 +141,50 @@ class TargetResult:
                 "v_last_nll": self.last_nll}
 
 
+class _ValueForward:
+    """The value optimisation's forward pass, reduced to what its loss reads.
+
+    The layers below ``layer`` do not change between steps (only delta, added at ``layer``, does),
+    so the residual entering ``layer`` is computed once and each step runs the layers from there
+    (``adapter.run_layers``). The hidden states are then taken only at the positions the loss
+    reads (the target tokens, the KL prompt's subject) before the final norm and unembedding,
+    instead of unembedding and normalising every position of every template. A family whose
+    blocks cannot run as a layer range (Gemma's sliding windows) runs the whole model each step.
+    """
+
+    def __init__(self, editor: Editor, ids_BxT: torch.Tensor, mask_BxT: torch.Tensor, layer: int, read_layer: int | None):
+        self.adapter, self.model = editor.adapter, editor.model
+        self.ids_BxT, self.mask_BxT = ids_BxT, mask_BxT
+        self.layer, self.read_layer = layer, read_layer
+        self.last = editor.adapter.n_layers - 1
+        self.entering_BxTxD: torch.Tensor | None = None
+        try:
+            with torch.no_grad():
+                embedded = self.adapter.residual_input(self.adapter.token_embeddings(ids_BxT))
+                self.entering_BxTxD = self.adapter.run_layers(embedded, 0, layer)
+        except NotImplementedError:
+            self.entering_BxTxD = None
+
+    def __call__(self, kl_row: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(hidden states the NLL reads: the ``read_layer`` block's output, else the last block's;
+        the last block's output of row ``kl_row``), both (rows, T, d)."""
+        if self.entering_BxTxD is None:
+            blocks = {"last": self.adapter.blocks[self.last]}
+            if self.read_layer is not None:
+                blocks["read"] = self.adapter.blocks[self.read_layer]
+            with record_module_io(blocks, inputs=False) as record:
+                self.model(input_ids=self.ids_BxT, attention_mask=self.mask_BxT)
+            last = record.outputs["last"]
+            return record.outputs.get("read", last), last[kl_row : kl_row + 1]
+        if self.read_layer is None:
+            last = self.adapter.run_layers(self.entering_BxTxD, self.layer, self.last + 1, grad=True)
+            return last, last[kl_row : kl_row + 1]
+        # MEMIT's v_loss_layer: only the KL prompt goes on past the layer the NLL is read from.
+        read = self.adapter.run_layers(self.entering_BxTxD, self.layer, self.read_layer + 1, grad=True)
+        last = self.adapter.run_layers(read[kl_row : kl_row + 1], self.read_layer + 1, self.last + 1, grad=True)
+        return read, last
+
+
 def optimise_target(
     editor: Editor, request: EditRequest, templates: list[str], layer: int, at: str, hparams: Mapping,
     nll_layer: int | None = None,
@@ -156,7 +200,9 @@ def optimise_target(
     Adam steps), each step followed by projecting delta into the ball of radius
     clamp_norm_factor * |initial|. ``nll_layer``: the NLL is read through the final norm and
     unembedding from this block's output (MEMIT's v_loss_layer); None or the last layer means
-    the model's logits (ROME's compute_v ignores v_loss_layer).
+    the model's logits (ROME's compute_v ignores v_loss_layer). Each step computes only what the
+    loss reads (``_ValueForward``); tests/test_value_optimisation.py pins it to the whole-model
+    path within float32 round-off.
     """
     if at not in ("mlp", "block"):
         raise ValueError(f"optimise_target: at={at!r}; use 'mlp' (ROME) or 'block' (MEMIT)")
@@ -167,13 +213,22 @@ def optimise_target(
     kl_ids = tuple(editor.tokenizer(kl_text)["input_ids"])
     ids, mask = pad_batch([c.prompt_ids + c.target_ids[:-1] for c in items] + [kl_ids], pad_id(editor.tokenizer), editor.device)
     n_rewrite = len(items)
-    labels = torch.full_like(ids[:n_rewrite], -100)
+    # The (row, position, token) of every target token the NLL reads, and each row's count.
+    label_rows, label_positions, label_ids = [], [], []
     for row, item in enumerate(items):
         first = len(item.prompt_ids) - 1
-        labels[row, first : first + len(item.target_ids)] = torch.tensor(item.target_ids, device=editor.device)
+        label_rows += [row] * len(item.target_ids)
+        label_positions += range(first, first + len(item.target_ids))
+        label_ids += item.target_ids
+    label_rows_N = torch.tensor(label_rows, device=editor.device)
+    label_positions_N = torch.tensor(label_positions, device=editor.device)
+    label_ids_N = torch.tensor(label_ids, device=editor.device)
+    counts_R = torch.tensor([len(item.target_ids) for item in items], device=editor.device, dtype=torch.float32)
     lookup = [subject_token_index(editor.tokenizer, text, start, request.subject, fact_token)
               for text, start in located]
     lookup.append(subject_token_index(editor.tokenizer, kl_text, 0, request.subject, fact_token))  # subject first
+    edit_rows = torch.arange(len(lookup), device=editor.device)
+    edit_positions = torch.tensor(lookup, device=editor.device)
     module = editor.adapter.mlp(layer) if at == "mlp" else editor.adapter.blocks[layer]
     last_layer = editor.adapter.n_layers - 1
     read_layer = None if nll_layer is None or int(nll_layer) >= last_layer else int(nll_layer)
@@ -184,11 +239,10 @@ def optimise_target(
         nonlocal initial
         if initial is None:
             initial = output_BxTxD[0, lookup[0]].detach().clone()
-        output = output_BxTxD.clone()
-        for row, position in enumerate(lookup):
-            output[row, position] = output[row, position] + delta.to(output.dtype)
-        return output
+        added = delta.to(output_BxTxD.dtype).expand(len(lookup), -1)
+        return output_BxTxD.index_put((edit_rows, edit_positions), added, accumulate=True)
 
+    forward = _ValueForward(editor, ids, mask, layer, read_layer)
     optimizer = torch.optim.Adam([delta], lr=float(hparams["v_lr"]))
     n_steps = int(hparams["v_num_grad_steps"])
     original_kl_logp = None
@@ -197,14 +251,16 @@ def optimise_target(
     with trainable_only(editor.model, []):
         for step in range(n_steps):
             optimizer.zero_grad()
-            watched = {"loss": editor.adapter.blocks[read_layer]} if read_layer is not None else {}
-            with replace_outputs({module: add_delta}), record_module_io(watched, inputs=False) as record:
-                logits = editor.model(input_ids=ids, attention_mask=mask).logits
-            kl_logp = torch.log_softmax(logits[n_rewrite, lookup[-1]].float(), dim=-1)[None]
+            with replace_outputs({module: add_delta}):
+                nll_hidden_BxTxD, kl_hidden_1xTxD = forward(n_rewrite)
+            kl_logits = editor.adapter.logit_lens(kl_hidden_1xTxD[0, lookup[-1]])
+            kl_logp = torch.log_softmax(kl_logits.float(), dim=-1)[None]
             if original_kl_logp is None:
                 original_kl_logp = kl_logp.detach().clone()
-            rewrite_logits = editor.adapter.logit_lens(record.outputs["loss"][:n_rewrite]) if read_layer is not None else logits[:n_rewrite]
-            nll = mean_answer_nll(rewrite_logits, labels)
+            answer_logits_NxV = editor.adapter.logit_lens(nll_hidden_BxTxD[label_rows_N, label_positions_N])
+            picked_N = torch.log_softmax(answer_logits_NxV.float(), dim=-1).gather(-1, label_ids_N[:, None])[:, 0]
+            per_row_R = torch.zeros(n_rewrite, device=editor.device).index_add(0, label_rows_N, picked_N)
+            nll = -(per_row_R / counts_R).mean()
             # kl_div(input, target) = KL(target || input): ROME's argument order, KL(edited || original).
             kl = torch.nn.functional.kl_div(original_kl_logp, kl_logp, log_target=True, reduction="batchmean")
             decay = float(hparams["v_weight_decay"]) * delta.norm() / initial.norm() ** 2

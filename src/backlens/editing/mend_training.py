@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+import os
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -41,6 +43,25 @@ def resumable_state(partial: Path, inputs: Mapping) -> dict | None:
     return state
 
 
+@contextmanager
+def deterministic_training(seed: int, threads: int | None) -> Iterator[None]:
+    """Seeded initialisation, deterministic kernels and a fixed torch thread count for the block
+    (the CPU's reductions split by thread, so another count sums in another order and Adam
+    amplifies the round-off); everything is set back afterwards. On CUDA, cuBLAS needs
+    CUBLAS_WORKSPACE_CONFIG set before its first use to be deterministic; it is set here if unset."""
+    previous_threads, previous_mode = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    try:
+        if threads is not None:
+            torch.set_num_threads(int(threads))
+        torch.use_deterministic_algorithms(True)
+        torch.manual_seed(seed)
+        yield
+    finally:
+        torch.use_deterministic_algorithms(previous_mode)
+        torch.set_num_threads(previous_threads)
+
+
 def train_mend(
     editor: Editor, requests: Sequence[EditRequest], hparams: Mapping, checkpoint: str | Path, *, seed: int,
     dataset: Mapping | None = None,
@@ -48,8 +69,16 @@ def train_mend(
     """Train one editor network per layer; resumes from ``checkpoint``.partial; returns the final state.
 
     ``dataset`` (the data file's path and sha256), the hyper-parameters, cases and seed are stored in the
-    checkpoint; a partial checkpoint written with others is not resumed.
+    checkpoint; a partial checkpoint written with others is not resumed. Deterministic
+    (``deterministic_training``): the same inputs give the same weights on any machine with the
+    same kernels, with ``train_threads`` torch threads (unset: the caller's count).
     """
+    with deterministic_training(seed, hparams.get("train_threads")):
+        return _train(editor, requests, hparams, checkpoint, seed=seed, dataset=dataset)
+
+
+def _train(editor: Editor, requests: Sequence[EditRequest], hparams: Mapping, checkpoint: str | Path, *, seed: int,
+           dataset: Mapping | None) -> dict[str, object]:
     inputs = {"dataset": dict(dataset or {}), "hparams": dict(hparams), "seed": seed,
               "case_ids": [r.case_id for r in requests]}
     layers = [int(layer) for layer in hparams["layers"]]

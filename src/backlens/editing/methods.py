@@ -12,7 +12,7 @@ from backlens.editing.memit import MassEditingMemory
 from backlens.editing.mend import MendEditor
 from backlens.editing.rome import RankOneModelEditing
 from backlens.editing.shift import ForwardPassShift
-from backlens.errors import ConfigError
+from backlens.errors import ConfigError, UserError
 from backlens.models.loading import LoadedModel
 from backlens.project import config_dir
 
@@ -85,11 +85,34 @@ def check_method_overrides(method_name: str, overrides: Mapping, method_cfg: Map
         )
 
 
-def build_editor(loaded: LoadedModel, method_cfg: Mapping, extra: Mapping | None = None) -> tuple[Editor, dict]:
-    """The editor named by ``method_cfg.kind`` with its hyper-parameters for ``loaded``."""
+def editor_inputs(kind: str, hparams: Mapping, covariance=None, templates=None) -> dict:
+    """Keyword arguments that hand an editor given statistics or templates instead of the
+    statistics file and sampled templates: ``covariance`` a (d_ff, d_ff) second moment of the
+    edited layer or {layer: tensor}; ``templates`` ROME's flat list or MEMIT's groups."""
+    extra: dict = {}
+    if kind == "memit":
+        if covariance is not None:
+            extra["second_moments"] = covariance if isinstance(covariance, Mapping) else {
+                int(layer): covariance for layer in hparams["layers"]}
+        if templates is not None:
+            extra["templates"] = [list(group) for group in templates]
+    elif kind in ("rome", "shift"):
+        if covariance is not None:
+            extra["second_moment"] = covariance[int(hparams["layer"])] if isinstance(covariance, Mapping) else covariance
+        if templates is not None and kind == "rome":
+            extra["templates"] = list(templates)
+    elif covariance is not None or templates is not None:
+        raise UserError(f"method kind {kind!r} takes no covariance or templates")
+    return extra
+
+
+def build_editor(loaded: LoadedModel, method_cfg: Mapping, extra: Mapping | None = None, *,
+                 covariance=None, templates=None) -> tuple[Editor, dict]:
+    """The editor named by ``method_cfg.kind`` with its hyper-parameters for ``loaded`` (``extra``
+    overrides them); the one factory behind the API's editor handle, the stages and the CLI."""
     kind = str(method_cfg["kind"])
     if kind not in EDITORS:
         raise ValueError(f"method.kind={kind!r} is unknown; choose one of {sorted(EDITORS)}")
     hparams = method_hparams(method_cfg, loaded.name, loaded.adapter.n_layers)
     hparams.update(extra or {})
-    return EDITORS[kind](loaded, hparams), hparams
+    return EDITORS[kind](loaded, hparams, **editor_inputs(kind, hparams, covariance, templates)), hparams

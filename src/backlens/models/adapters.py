@@ -138,7 +138,6 @@ class ArchitectureAdapter(ABC):
         """Extra keyword arguments every block of this family needs (e.g. rotary embeddings)."""
         return {}
 
-    @torch.no_grad()
     def run_layers(
         self,
         hidden_BxSxd: torch.Tensor,
@@ -147,11 +146,15 @@ class ArchitectureAdapter(ABC):
         *,
         first_position: int = 0,
         key_values: KeyValueSource | None = None,
+        grad: bool = False,
     ) -> torch.Tensor:
         """Run blocks ``start .. end - 1`` on the residual stream of positions first_position.. (B, S, d).
 
         Earlier positions enter only through ``key_values`` (their keys and values per layer),
-        so a suffix of the prompt can be recomputed from a cached prefix.
+        so a suffix of the prompt can be recomputed from a cached prefix. Right-padded rows need
+        no padding mask: the causal mask already keeps a real position from seeing later pads.
+        ``grad``: keep the autograd graph (ROME/MEMIT's value optimisation runs the layers above
+        the edit site this way); otherwise no graph is built.
         """
         if not 0 <= start <= end <= self.n_layers:
             raise ValueError(f"run_layers: need 0 <= start <= end <= {self.n_layers}, got start={start}, end={end}")
@@ -164,15 +167,16 @@ class ArchitectureAdapter(ABC):
         position_ids = torch.arange(first_position, first_position + n_new, device=hidden_BxSxd.device)[None]
         extra = self._block_kwargs(hidden_BxSxd, position_ids)
         hidden = hidden_BxSxd
-        for layer in range(start, end):
-            output = self.blocks[layer](
-                hidden,
-                attention_mask=mask,
-                use_cache=key_values is not None,
-                **{self._cache_keyword: key_values},
-                **extra,
-            )
-            hidden = output[0] if isinstance(output, tuple) else output
+        with torch.set_grad_enabled(grad):
+            for layer in range(start, end):
+                output = self.blocks[layer](
+                    hidden,
+                    attention_mask=mask,
+                    use_cache=key_values is not None,
+                    **{self._cache_keyword: key_values},
+                    **extra,
+                )
+                hidden = output[0] if isinstance(output, tuple) else output
         return hidden
 
     def describe(self) -> dict[str, object]:

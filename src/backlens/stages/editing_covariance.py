@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from backlens.editing.covariance import accumulate_second_moments, corpus_batch, corpus_description
+from backlens.editing.covariance import accumulate_second_moments, blocks_for, corpus_batch, corpus_description
 from backlens.io import write_torch
 from backlens.models.loading import load_model
 from backlens.stages.editing_common import statistics_layers
@@ -22,6 +22,8 @@ def run(cfg: DictConfig) -> None:
     loaded = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
     corpus = OmegaConf.to_container(cfg.editing.corpus, resolve=True)
     layers = statistics_layers(cfg, loaded.adapter.n_layers)
+    d_ff = max(loaded.adapter.ff2_site(layer).in_features for layer in layers)
+    corpus["n_blocks"] = blocks_for(corpus, d_ff)
     log.info("FF2 second moments of layers %s on %s", layers, corpus_description(corpus))
     out = Path(cfg.paths.editing_stats)
     state = accumulate_second_moments(loaded, layers, corpus, out.with_suffix(".partial"))

@@ -12,10 +12,10 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from backlens.api.editing import EditorHandle
 from backlens.artifacts import shard_meta_path
 from backlens.data.sources import identity_from_config
 from backlens.editing.evaluation import CaseLog, evaluate_editor
-from backlens.editing.methods import build_editor
 from backlens.io import write_json, write_table
 from backlens.models.loading import load_model
 from backlens.stages import sharding
@@ -98,7 +98,8 @@ def run(cfg: DictConfig) -> None:
     loaded = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
     torch.manual_seed(int(cfg.seed))
     started = time.perf_counter()
-    editor, hparams = build_editor(loaded, cfg.method, extra=user_method_overrides(cfg, cfg.method.name))
+    handle = EditorHandle(loaded, cfg.method, user_method_overrides(cfg, cfg.method.name))
+    editor, hparams = handle.editor, handle.hparams
     setup_seconds = time.perf_counter() - started
     n_gen, n_ppl = int(cfg.editing.n_generation_cases), int(cfg.editing.n_perplexity_cases)
     heldout = None

@@ -1,0 +1,44 @@
+"""FF2 second-moment statistics (rule edit_covariance): one pass for all layers equals one pass per
+layer; WikiText's two failures (module missing, dataset unreachable) say which they are."""
+
+from __future__ import annotations
+
+import sys
+import types
+
+import pytest
+import torch
+
+from backlens.editing import covariance
+from backlens.editing.covariance import WikiTextUnavailableError, accumulate_second_moments, wikitext_blocks
+
+CORPUS = {"source": "model_samples", "top_k": 5, "seed": 3, "block_tokens": 8, "batch_size": 2, "n_blocks": 3}
+
+
+def test_one_pass_over_all_layers_equals_a_pass_per_layer(tiny_llama, tmp_path):
+    layers = list(range(tiny_llama.adapter.n_layers))
+    together = accumulate_second_moments(tiny_llama, layers, CORPUS, tmp_path / "all.partial")
+    assert together["n_tokens"] == 2 * 2 * 8  # ceil(3 / 2) batches of 2 blocks of 8 tokens
+    for layer in layers:
+        alone = accumulate_second_moments(tiny_llama, [layer], CORPUS, tmp_path / f"{layer}.partial")
+        # The same forward on the same batches: hooks on more layers change no arithmetic.
+        assert torch.equal(together["sums"][layer], alone["sums"][layer])
+        assert alone["n_tokens"] == together["n_tokens"]
+
+
+def test_wikitext_without_the_datasets_module_names_the_extra(tiny_gpt2, monkeypatch):
+    monkeypatch.setitem(sys.modules, "datasets", None)  # import datasets -> ImportError
+    monkeypatch.setattr(covariance, "_WIKITEXT_IDS", {})
+    with pytest.raises(WikiTextUnavailableError, match=r"module 'datasets', which is not installed.*pip install '\.\[paper\]'"):
+        wikitext_blocks(tiny_gpt2.tokenizer, 1, 8)
+
+
+def test_wikitext_unreachable_is_not_reported_as_a_missing_module(tiny_gpt2, monkeypatch):
+    def offline(*args, **kwargs):
+        raise ConnectionError("Couldn't reach 'wikitext' on the Hub")
+
+    monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=offline))
+    monkeypatch.setattr(covariance, "_WIKITEXT_IDS", {})
+    with pytest.raises(WikiTextUnavailableError, match=r"WikiText is not reachable .*ConnectionError") as raised:
+        wikitext_blocks(tiny_gpt2.tokenizer, 1, 8)
+    assert "not installed" not in str(raised.value)

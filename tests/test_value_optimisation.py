@@ -1,0 +1,60 @@
+"""ROME/MEMIT's value optimisation, reduced to what its loss reads (issue 23), against the
+whole-model path it replaced (tests/reference_value_optimisation.py, the code before).
+
+Both compute the same loss and take the same Adam steps; they differ only in summation order (the
+layers above the edit site run from a cached residual through ``run_layers`` under a causal mask
+instead of the padded model forward; the unembedding runs on the read positions only). Bounds:
+- first step (delta = 0, before any Adam step): the loss is a chain of float32 reductions over
+  the vocabulary through the layers, bounded by tests/tolerances.py's vocab_chain.
+- after several steps: Adam divides each gradient coordinate by its own running RMS, so round-off
+  in near-zero coordinates becomes lr-sized steps (tests/test_golden_rome_memit.py's docstring:
+  the original code moves by up to 2.4e-3 from one thread count to another). Measured here, 20
+  steps, every family and site, float32 and float64 models (the loss is float32 in both paths):
+  losses within 1.6e-4 relative, delta within 7.5e-4 relative. Bounds: 1e-3 and 5e-3, about 6x
+  the largest spread measured and within the thread-count spread of the original code.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from backlens.editing.base import NoEdit
+from backlens.editing.keys_values import optimise_target
+from backlens.editing.requests import EditRequest
+from reference_value_optimisation import reference_optimise_target
+from tolerances import assert_close_float32, float32_tolerance, vocab_chain
+
+HPARAMS = {"v_num_grad_steps": 6, "v_lr": 0.5, "v_weight_decay": 0.5, "clamp_norm_factor": 4.0, "kl_factor": 0.0625,
+           "stop_below_loss": 5e-2, "fact_token": "subject_last"}
+# Templates of different lengths, so the batch is padded and rows end at different positions.
+TEMPLATES = ["{}", "A short one. {}", "Here is a somewhat longer context sentence. {}"]
+REQUEST = EditRequest(0, "The Eiffel Tower is located in", "The Eiffel Tower", "the city of Rome", "")
+# (site, edited layer, layer the NLL is read from): ROME; MEMIT with the model's logits; MEMIT's v_loss_layer.
+SITES = [("mlp", 1, None), ("block", 0, None), ("block", 0, 1)]
+
+
+MAX_LOSS_RELATIVE = 1e-3
+MAX_DELTA_RELATIVE = 5e-3
+
+
+@pytest.mark.parametrize("at,layer,nll_layer", SITES, ids=["rome", "memit", "memit-loss-layer"])
+def test_value_optimisation_equals_the_whole_model_path(tiny_model, at, layer, nll_layer):
+    editor = NoEdit(tiny_model, HPARAMS)
+    new = optimise_target(editor, REQUEST, TEMPLATES, layer, at, HPARAMS, nll_layer=nll_layer)
+    old = reference_optimise_target(editor, REQUEST, TEMPLATES, layer, at, HPARAMS, nll_layer=nll_layer)
+    assert new.steps == old.steps > 1
+    torch.testing.assert_close(torch.tensor(new.losses), torch.tensor(old.losses), rtol=MAX_LOSS_RELATIVE, atol=0)
+    # The layers below the edit site: the model's padded forward against run_layers, same terms.
+    d_ff = tiny_model.adapter.ff2_site(layer).in_features
+    assert_close_float32(new.initial, old.initial, reduction=d_ff, chain=layer + 1)
+    assert float((new.delta - old.delta).norm() / old.delta.norm()) <= MAX_DELTA_RELATIVE
+
+
+def test_first_step_loss_equals_the_whole_model_path(tiny_model):
+    editor = NoEdit(tiny_model, HPARAMS)
+    one_step = {**HPARAMS, "v_num_grad_steps": 1}
+    new = optimise_target(editor, REQUEST, TEMPLATES, 1, "mlp", one_step)
+    old = reference_optimise_target(editor, REQUEST, TEMPLATES, 1, "mlp", one_step)
+    rtol, atol = float32_tolerance(torch.tensor(old.losses), **vocab_chain(tiny_model))
+    torch.testing.assert_close(torch.tensor(new.losses), torch.tensor(old.losses), rtol=rtol, atol=atol)
