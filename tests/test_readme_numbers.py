@@ -50,6 +50,20 @@ def _tracing_segments() -> dict[tuple[str, str], tuple[float, int]]:
     return out
 
 
+def _fig5_shares() -> dict[str, str]:
+    """docs/analysis.md's Fig 5 sentence: the subject tokens' and the last token's share of the summed
+    FF2 VJP norm and of the tokens (the table below it rounds to 3 digits, the sentence from the data)."""
+    text = re.sub(r"\s+", " ", (DOCS / "analysis.md").read_text())
+    match = re.search(r"subject tokens carry (?P<sn>[\d.]+)% and the last token (?P<ln>[\d.]+)% of the summed FF2 "
+                      r"VJP norm over all layers and prompts \(they are (?P<st>[\d.]+)% and (?P<lt>[\d.]+)%", text)
+    assert match, "docs/analysis.md: the Fig 5 sentence changed; update _fig5_shares"
+    return match.groupdict()
+
+
+def _sweep_grid(method: str) -> pd.DataFrame:
+    return pd.DataFrame(_sweep_choice(method)["grid"])
+
+
 def _pct(x: float) -> str:
     return f"{x:.0f}"
 
@@ -64,7 +78,25 @@ def _expected() -> list[tuple[str, str, dict[str, str]]]:
     centred, paper_shift = _sweep_choice("shift_centered"), _sweep_choice("shift")
     seg = _tracing_segments()
     n_cases = int(t1.loc["none", "n_cases"])
+    shares = _fig5_shares()
+    raw, centred_grid = _sweep_grid("shift"), _sweep_grid("shift_centered")
+    peak = raw[raw["efficacy"] == raw["efficacy"].max()]
+    plateau = centred_grid[centred_grid["layer"].isin([22, 24]) & (centred_grid["eta"] >= 0.56)]["efficacy"]
     return [
+        ("Fig 5 caption: shares", r"the subject tokens hold (?P<sn>[\d.]+)% of the norm on (?P<st>[\d.]+)% of the "
+         r"tokens \(less than their share\) and the last token (?P<ln>[\d.]+)% on (?P<lt>[\d.]+)%",
+         shares),
+        ("Fig 26 caption: the paper's shift peaks", r"The paper's shift peaks at eta (?P<eta>[\d.]+) \((?P<e>\d+)% "
+         r"efficacy at layers (?P<l1>\d+) and (?P<l2>\d+)\)",
+         {"eta": f"{peak['eta'].iloc[0]:g}", "e": _pct(100 * peak["efficacy"].iloc[0]),
+          "l1": str(peak["layer"].min()), "l2": str(peak["layer"].max())}),
+        ("Fig 26 caption: the centred plateau", r"plateaus \((?P<lo>\d+)-(?P<hi>\d+)% from eta 0.56 on at layers 22-24\)",
+         {"lo": _pct(100 * plateau.min()), "hi": _pct(100 * plateau.max())}),
+        ("Fig 26 frontier caption: NS unedited, ROME, MEMIT", r"stays far from the unedited (?P<none>\d+)% .*? on "
+         r"Table 1's cases their NS is (?P<rome>\d+)% and (?P<memit>\d+)%\)",
+         {"none": _pct(100 * json.loads((DOCS / "sweeps" / RUN / "shift_sweep_choice.json").read_text())["baseline"]
+                       ["neighborhood_success"]),
+          "rome": _pct(ns["rome"]), "memit": _pct(ns["memit"])}),
         ("issue 12: ROME and MEMIT after", r"ROME 100 / 36 / NS 58 -> (?P<e>\d+) / (?P<p>\d+) / (?P<n>\d+) "
          r"at [\d.]+x the time per edit .*? MEMIT 96 / 30 / 62 -> (?P<me>\d+) / (?P<mp>\d+) / (?P<mn>\d+);",
          {"e": _pct(eff["rome"]), "p": _pct(para["rome"]), "n": _pct(ns["rome"]),
