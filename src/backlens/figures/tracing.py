@@ -127,9 +127,18 @@ def _setting(summary: dict) -> str:
     )
 
 
+# A peak must average at least this share of the kind's facts: a segment few facts have (the first
+# subject token with the severed paths, traced only where it is also the last subject token) would
+# otherwise win on the noise of a handful of facts.
+PEAK_MIN_FACTS_SHARE = 0.5
+
+
 def peak_cells(averages: pd.DataFrame) -> pd.DataFrame:
-    """Per kind, the (segment, layer) with the largest average indirect effect."""
-    best = averages.loc[averages.groupby("kind")["mean"].idxmax()]
+    """Per kind, the (segment, layer) with the largest average indirect effect among the cells that
+    average at least PEAK_MIN_FACTS_SHARE of the kind's largest number of facts."""
+    most = averages.groupby("kind")["n_facts"].transform("max")
+    eligible = averages[averages["n_facts"] >= PEAK_MIN_FACTS_SHARE * most]
+    best = eligible.loc[eligible.groupby("kind")["mean"].idxmax()]
     return best[["kind", "segment", "layer", "mean", "ci_low", "ci_high", "n_facts"]].reset_index(drop=True)
 
 
