@@ -74,7 +74,8 @@ def tracing_examples(facts: pd.DataFrame, tokens: pd.DataFrame, effects: pd.Data
             ax.set_yticks(range(len(labels)), labels)
             ax.set_xlabel("layer")
             ax.set_title(KIND_SHORT[kind])
-            colourbar(image, ax, f"P({fact.answer_token.strip()})", fraction=0.08, pad=0.02)
+        # One scale for the three kinds of a fact, so one bar.
+        block.colorbar(image, ax=list(axes), fraction=0.03, pad=0.01).set_label(f"P({fact.answer_token.strip()})")
         block.suptitle(f"{fact.prompt!r} -> {fact.answer_token!r}", fontsize=9)
     fig.suptitle(_wrapped(f"{model_name(facts)}: causal traces of single facts (* = subject token, noised); "
                           "colour: P(answer) after restoring one state, from P with the subject corrupted (lightest) "
