@@ -64,6 +64,13 @@ def _sweep_grid(method: str) -> pd.DataFrame:
     return pd.DataFrame(_sweep_choice(method)["grid"])
 
 
+def _scorecard(pattern: str) -> dict[str, str]:
+    """Named groups of ``pattern`` in docs/scorecard.md (generated from the result tables)."""
+    match = re.search(pattern, re.sub(r"\s+", " ", (DOCS / "scorecard.md").read_text()))
+    assert match, f"docs/scorecard.md: no match for {pattern!r}; update this test with the scorecard"
+    return match.groupdict()
+
+
 def _pct(x: float) -> str:
     return f"{x:.0f}"
 
@@ -82,7 +89,25 @@ def _expected() -> list[tuple[str, str, dict[str, str]]]:
     raw, centred_grid = _sweep_grid("shift"), _sweep_grid("shift_centered")
     peak = raw[raw["efficacy"] == raw["efficacy"].max()]
     plateau = centred_grid[centred_grid["layer"].isin([22, 24]) & (centred_grid["eta"] >= 0.56)]["efficacy"]
+    fig6 = _scorecard(r"most layers \(GPT-2 XL\) \| (?P<n>\d+) of 30 layers \((?P<layers>[\d-]+)\)")
+    fig9 = _scorecard(r"median target rank in the top 1% in \d+ of \d+ layers \((?P<layers>[\d-]+)\)")
+    paris = _scorecard(r"\"Paris\": \d+/\d+ \(layers (?P<layers>[\d-]+)\)")
+    attention = _scorecard(r"median within 1% of V-1 in \d+ of \d+ layers \((?P<layers>[\d-]+)\)")
     return [
+        ("Fig 4a caption: Paris layers", r"the least probable token \(outlined\) at the last token \"in\" in layers "
+         r"(?P<layers>[\d-]+)", paris),
+        ("Fig 6 caption", r"within 1% of V-1 in layers (?P<layers>[\d-]+), (?P<n>\d+) of 30", fig6),
+        ("Fig 9 caption", r"the changes promote the target \(median rank in the top 1%\) in layers (?P<layers>[\d-]+)",
+         fig9),
+        ("attention Fig 6 style", r"the median is within 1% of V-1 in layers (?P<layers>[\d-]+)\.", attention),
+        ("deviations: Fig 6", r"holds in (?P<n>\d+) of 30 layers \((?P<layers>[\d-]+)\), not in most", fig6),
+        ("gallery tracing", r"the largest MLP effect overall is at the last token in layer (?P<ml>\d+) \((?P<me>[\d.]+)\), "
+         r"and attention peaks at the last token in layer (?P<al>\d+) \((?P<ae>[\d.]+)\).*? \(layer (?P<l>\d+): "
+         r"(?P<r>[\d.]+) -> [\d.]+\), severing attention barely does \((?P<a>[\d.]+)\)",
+         {"ml": str(seg["last token", "mlp"][1]), "me": f"{seg['last token', 'mlp'][0]:.3f}",
+          "al": str(seg["last token", "attention"][1]), "ae": f"{seg['last token', 'attention'][0]:.3f}",
+          "l": str(seg["last subject token", "residual"][1]), "r": f"{seg['last subject token', 'residual'][0]:.3f}",
+          "a": f"{seg['last subject token', 'residual_attention_severed'][0]:.3f}"}),
         ("Fig 5 caption: shares", r"the subject tokens hold (?P<sn>[\d.]+)% of the norm on (?P<st>[\d.]+)% of the "
          r"tokens \(less than their share\) and the last token (?P<ln>[\d.]+)% on (?P<lt>[\d.]+)%",
          shares),
