@@ -5,6 +5,7 @@ from __future__ import annotations
 import textwrap
 
 import matplotlib.pyplot as plt
+from matplotlib.cm import ScalarMappable
 import numpy as np
 import pandas as pd
 
@@ -25,7 +26,7 @@ KIND_TITLES = {
 # Diverging maps whose positive half is each kind's colour: with limits symmetric about 0 (_symmetric),
 # white is exactly 0 and a negative effect cannot pass for a small positive one.
 KIND_COLOURS = {
-    "residual": "PuOr_r",
+    "residual": "PuOr",
     "mlp": "PRGn",
     "attention": "RdBu_r",
 }
@@ -74,8 +75,10 @@ def tracing_examples(facts: pd.DataFrame, tokens: pd.DataFrame, effects: pd.Data
             ax.set_yticks(range(len(labels)), labels)
             ax.set_xlabel("layer")
             ax.set_title(KIND_SHORT[kind])
-        # One scale for the three kinds of a fact, so one bar.
-        block.colorbar(image, ax=list(axes), fraction=0.03, pad=0.01).set_label(f"P({fact.answer_token.strip()})")
+        # One scale for the three kinds of a fact, so one bar, in grey: it stands for all three maps.
+        legend = ScalarMappable(norm=image.norm, cmap="Greys")
+        block.colorbar(legend, ax=list(axes), fraction=0.03, pad=0.01).set_label(
+            f"P({fact.answer_token.strip()}), every map: light = corrupted, dark = largest")
         block.suptitle(f"{fact.prompt!r} -> {fact.answer_token!r}", fontsize=9)
     fig.suptitle(_wrapped(f"{model_name(facts)}: causal traces of single facts (* = subject token, noised); "
                           "colour: P(answer) after restoring one state, from P with the subject corrupted (lightest) "
