@@ -279,7 +279,7 @@ def ft_trace_findings(trace: pd.DataFrame) -> list[tuple[str, str, str]]:
     """(question, our numbers, gallery figure) rows from the FT trace table."""
     summary = trace_summary(trace)
     first = trace.iloc[0]
-    setting = (f"{summary.case_id.nunique()} cases x layers {layer_runs(summary.layer.unique())}, "
+    setting = (f"{summary.case_id.nunique()} cases x layers {layer_runs(summary.layer.unique())}; "
                f"{int(trace.step.max())} {first.optimizer} steps, lr {first.lr:g}")
     by_layer = summary.groupby("layer")
     cosine = ", ".join(f"{layer}: {value:.2f}" for layer, value in by_layer.final_cosine_first.mean().items())
