@@ -105,10 +105,12 @@ def test_editing_rows_read_per_edit_seconds_from_the_timings_table():
     table1 = pd.DataFrame({"method": ["none", "rome", "shift"], "label": ["Original", "ROME", "Forward pass shift"],
                            "n_cases": [50] * 3, "efficacy_mean": [0.0, 100.0, 78.0],
                            "neighborhood_success_mean": [66.0, 58.0, 12.0]})
-    table7 = pd.DataFrame({"method": ["none", "rome", "shift"], "perplexity_mean": [6.85, 6.9, 7.13]})
+    table7 = pd.DataFrame({"method": ["none", "rome", "shift"], "perplexity_mean": [6.85, 6.9, 7.13], "n_edits": 5})
     timings = pd.DataFrame({"method": ["none", "rome", "shift"], "edit_seconds_mean": [0.0, 80.0, 0.3]})
-    efficacy, cost, perplexity = scorecard.editing_rows(table1, table7, timings, PAPER)
-    assert efficacy.verdict == "does not" and "+22 points" in efficacy.ours
+    efficacy, cost, perplexity, ordering = scorecard.editing_rows(table1, table7, timings, PAPER)
+    assert efficacy.verdict == "does not" and "22 points below ROME" in efficacy.ours
+    assert "5 edits per method" in perplexity.ours
+    assert ordering.verdict == "does not"  # no MEMIT row: the ordering cannot be checked
     assert cost.verdict == "holds" and "shift 0.30 s per edit" in cost.ours and "ROME 80.0 s" in cost.ours
     assert perplexity.verdict == "partly"
     # A one-pass variant a millisecond faster than the paper's shift is still the shift's claim.
@@ -118,3 +120,30 @@ def test_editing_rows_read_per_edit_seconds_from_the_timings_table():
     rows = scorecard.editing_rows(with_variant, table7, variant_timings, PAPER)
     (cost,) = [row for row in rows if row.claim == PAPER.shift_cost.claim]
     assert cost.verdict == "holds" and "cheapest: Forward pass shift (centred e_t)" in cost.ours
+
+
+@pytest.mark.parametrize("shift, verdict", [(6.80, "holds"), (6.90, "holds"), (6.95, "partly"), (7.17, "does not")])
+def test_table7_ordering_row_compares_the_shift_with_rome_and_memit(shift, verdict):
+    table7 = pd.DataFrame({"method": ["none", "rome", "memit", "shift"], "perplexity_mean": [6.85, 6.86, 6.90, shift],
+                           "n_edits": 50})
+    _, ordering = scorecard.table7_rows(table7, PAPER)
+    assert ordering.verdict == verdict and "shift 93.66" in ordering.paper and "(50 edits per method)" in ordering.ours
+
+
+def fig5_tables(norm_by_segment):
+    """One prompt per call of six tokens (primary segments below) with the given FF2 norm per segment."""
+    segments = ["prefix", "first_subject", "middle_subject", "last_subject", "further", "last"]
+    prompts = pd.DataFrame({"case_id": 0, "position": range(6), "segment": segments})
+    norms = pd.DataFrame({"case_id": 0, "position": range(6), "module": "ff2",
+                          "norm": [norm_by_segment.get(s, 1.0) for s in segments]})
+    return norms, prompts
+
+
+def test_fig5_scores_the_subject_tokens_and_the_last_token_apart():
+    # The last token carries 5 of 10 (3x its 1/6 share); the subject tokens 3 of 10 on half the tokens.
+    subject, last = scorecard.fig5_rows(*fig5_tables({"last": 5.0}), PAPER)
+    assert "the subject tokens" in subject.claim and subject.verdict == "does not"
+    assert subject.ours.startswith("30.0% of the summed norm on 50.0% of the tokens (0.60x")
+    assert "the last token" in last.claim and last.verdict == "holds"
+    subject, _ = scorecard.fig5_rows(*fig5_tables({"first_subject": 2.0, "middle_subject": 2.0, "last_subject": 2.0}), PAPER)
+    assert subject.verdict == "partly"  # 6 of 9 on half the tokens: 1.33x

@@ -131,6 +131,8 @@ def segment_flags(n_tokens: int, subject_start: int, subject_end: int) -> dict[s
         "first_subject": mark(lambda i: i == subject_start),
         "middle_subject": mark(lambda i: subject_start < i < subject_end - 1),
         "last_subject": mark(lambda i: i == subject_end - 1),
+        # Even when it is the last token ("... Darrieux is"): ROME's average_causal_effects notebook adds
+        # scores[first_a] to the first-subsequent average unconditionally, so that segment overlaps "last".
         "first_subsequent": mark(lambda i: i == subject_end),
         "further": mark(lambda i: subject_end < i < last),
         "last": mark(lambda i: i == last),

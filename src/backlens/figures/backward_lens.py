@@ -44,7 +44,7 @@ def fig3_rank_equals_length(ranks: pd.DataFrame) -> plt.Figure:
     return fig
 
 
-def _segment_heatmap(ax: plt.Axes, means: pd.DataFrame, title: str) -> None:
+def _segment_heatmap(ax: plt.Axes, means: pd.DataFrame, title: str, label: str = NORM_LABEL + " (log scale; grey: 0)") -> None:
     """Log colour scale: layer 0's norms are 10-100x the rest (attention output: ~10 against ~0.1),
     which on a linear scale leaves every other layer white. Exact zeros (the last layer before the
     last token, where the loss cannot reach) are grey."""
@@ -59,7 +59,7 @@ def _segment_heatmap(ax: plt.Axes, means: pd.DataFrame, title: str) -> None:
     ax.set_xticks(range(len(SEGMENTS)), [SEGMENT_LABELS[s] for s in SEGMENTS], rotation=40, ha="right")
     ax.set_ylabel("layer")
     ax.set_title(title)
-    colourbar(image, ax, NORM_LABEL + " (log scale; grey: 0)")
+    colourbar(image, ax, label)
 
 
 def fig5_segment_norms(norms: pd.DataFrame, prompts: pd.DataFrame) -> plt.Figure:
@@ -80,10 +80,12 @@ def fig16_submodule_norms(norms: pd.DataFrame, prompts: pd.DataFrame) -> plt.Fig
                              layout="constrained")
     for ax, module in zip(axes.flat, modules):
         means = segment_means(norms[norms.module == module], prompts, "norm", ["layer"])
-        _segment_heatmap(ax, means, MODULE_LABELS.get(module, module))
+        # The long quantity name goes once into the title: beside four colourbars it was too small to read.
+        _segment_heatmap(ax, means, MODULE_LABELS.get(module, module), "VJP norm (log)")
     for ax in axes.flat[len(modules):]:
         ax.set_visible(False)
-    fig.suptitle(f"{model_name(norms)}: VJP norm per sub-module (mean over {norms.case_id.nunique()} prompts)")
+    fig.suptitle(f"{model_name(norms)}: VJP norm per sub-module, {NORM_LABEL} (mean over {norms.case_id.nunique()} "
+                 "prompts)\nlog colour scale, one per panel; grey: exactly 0")
     return fig
 
 

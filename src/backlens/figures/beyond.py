@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 
 from backlens.analysis.aggregate import segment_means
-from backlens.figures.backward_lens import _segment_heatmap, fig6_target_ranks
+from backlens.figures.backward_lens import NORM_LABEL, _segment_heatmap, fig6_target_ranks
 from backlens.figures.common import colourbar, finish_line_axes, model_name
 
 PROJECTION_LABELS = {"q": "W_Q", "k": "W_K", "v": "W_V", "o": "W_O"}
@@ -59,10 +59,11 @@ def attention_norm_figure(norms: pd.DataFrame, prompts: pd.DataFrame) -> plt.Fig
     fig, axes = plt.subplots(2, 2, figsize=(10.4, 10.0), squeeze=False, layout="constrained")
     for ax, name in zip(axes.flat, names):
         means = segment_means(norms[norms.projection == name], prompts, "vjp_norm", ["layer"])
-        _segment_heatmap(ax, means, f"{PROJECTION_LABELS[name]} output")
+        _segment_heatmap(ax, means, f"{PROJECTION_LABELS[name]} output", "VJP norm (log)")
     for ax in axes.flat[len(names):]:
         ax.set_visible(False)
-    fig.suptitle(f"{model_name(norms)}: attention projection VJP norm (mean over {norms.case_id.nunique()} prompts)")
+    fig.suptitle(f"{model_name(norms)}: attention projection VJP norm, {NORM_LABEL} (mean over "
+                 f"{norms.case_id.nunique()} prompts)\nlog colour scale, one per panel; grey: exactly 0")
     return fig
 
 

@@ -88,24 +88,26 @@ def _panel(ax: plt.Axes, cells: pd.DataFrame, tokens: pd.DataFrame, vector: str,
     colourbar(image, ax, f"L2 norm of {'x_i' if vector == 'ff1_input' else 'delta_i'} (log scale)", pad=0.02)
 
 
-def logit_lens_figure(cells: pd.DataFrame, tokens: pd.DataFrame, examples: list[int] | None = None) -> plt.Figure:
-    """One row of two panels per example (all examples when ``examples`` is None)."""
+def logit_lens_figure(cells: pd.DataFrame, tokens: pd.DataFrame, examples: list[int] | None = None,
+                      vectors: tuple[str, ...] = tuple(PANELS)) -> plt.Figure:
+    """One row of panels per example (all examples when ``examples`` is None), one panel per vector
+    (``vectors``: both lenses, or ("ff2_vjp",) alone: the panel the README shows at full width)."""
     chosen = sorted(cells.example.unique()) if examples is None else [e for e in examples if e in set(cells.example)]
     if not chosen:
         raise ValueError(f"logit-lens tables hold examples {sorted(cells.example.unique())}, not {examples}")
     n_layers = int(cells.layer.max()) + 1
     n_positions = int(cells[cells.example.isin(chosen)].groupby("example").position.max().max()) + 1
-    width = 2 * (CELL_WIDTH_IN * n_positions + 1.6)
+    width = len(vectors) * (CELL_WIDTH_IN * n_positions + 1.6)
     height = len(chosen) * (CELL_HEIGHT_IN * n_layers + 1.6)
-    fig, axes = plt.subplots(len(chosen), 2, figsize=(width, height), squeeze=False, layout="constrained")
+    fig, axes = plt.subplots(len(chosen), len(vectors), figsize=(width, height), squeeze=False, layout="constrained")
     for row_axes, example in zip(axes, chosen):
         example_cells = cells[cells.example == example]
         head = example_cells.iloc[0]
         true = f" (true \"{head.target_true}\")" if isinstance(head.target_true, str) else ""
         edit = f"\"{head.prompt}\" -> \"{head.target_new}\"{true}"
-        for ax, vector in zip(row_axes, PANELS):
+        for ax, vector in zip(row_axes, vectors):
             _panel(ax, example_cells, tokens[tokens.example == example], vector, int(head.target_new_id), edit)
-    fig.suptitle(f"{model_name(cells)}: logit lens of FF1 inputs and FF2 VJPs\n"
-                 f"cell: most \\ least probable token; outlined bold: target_new among the {int(tokens.k.max()) + 1} at that end",
-                 fontsize=10)
+    what = " and ".join({"ff1_input": "FF1 inputs", "ff2_vjp": "FF2 VJPs"}[v] for v in vectors)
+    fig.suptitle(f"{model_name(cells)}: logit lens of {what}\ncell: most \\ least probable token; outlined bold: "
+                 f"target_new among the {int(tokens.k.max()) + 1} at that end", fontsize=10)
     return fig

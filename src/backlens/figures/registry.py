@@ -46,6 +46,19 @@ FIGURES: dict[str, FigureSpec] = {
         lambda t: logit_lens_figure(t["logit_lens_cells"], t["logit_lens_tokens"], [1]),
         "Fig 4b: the same logit-lens tables for the second configured edit.",
     ),
+    # The README shows these (LL(delta_i) alone, readable at its width) and links the full fig4 / fig4b.
+    "fig4_delta": FigureSpec(
+        ("logit_lens_cells", "logit_lens_tokens"),
+        lambda t: logit_lens_figure(t["logit_lens_cells"], t["logit_lens_tokens"], [0], ("ff2_vjp",)),
+        "Fig 4a, right panel alone: logit lens of the FF2 VJPs delta_i per layer (rows) and prompt token (columns) for "
+        "the first configured edit; each cell's most \\ least probable token; colour = ||delta_i|| (log scale); outlined "
+        "bold = target_new among the least probable tokens (the end a descent step promotes).",
+    ),
+    "fig4b_delta": FigureSpec(
+        ("logit_lens_cells", "logit_lens_tokens"),
+        lambda t: logit_lens_figure(t["logit_lens_cells"], t["logit_lens_tokens"], [1], ("ff2_vjp",)),
+        "Fig 4b, right panel alone: the LL(delta_i) table of the second configured edit.",
+    ),
     "fig4_more": FigureSpec(
         ("logit_lens_cells", "logit_lens_tokens"),
         lambda t: logit_lens_figure(t["logit_lens_cells"], t["logit_lens_tokens"],

@@ -6,6 +6,7 @@ import json
 import logging
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 from omegaconf import DictConfig
 
@@ -39,16 +40,31 @@ def method_results(cfg: DictConfig) -> list[tuple[dict, pd.DataFrame]]:
     return results
 
 
+def bootstrap_interval(values: np.ndarray, n_resamples: int, seed: int, level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of ``values``: cases resampled with replacement
+    ``n_resamples`` times (seeded, so the table is the same run to run)."""
+    values = np.asarray(values, dtype=float)
+    if len(values) == 0:
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    means = values[rng.integers(0, len(values), size=(n_resamples, len(values)))].mean(axis=1)
+    tail = (1 - level) / 2
+    low, high = np.quantile(means, [tail, 1 - tail])
+    return float(low), float(high)
+
+
 def paper_row(cfg: DictConfig, key: str, table: str) -> dict | None:
-    """The paper's numbers for this row, when our model is the paper's model."""
+    """The paper's numbers for this row (GPT-2 XL, whatever our model: the tables show them beside
+    ours, labelled with the paper's model)."""
     paper = cfg.paper[table]
-    if cfg.model.name != paper.model or key not in paper.rows:
+    if key not in paper.rows:
         return None
     values = paper.rows[key]
     return dict(zip(PAPER_COLUMNS, values)) if table == "table1" else {"perplexity": float(values)}
 
 
 def table1_frame(cfg: DictConfig) -> pd.DataFrame:
+    boot = cfg.editing.bootstrap
     rows = []
     for summary, cases in method_results(cfg):
         row = {"model": summary["model"], "method": summary["method"], "label": summary["label"],
@@ -61,6 +77,8 @@ def table1_frame(cfg: DictConfig) -> pd.DataFrame:
             values = cases[source].dropna().astype(float) * scale
             row[f"{column}_mean"] = float(values.mean()) if len(values) else float("nan")
             row[f"{column}_std"] = float(values.std(ddof=0)) if len(values) else float("nan")
+            row[f"{column}_ci_low"], row[f"{column}_ci_high"] = bootstrap_interval(
+                values.to_numpy(), int(boot.n_resamples), int(boot.seed), float(boot.level))
         parts = [row["efficacy_success_mean"], row["paraphrase_success_mean"], row["neighborhood_success_mean"]]
         row["score"] = float(len(parts) / sum(1 / p for p in parts)) if all(p > 0 for p in parts) else 0.0
         paper = paper_row(cfg, str(summary["paper_row"]), "table1") or {}
@@ -70,19 +88,28 @@ def table1_frame(cfg: DictConfig) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _cell(mean: float, std: float, digits: int = 1) -> str:
-    return "n/a" if pd.isna(mean) else f"{mean:.{digits}f} ± {std:.{digits}f}"
+def _cell(row: pd.Series, stem: str, digits: int = 1) -> str:
+    """mean ± std, and the bootstrap 95% interval of the mean where the table has one."""
+    mean = row[f"{stem}_mean"]
+    if pd.isna(mean):
+        return "n/a"
+    text = f"{mean:.{digits}f} ± {row[f'{stem}_std']:.{digits}f}"
+    if f"{stem}_ci_low" in row and not pd.isna(row[f"{stem}_ci_low"]):
+        text += f" [{row[f'{stem}_ci_low']:.{digits}f}, {row[f'{stem}_ci_high']:.{digits}f}]"
+    return text
 
 
-def render(frame: pd.DataFrame, columns: list[tuple[str, str, int]], paper: bool) -> tuple[str, str]:
-    """Markdown and LaTeX of ``frame``: (header, column stem, digits) cells as mean ± std."""
-    headers = ["Method"] + [h for h, _, _ in columns] + (["Paper (" + ", ".join(PAPER_COLUMNS) + ")"] if paper else [])
+def render(frame: pd.DataFrame, columns: list[tuple[str, str, int]], paper: list[str] | None = None,
+           paper_model: str = "") -> tuple[str, str]:
+    """Markdown and LaTeX of ``frame``: (header, column stem, digits) cells as mean ± std [95% interval];
+    ``paper``: the paper_<column>s shown in one last column, values joined by " / "."""
+    headers = ["Method"] + [h for h, _, _ in columns] + ([f"Paper, {paper_model} (" + ", ".join(paper) + ")"] if paper else [])
     body = []
     for _, row in frame.iterrows():
-        cells = [row["label"]] + [_cell(row[f"{stem}_mean"], row[f"{stem}_std"], d) if f"{stem}_mean" in row else f"{row[stem]:.{d}f}"
+        cells = [row["label"]] + [_cell(row, stem, d) if f"{stem}_mean" in row else f"{row[stem]:.{d}f}"
                                   for _, stem, d in columns]
         if paper:
-            cells.append(" / ".join("n/a" if pd.isna(row[f"paper_{c}"]) else f"{row[f'paper_{c}']:g}" for c in PAPER_COLUMNS))
+            cells.append(" / ".join("n/a" if pd.isna(row[f"paper_{c}"]) else f"{row[f'paper_{c}']:g}" for c in paper))
         body.append(cells)
     markdown = "| " + " | ".join(headers) + " |\n|" + "---|" * len(headers) + "\n"
     markdown += "".join("| " + " | ".join(cells) + " |\n" for cells in body)
@@ -94,15 +121,18 @@ def render(frame: pd.DataFrame, columns: list[tuple[str, str, int]], paper: bool
 
 def run_table1(cfg: DictConfig) -> None:
     frame = table1_frame(cfg)
-    paper = cfg.model.name == cfg.paper.table1.model
     columns = [("Efficacy", "efficacy", 1), ("Paraphrase", "paraphrase", 1), ("Neighborhood", "neighborhood", 1),
                ("N-gram entropy", "ngram_entropy", 1), ("ES", "efficacy_success", 1), ("PS", "paraphrase_success", 1),
                ("NS", "neighborhood_success", 1), ("Score", "score", 1)]
-    markdown, latex = render(frame, columns, paper)
+    markdown, latex = render(frame, columns, PAPER_COLUMNS, cfg.paper.table1.model)
     first = frame.iloc[0]
     note = (
         f"\n{cfg.model.name}, CounterFact cases {cfg.editing.first_case}..{int(cfg.editing.first_case) + int(first['n_cases']) - 1}"
-        f" ({first['n_cases']} edits per method, weights restored after each); accuracies and ES/PS/NS in %, mean ± std over cases; "
+        f" ({first['n_cases']} edits per method, weights restored after each); accuracies and ES/PS/NS in %, mean ± std over cases "
+        f"[bootstrap {float(cfg.editing.bootstrap.level):.0%} interval of the mean, {cfg.editing.bootstrap.n_resamples} "
+        "resamples of the cases: two methods differ beyond sampling noise where their intervals do not overlap]; "
+        f"the paper's column: {cfg.paper.table1.model}, {cfg.paper.table1.n_cases} cases (its FT row for our FT-L at "
+        "a later layer is its FT-L at layer 35; n/a: not in the paper); "
         f"n-gram entropy (x100) over the first {first['n_generation_cases']} cases, generated from: {first['generation_source']}. "
         "Seconds per edit: edit_timings.md. Skipped (shift, already predicted): "
         + (", ".join(f"{r.method}={r.n_skipped_already_predicted}" for r in frame.itertuples() if r.n_skipped_already_predicted) or "none")
@@ -122,16 +152,18 @@ def run_table7(cfg: DictConfig) -> None:
         if values.empty:
             raise ValueError(f"method {summary['method']}: no perplexity measured; set editing.n_perplexity_cases > 0 and rerun it")
         paper = paper_row(cfg, str(summary["paper_row"]), "table7_wikitext_perplexity") or {}
+        boot = cfg.editing.bootstrap
+        low, high = bootstrap_interval(values.to_numpy(), int(boot.n_resamples), int(boot.seed), float(boot.level))
         rows.append({"model": summary["model"], "method": summary["method"], "label": summary["label"],
                      "n_edits": len(values), "perplexity_mean": float(values.mean()),
-                     "perplexity_std": float(values.std(ddof=0)), "paper_perplexity": paper.get("perplexity", float("nan"))})
+                     "perplexity_std": float(values.std(ddof=0)), "perplexity_ci_low": low, "perplexity_ci_high": high,
+                     "paper_perplexity": paper.get("perplexity", float("nan"))})
     frame = pd.DataFrame(rows)
     columns = [("Perplexity", "perplexity", 2)]
-    markdown, latex = render(frame.rename(columns={"paper_perplexity": "paper_ppl"}), columns, paper=False)
-    if cfg.model.name == cfg.paper.table7_wikitext_perplexity.model:
-        markdown += "\nPaper (WikiText): " + ", ".join(f"{r.method}={r.paper_perplexity:g}" for r in frame.itertuples()) + "\n"
+    markdown, latex = render(frame, columns, ["perplexity"], f"{cfg.paper.table7_wikitext_perplexity.model}, WikiText")
     table7 = Path(cfg.paths.table7)
     write_table(frame, table7)
     write_text(markdown + f"\nCorpus: editing.corpus.source={cfg.editing.corpus.source} (held-out blocks); "
-               f"{frame['n_edits'].iloc[0]} edits per method.\n", table7.with_suffix(".md"))
+               f"{frame['n_edits'].iloc[0]} edits per method; mean ± std over edits [bootstrap "
+               f"{float(cfg.editing.bootstrap.level):.0%} interval of the mean].\n", table7.with_suffix(".md"))
     write_text(latex, table7.with_suffix(".tex"))

@@ -81,20 +81,30 @@ def fig4_row(cells: pd.DataFrame, tokens: pd.DataFrame, paper: DictConfig) -> Ro
                f"holds if every example has it in >= {100 * many:.0f}% of layers, partly if any has it", "fig4")
 
 
-def fig5_row(norms: pd.DataFrame, prompts: pd.DataFrame, paper: DictConfig) -> Row:
+# Fig 5's claim names two groups; each is scored on its own, so one cannot hide the other.
+FIG5_GROUPS = {"the subject tokens": ("first_subject", "middle_subject", "last_subject"), "the last token": ("last",)}
+
+
+def fig5_rows(norms: pd.DataFrame, prompts: pd.DataFrame, paper: DictConfig) -> list[Row]:
+    """Share of the summed FF2 VJP norm against share of the tokens, for the subject tokens and for the
+    last token apart (each token counted once, by its primary segment)."""
     ff2 = norms[norms.module == "ff2"].merge(prompts[["case_id", "position", "segment"]], on=["case_id", "position"])
     mass = ff2.groupby("segment").norm.sum() / ff2.norm.sum()
-    focus = ["first_subject", "middle_subject", "last_subject", "last"]
-    share = float(mass.reindex(focus).fillna(0).sum())
-    token_share = float(prompts.segment.value_counts(normalize=True).reindex(focus).fillna(0).sum())
-    # Their share of the norm only means something against their share of the tokens.
-    concentration = share / token_share
+    tokens = prompts.segment.value_counts(normalize=True)
     needed = float(paper.verdicts.norm_concentration)
-    verdict = HOLDS if share > 0.5 and concentration >= needed else PARTLY if concentration > 1 else DOES_NOT
-    return Row("most of the FF2 VJP norm sits on the subject tokens and the last token (Fig 5)", "\"most\" (GPT-2 XL)",
-               f"{100 * share:.1f}% of the summed norm on {100 * token_share:.1f}% of the tokens "
-               f"({concentration:.2f}x their share)", verdict,
-               f"holds above 50% and >= {needed:g}x their share of tokens, partly above 1x", "fig5")
+    rows = []
+    for group, segments in FIG5_GROUPS.items():
+        share = float(mass.reindex(list(segments)).fillna(0).sum())
+        token_share = float(tokens.reindex(list(segments)).fillna(0).sum())
+        # Their share of the norm only means something against their share of the tokens.
+        concentration = share / token_share
+        verdict = HOLDS if concentration >= needed else PARTLY if concentration > 1 else DOES_NOT
+        rows.append(Row(f"FF2 VJP norm concentrates on {group} (Fig 5: \"most of the norm sits on the subject tokens "
+                        "and the last token\")", "\"most\" (GPT-2 XL)",
+                        f"{100 * share:.1f}% of the summed norm on {100 * token_share:.1f}% of the tokens "
+                        f"({concentration:.2f}x their share)", verdict,
+                        f"holds at >= {needed:g}x their share of tokens, partly above 1x", "fig5"))
+    return rows
 
 
 def fig6_row(target_ranks: pd.DataFrame, prompts: pd.DataFrame, paper: DictConfig) -> Row:
@@ -178,7 +188,8 @@ def editing_rows(table1: pd.DataFrame, table7: pd.DataFrame, timings: pd.DataFra
     paper_rows = paper.table1.rows
     rows = [Row(paper.shift_efficacy.claim, f"shift {paper_rows.shift[0]} vs ROME {paper_rows.rome[0]} (GPT-2 XL, "
                 f"{paper.table1.n_cases} cases)", f"shift {by_method.loc['shift', 'efficacy_mean']:.0f} vs ROME "
-                f"{by_method.loc['rome', 'efficacy_mean']:.0f} ({n_cases} cases): {gap:+.0f} points",
+                f"{by_method.loc['rome', 'efficacy_mean']:.0f} ({n_cases} cases): "
+                + (f"{abs(gap):.0f} points {'below' if gap > 0 else 'above'} ROME" if gap else "equal"),
                 _graded(abs(gap), holds_at, partly_at, lower_is_better=True),
                 f"gap <= {holds_at:g} points holds, <= {partly_at:g} partly", "tables/table1.md")]
     rows += shift_variant_rows(by_method, paper)
@@ -191,14 +202,33 @@ def editing_rows(table1: pd.DataFrame, table7: pd.DataFrame, timings: pd.DataFra
                     HOLDS if str(cheapest).startswith("shift") else PARTLY if times["shift"] < times["rome"] else DOES_NOT,
                     "holds if a forward pass shift (any variant) is the fastest method, partly if faster than ROME",
                     "tables/table1.md"))
-    perplexity = table7.set_index("method").perplexity_mean
+    rows += table7_rows(table7, paper)
+    return rows
+
+
+def table7_rows(table7: pd.DataFrame, paper: DictConfig) -> list[Row]:
+    """Table 7: the shift against the unedited model, and the paper's ordering (the shift's perplexity no
+    higher than ROME's and MEMIT's), each with the number of edits it rests on."""
+    by_method = table7.set_index("method")
+    perplexity, n_edits = by_method.perplexity_mean, int(by_method.n_edits.min())
+    paper_rows = paper.table7_wikitext_perplexity.rows
     increase = float(perplexity["shift"] / perplexity["none"] - 1)
-    paper_increase = paper.table7_wikitext_perplexity.rows.shift / paper.table7_wikitext_perplexity.rows.original - 1
+    paper_increase = paper_rows.shift / paper_rows.original - 1
     holds_at, partly_at = (float(x) for x in paper.verdicts.perplexity_increase)
-    rows.append(Row(paper.table7_shift_perplexity.claim, f"{100 * paper_increase:+.1f}% (WikiText)",
-                    f"{perplexity['shift']:.2f} vs {perplexity['none']:.2f}: {100 * increase:+.1f}% (model samples)",
-                    _graded(increase, holds_at, partly_at, lower_is_better=True),
-                    f"increase <= {100 * holds_at:g}% holds, <= {100 * partly_at:g}% partly", "tables/table7.md"))
+    rows = [Row(paper.table7_shift_perplexity.claim, f"{100 * paper_increase:+.1f}% (WikiText)",
+                f"{perplexity['shift']:.2f} vs {perplexity['none']:.2f}: {100 * increase:+.1f}% (model samples, "
+                f"{n_edits} edits per method)", _graded(increase, holds_at, partly_at, lower_is_better=True),
+                f"increase <= {100 * holds_at:g}% holds, <= {100 * partly_at:g}% partly", "tables/table7.md")]
+    # "No higher" within the holds tolerance: the paper's own shift is 0.06% above its MEMIT.
+    others = [m for m in ("rome", "memit") if m in perplexity.index]
+    no_higher = [perplexity["shift"] <= perplexity[m] * (1 + holds_at) for m in others]
+    rows.append(Row("after the forward pass shift, held-out perplexity is no higher than after ROME and MEMIT "
+                    "(Table 7)", ", ".join(f"{m} {paper_rows[m]:g}" for m in ("shift", *others)) + " (WikiText)",
+                    ", ".join(f"{m} {perplexity[m]:.2f}" for m in ("shift", *others))
+                    + f" ({n_edits} edits per method)", [DOES_NOT, PARTLY, HOLDS][min(sum(no_higher), 2)]
+                    if len(others) == 2 else DOES_NOT,
+                    f"shift within {100 * holds_at:g}% of or below each: holds if both, partly if one",
+                    "tables/table7.md"))
     return rows
 
 
@@ -250,7 +280,7 @@ def run(cfg: DictConfig) -> None:
     rows = [
         *gradient_rank_rows(pd.read_parquet(paths.gradient_ranks), paper),
         fig4_row(pd.read_parquet(paths.logit_lens_cells), pd.read_parquet(paths.logit_lens_tokens), paper),
-        fig5_row(pd.read_parquet(paths.vjp_norms), prompts, paper),
+        *fig5_rows(pd.read_parquet(paths.vjp_norms), prompts, paper),
         fig6_row(pd.read_parquet(paths.target_ranks), prompts, paper),
         fig9_row(pd.read_parquet(paths.neuron_updates), paper),
         *tracing,
