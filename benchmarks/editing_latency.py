@@ -24,7 +24,6 @@ Usage (from the project root, inside the environment):
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import tempfile
@@ -34,6 +33,7 @@ from pathlib import Path
 import torch
 from hydra import compose, initialize_config_dir
 
+from backlens.bench import write_result
 from backlens.editing.covariance import accumulate_second_moments
 from backlens.editing.evaluation import CaseLog, evaluate_case, evaluate_editor, perplexity
 from backlens.editing.methods import build_editor
@@ -222,11 +222,9 @@ def main() -> None:
             value = result[f"shift_{kind}_s"]
             name = f"shift_{kind}_s: seconds of evaluation per case (goal on 2 CPU cores, SmolLM2-135M)"
             result["goals"].append({"name": name, "value": value, "bound": bound, "met": bool(value <= bound)})
-    if args.out:
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(result, indent=2) + "\n")
-        print(f"wrote {out}")
+    timings = {key[:-2]: value for key, value in result.items() if key.endswith("_s")}
+    write_result(args.out, result["benchmark"], model=args.model, device=result["device"], smoke=args.smoke,
+                 settings=result["settings"], timings=timings, ratios=ratios, goals=result["goals"])
     scratch.cleanup()
 
 

@@ -8,7 +8,6 @@ one run on the same request, templates and model; the two are timed alternately.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -19,6 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))  # the reference implementation lives beside its test
 
 from backlens.api.models import DEFAULT_MODEL, load  # noqa: E402
+from backlens.bench import goal, write_result  # noqa: E402
 from backlens.editing.base import NoEdit  # noqa: E402
 from backlens.editing.keys_values import ROME_TEMPLATE_LENGTHS, context_templates, optimise_target  # noqa: E402
 from backlens.api.editing import method_config  # noqa: E402
@@ -60,19 +60,13 @@ def main() -> None:
             steps[name] = result.steps
     new_s, old_s = min(times["new"]), min(times["old"])
     ratio = new_s / old_s
-    report = {
-        "benchmark": Path(__file__).stem, "model": loaded.name, "device": str(loaded.device), "smoke": args.smoke,
-        "settings": {"method": "rome", "layer": layer, "templates": len(templates), "repeats": repeats,
-                     "threads": args.threads, "steps": steps},
-        "value_optimisation_new_s": new_s, "value_optimisation_old_s": old_s,
-        "value_optimisation_new_cpu_s": min(cpu["new"]), "value_optimisation_old_cpu_s": min(cpu["old"]),
-        "ratios": {"new_over_old": ratio, "new_over_old_cpu": min(cpu["new"]) / min(cpu["old"])},
-        "goals": [{"name": "value optimisation new / old", "value": ratio, "bound": GOAL, "met": bool(ratio <= GOAL)}],
-    }
-    print(json.dumps(report, indent=1))
-    if args.out:
-        args.out.write_text(json.dumps(report, indent=1) + "\n")
-
+    write_result(args.out, Path(__file__).stem, model=loaded.name, device=str(loaded.device), smoke=args.smoke,
+                 settings={"method": "rome", "layer": layer, "templates": len(templates), "repeats": repeats,
+                           "threads": args.threads, "steps": steps},
+                 timings={"value_optimisation_new": new_s, "value_optimisation_old": old_s,
+                          "value_optimisation_new_cpu": min(cpu["new"]), "value_optimisation_old_cpu": min(cpu["old"])},
+                 ratios={"new_over_old": ratio, "new_over_old_cpu": min(cpu["new"]) / min(cpu["old"])},
+                 goals=[goal("value optimisation new / old", ratio, GOAL)])
 
 if __name__ == "__main__":
     main()

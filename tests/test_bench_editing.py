@@ -9,6 +9,8 @@ import sys
 
 from conftest import PROJECT_ROOT, require_shared
 
+from backlens.bench import check_result
+
 
 def test_editing_latency_smoke_writes_its_json(tmp_path):
     require_shared("data", "counterfact")
@@ -22,6 +24,7 @@ def test_editing_latency_smoke_writes_its_json(tmp_path):
     )
     assert completed.returncode == 0, completed.stderr[-3000:]
     result = json.loads(out.read_text())
+    assert check_result(result) == []
     assert result["benchmark"] == "editing_latency" and result["smoke"] is True and result["model"] == "tiny-llama"
     assert result["settings"]["methods"] == ["shift", "ft", "rome"] and result["settings"]["left_out"] == {}
     for method in result["settings"]["methods"]:

@@ -1,6 +1,7 @@
 """The benchmarks cannot rot: each runs in its smoke mode (tiny random model, seconds) in a subprocess and
 must write a JSON of the shared convention (backlens.bench); the page renderer on a synthetic JSON.
-(benchmarks/editing_latency.py has its own smoke test, tests/test_bench_editing.py.)"""
+(benchmarks/editing_latency.py has its own smoke test, tests/test_bench_editing.py; a guard checks that
+every benchmarks/*.py is covered.)"""
 
 from __future__ import annotations
 
@@ -19,7 +20,17 @@ REQUIRED_TIMINGS = {
     "analysis_speed": {"bare_s", "capture_s", "tables_s", "naive_s", "gradient_ranks_s", "vjp_norms_s",
                        "target_ranks_s", "neuron_updates_s", "vjp_similarity_s"},
     "tracing_speed": {"traced_s", "reference_reuse_s", "reference_full_s"},
+    "value_optimisation": {"value_optimisation_new_s", "value_optimisation_old_s",
+                           "value_optimisation_new_cpu_s", "value_optimisation_old_cpu_s"},
 }
+# Smoke-tested in a file of its own (tests/test_bench_editing.py).
+TESTED_ELSEWHERE = {"editing_latency"}
+
+
+def test_every_benchmark_has_a_smoke_test():
+    """make bench runs every benchmarks/*.py: a new one without a smoke test here could rot unseen."""
+    stems = {path.stem for path in (PROJECT_ROOT / "benchmarks").glob("*.py")}
+    assert stems == set(REQUIRED_TIMINGS) | TESTED_ELSEWHERE
 
 
 def run_smoke(stem: str, tmp_path) -> dict:
