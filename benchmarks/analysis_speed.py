@@ -29,6 +29,7 @@ from hydra import compose, initialize_config_dir
 
 import backlens.artifacts  # noqa: F401  (registers ${artifact:...} for conf/config.yaml)
 from backlens.analysis.capture import last_position_loss, pad_batch
+from backlens.analysis.logit_lens import lens_is_odd
 from backlens.bench import goal, write_result
 from backlens.data.counterfact import load_counterfact_from_config
 from backlens.data.prompt_table import prompt_table, sample_records
@@ -121,6 +122,24 @@ def main() -> None:
     tables_s = sum(table_seconds.values())
     print(f"  timed rule backward_lens: {rule_s:.2f} s (capture {capture_s:.2f} s, tables {tables_s:.2f} s: "
           + ", ".join(f"{k} {v:.2f}" for k, v in table_seconds.items()) + ")", flush=True)
+    # The floor under the tables: their vocabulary projections alone (one matmul per chunk of the same
+    # shape as theirs, no ranks, no top-k), on as many vectors as they project: every (layer, token) FF2
+    # VJP once, and the top-k neurons' updates of every (prompt, layer, matrix), twice where the lens
+    # is not odd (a biased final norm or unembedding: the signed update needs its own pass).
+    n_matrices = len(loaded.adapter.linear_sites(0))
+    n_updates = len(prompts.case_ids) * loaded.adapter.n_layers * n_matrices * int(cfg.analysis.top_k_neurons)
+    n_projected = sum(map(len, prompts.input_ids)) * loaded.adapter.n_layers + n_updates * (1 if lens_is_odd(loaded.adapter) else 2)
+    unembedding = loaded.adapter.unembedding
+
+    @torch.no_grad()
+    def projection() -> None:
+        chunk = torch.randn(2048, unembedding.shape[1], device=loaded.device, dtype=unembedding.dtype)
+        for start in range(0, n_projected, 2048):
+            chunk[: min(2048, n_projected - start)] @ unembedding.T
+        sync()
+
+    projection_s = timed(projection)
+    print(f"  timed projection floor ({n_projected} vectors onto {unembedding.shape[0]} tokens): {projection_s:.2f} s", flush=True)
     naive_timed_s = timed(naive)
     naive_s = naive_timed_s * len(prompts.case_ids) / n_naive
     print(f"  timed naive on {n_naive} prompts: {naive_timed_s:.2f} s -> {naive_s:.2f} s for all", flush=True)
@@ -128,6 +147,8 @@ def main() -> None:
     ratios = {
         "capture / bare": capture_s / bare_s,
         "tables / bare": tables_s / bare_s,
+        "projection floor / bare": projection_s / bare_s,
+        "tables / projection floor": tables_s / projection_s,
         "(capture + tables) / bare": (capture_s + tables_s) / bare_s,
         "naive / capture": naive_s / capture_s,
         "naive / (capture + tables)": naive_s / (capture_s + tables_s),
@@ -139,13 +160,14 @@ def main() -> None:
     ]
     settings = {"prompts": len(prompts.case_ids), "tokens": sum(map(len, prompts.input_ids)), "batch_size": batch_size,
                 "naive_prompts_timed": n_naive, "threads": torch.get_num_threads(), "dtype": "float32",
-                "top_k_neurons": int(cfg.analysis.top_k_neurons), "normalized": bool(cfg.analysis.normalized)}
+                "top_k_neurons": int(cfg.analysis.top_k_neurons), "normalized": bool(cfg.analysis.normalized),
+                "projected_vectors": n_projected}
     print(f"model {args.model} on {loaded.device}: {settings}")
     for name, value in ratios.items():
         print(f"  {name:28s} = {value:.2f}")
     write_result(args.out, "analysis_speed", model=args.model, device=str(loaded.device), smoke=args.smoke,
                  settings=settings, timings={"bare": bare_s, "capture": capture_s, "tables": tables_s,
-                                             **table_seconds, "naive": naive_s, "naive_timed": naive_timed_s},
+                                             **table_seconds, "projection_floor": projection_s, "naive": naive_s, "naive_timed": naive_timed_s},
                  ratios=ratios, goals=goals)
 
 

@@ -3,44 +3,17 @@ tested against (tests/test_table_equivalence.py). Not used by the library."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 
+# Helpers issue 22 left unchanged are imported from the library; what follows is the former table logic.
 from backlens.analysis.capture import CapturedBatch
+from backlens.analysis.logit_lens import is_zero_vector, lens_logits, rank_from_top
 from backlens.analysis.ranks import float32_rtol, gradient_ranks_stacked
+from backlens.analysis.spanning_sets import change_norms, neuron_change_factors
 from backlens.models.adapters import ArchitectureAdapter
-
-def rescale_to_unit_rms(vectors_Nxd: torch.Tensor) -> torch.Tensor:
-    """The normalized lens: give every vector RMS 1 before the final norm, so low-norm VJPs
-    are not dominated by the norm's eps. Zero vectors stay zero."""
-    rms = vectors_Nxd.pow(2).mean(dim=-1, keepdim=True).sqrt()
-    return torch.where(rms > 0, vectors_Nxd / rms.clamp_min(torch.finfo(vectors_Nxd.dtype).tiny), vectors_Nxd)
-
-
-def lens_logits(
-    adapter: ArchitectureAdapter, vectors_Nxd: torch.Tensor, *, normalized: bool = False, chunk: int = 2048
-) -> Iterator[tuple[slice, torch.Tensor]]:
-    """Yield (rows, logits) chunks of LL for (N, d) vectors, so (N, V) is never held at once."""
-    with torch.no_grad():
-        for start in range(0, vectors_Nxd.shape[0], chunk):
-            rows = slice(start, min(start + chunk, vectors_Nxd.shape[0]))
-            block = vectors_Nxd[rows]
-            if normalized:
-                block = rescale_to_unit_rms(block)
-            yield rows, adapter.logit_lens(block).float()
-
-
-def rank_from_top(logits_NxV: torch.Tensor, token_ids_N: torch.Tensor) -> torch.Tensor:
-    """Number of vocabulary items with a strictly higher logit than the token (0 = most probable)."""
-    target = logits_NxV.gather(1, token_ids_N.view(-1, 1))
-    return (logits_NxV > target).sum(dim=1)
-
-
-def is_zero_vector(vectors_Nxd: torch.Tensor) -> torch.Tensor:
-    """Exact-zero rows (e.g. last-layer VJPs before the last position): their lens is uniform."""
-    return ~vectors_Nxd.ne(0).any(dim=-1)
 
 
 def target_ranks(
@@ -161,25 +134,6 @@ def target_rank_rows(
         {"case_id": case_id, "layer": layer, "position": position, "rank": rank, "vocab_size": vocab_size}
         for (case_id, layer, position), rank in zip(index, ranks)
     ]
-
-
-def neuron_change_factors(batch: CapturedBatch, prompt: int, layer: int, matrix: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """(coefficients P x d_ff, spanning vectors P x d_model) of one SGD step (lr 1): neuron j
-    changes by -sum_i coefficients[i, j] * spanning[i].
-
-    FF2 neurons are value vectors spanned by the VJPs (coefficients: FF2 inputs); FF1
-    neurons are key vectors spanned by the inputs (coefficients: FF1 VJPs).
-    """
-    inputs, vjps = batch.factors(prompt, (layer, matrix))
-    if matrix == "ff2":
-        return inputs, vjps
-    return vjps, inputs
-
-
-def change_norms(coefficients_PxF: torch.Tensor, spanning_PxD: torch.Tensor) -> torch.Tensor:
-    """||change_j|| for every neuron via the P x P Gram matrix, without forming d_ff x d changes."""
-    gram = spanning_PxD @ spanning_PxD.T
-    return ((gram @ coefficients_PxF) * coefficients_PxF).sum(dim=0).clamp_min(0).sqrt()
 
 
 def neuron_update_rows(
