@@ -27,7 +27,6 @@ from pathlib import Path
 import torch
 from hydra import compose, initialize_config_dir
 
-import backlens.artifacts  # noqa: F401  (registers ${artifact:...} for conf/config.yaml)
 from backlens.analysis.capture import last_position_loss, pad_batch
 from backlens.analysis.logit_lens import lens_is_odd
 from backlens.bench import goal, write_result

@@ -22,7 +22,6 @@ from pathlib import Path
 import torch
 from hydra import compose, initialize_config_dir
 
-import backlens.artifacts  # noqa: F401  (registers ${artifact:...} for conf/config.yaml)
 from backlens.bench import goal, write_result
 from backlens.data.known_facts import load_known_facts_from_config
 from backlens.models.loading import load_model

@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
-import backlens.artifacts  # noqa: F401  (registers ${artifact:...} that conf/config.yaml's paths use)
 from backlens.models.loading import load_model
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]

@@ -9,7 +9,6 @@ from collections.abc import Callable
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-import backlens.artifacts  # noqa: F401  (registers ${artifact:...} before a script's Hydra composes conf/)
 from backlens.config_checks import check_run_config
 from backlens.errors import UserError
 
