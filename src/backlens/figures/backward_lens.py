@@ -91,7 +91,8 @@ def fig16_submodule_norms(norms: pd.DataFrame, prompts: pd.DataFrame) -> plt.Fig
 
 def fig6_target_ranks(target_ranks: pd.DataFrame, prompts: pd.DataFrame, *, vector: str = "the FF2 VJP",
                       symbol: str = "delta") -> plt.Figure:
-    """Rank of target_new's first token in LL(delta_i) per segment and layer (mean, IQR band).
+    """Rank of target_new's first token in LL(delta_i) per segment and layer (mean, IQR band), and the
+    last token's median dashed: the scorecard counts layers by that median, so the figure draws it.
     ``vector`` / ``symbol`` name the VJP in the title and axis (another site's, e.g. W_O's)."""
     usable = target_ranks[target_ranks["rank"] >= 0]
     vocab_size = int(target_ranks.vocab_size.iloc[0])
@@ -99,18 +100,21 @@ def fig6_target_ranks(target_ranks: pd.DataFrame, prompts: pd.DataFrame, *, vect
     fig, ax = plt.subplots(figsize=(7.2, 3.8))
     for segment in SEGMENTS:
         per_prompt = merged[merged[f"is_{segment}"]].groupby(["layer", "case_id"])["rank"].mean()
-        stats = per_prompt.groupby("layer").agg(["mean", lambda s: s.quantile(0.25), lambda s: s.quantile(0.75)])
-        stats.columns = ["mean", "q25", "q75"]
+        stats = per_prompt.groupby("layer").agg(["mean", "median", lambda s: s.quantile(0.25), lambda s: s.quantile(0.75)])
+        stats.columns = ["mean", "median", "q25", "q75"]
         colour = SEGMENT_COLOURS[segment]
         width = 2.0 if segment == "last" else 1.2
         ax.plot(stats.index, stats["mean"], label=SEGMENT_LABELS[segment], color=colour, linewidth=width)
         ax.fill_between(stats.index, stats.q25, stats.q75, color=colour, alpha=0.12)
+        if segment == "last":
+            ax.plot(stats.index, stats["median"], label=f"{SEGMENT_LABELS[segment]} (median)", color=colour,
+                    linewidth=1.2, linestyle="--")
     ax.axhline(vocab_size - 1, color="black", linestyle=":", linewidth=1, label="least probable (V-1)")
     ax.axhline((vocab_size - 1) / 2, color="grey", linestyle="--", linewidth=1, label="chance (V/2)")
     ax.set_ylim(0, 1.03 * vocab_size)
     finish_line_axes(ax, xlabel="layer", ylabel=f"rank of target in LL({symbol})",
                      title=f"{model_name(target_ranks)}: target rank in {vector}'s logit lens "
-                           f"(mean, band = IQR; 0 = most probable)")
+                           f"(mean, band = IQR, dashed = median; 0 = most probable)")
     return fig
 
 

@@ -75,7 +75,8 @@ FIGURES: dict[str, FigureSpec] = {
         ("target_ranks", "prompts"),
         lambda t: bl.fig6_target_ranks(t["target_ranks"], t["prompts"]),
         "Rank of target_new's first token in LL(delta_i) per segment and layer: mean over prompts, band = interquartile "
-        "range; exact-zero VJPs left out. V-1 = least probable, the end a descent step promotes.",
+        "range, dashed = the last token's median (what the scorecard counts); exact-zero VJPs left out. V-1 = least "
+        "probable, the end a descent step promotes.",
     ),
     "fig7": FigureSpec(
         ("neuron_updates", "prompts"),
@@ -135,7 +136,8 @@ BEYOND_FIGURES: dict[str, FigureSpec] = {
         ("attention_target_ranks", "prompts"),
         lambda t: beyond.attention_target_rank_figure(t["attention_target_ranks"], t["prompts"]),
         "Our analysis beyond the paper (Fig 6 style): rank of target_new's first token in the logit lens of W_O's "
-        "VJP (the attention output's) per segment and layer; mean over prompts, band = IQR; exact-zero VJPs left out.",
+        "VJP (the attention output's) per segment and layer; mean over prompts, band = IQR, dashed = the last token's "
+        "median (what the scorecard counts); exact-zero VJPs left out.",
     ),
     "ft_trace_steps": FigureSpec(
         ("ft_trace",),
