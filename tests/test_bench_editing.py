@@ -34,7 +34,8 @@ def test_editing_latency_smoke_writes_its_json(tmp_path):
             ratio = result["ratios"][f"{method}_{kind}_over_reference"]
             assert ratio == result[f"{method}_{kind}_s"] / result[f"{method}_{kind}_reference_s"]
     assert result["ratios"]["rome_edit_over_shift_edit"] == result["rome_edit_s"] / result["shift_edit_s"]
-    assert {goal["name"].split(":")[0] for goal in result["goals"]} == {"shift_eval_s", "shift_eval_generating_s"}
+    assert result["shift_eval_generating_batch_s"] > 0 and result["settings"]["generation_batch"] == 2
+    assert {goal["name"].split(":")[0] for goal in result["goals"]} == {"shift_eval_s", "shift_eval_generating_batch_s"}
     for goal in result["goals"]:
         assert goal["met"] == (goal["value"] <= goal["bound"])
     assert all(key.endswith("_s") for key, value in result.items() if isinstance(value, float))
