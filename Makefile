@@ -42,15 +42,18 @@ test-gpu: install
 # Every benchmarks/*.py on the default model (its defaults) into results/bench/<stem>.json, then
 # docs/performance.md from the JSONs written. A failing benchmark is reported and the others still run
 # and are rendered (its stale JSON is removed first, so the page never shows an old number); the
-# target then fails, naming it. BENCH_NICE=nice -n 5 on a shared machine.
+# target then fails, naming it. BENCH_NICE=nice -n 5 on a shared machine. ORIGINAL_ROME=<kmeng01/rome
+# checkout outside this repository>: editing_latency also times the original ROME beside ours.
 BENCH_DIR ?= results/bench
 BENCH_NICE ?=
+ORIGINAL_ROME ?=
 bench: install
 	@mkdir -p $(BENCH_DIR); failed=""; \
 	for script in benchmarks/*.py; do \
 		stem=$$(basename $$script .py); rm -f $(BENCH_DIR)/$$stem.json; \
-		echo "== $$script -> $(BENCH_DIR)/$$stem.json"; \
-		$(BENCH_NICE) $(BIN)/python $$script --out $(BENCH_DIR)/$$stem.json || failed="$$failed $$stem"; \
+		extra=""; if [ "$$stem" = editing_latency ] && [ -n "$(ORIGINAL_ROME)" ]; then extra="--original-rome $(ORIGINAL_ROME)"; fi; \
+		echo "== $$script $$extra -> $(BENCH_DIR)/$$stem.json"; \
+		$(BENCH_NICE) $(BIN)/python $$script --out $(BENCH_DIR)/$$stem.json $$extra || failed="$$failed $$stem"; \
 	done; \
 	$(BIN)/python -m backlens.bench render $(BENCH_DIR) docs/performance.md || exit 1; \
 	if [ -n "$$failed" ]; then echo "make bench: FAILED:$$failed (docs/performance.md has the others)"; exit 1; fi

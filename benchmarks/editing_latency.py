@@ -17,11 +17,24 @@ ROME/MEMIT and the whitened shift read the cached FF2 statistics and MEND the ca
 (rules edit_covariance and edit_mend_train; their one-off cost is not part of an edit); a method
 whose file is absent is left out with a note. ``--smoke``: the tiny random Llama, 3 cases (2 generating), shift,
 FT and ROME (2 context templates, 4 forwards) with statistics computed on the fly from the tiny
-model's own samples, and the reference path side by side (seconds).
+model's own samples, and the reference path side by side (seconds); ``--model tiny-gpt2`` with
+``--smoke`` keeps that tiny model instead.
+
+``--original-rome PATH`` (a kmeng01/rome checkout kept outside this repository): also times the
+original ``rome.rome_main.execute_rome`` beside our ROME on the same cases, model object,
+templates, hyper-parameters and FF2 second moment (``benchmarks/support/original_rome.py`` says
+what is shimmed around it, never edited), alternating per case after one warm-up each:
+``rome_original_edit_s`` and ours timed beside it ``rome_beside_original_edit_s`` (medians), the
+ratio ``rome_edit_over_original`` (issue 23 goal: <= 0.5), the relative Frobenius difference of the
+two updates per case (``rome_original_update_rel_diff``; the largest in ``settings.original_rome``
+with the checkout's commit: git, a ``COMMIT`` file at its root, or ``--original-rome-commit``) and
+the ``ROMEHyperParams`` the original ran with (``rome_original_hparams``).
+``make bench ORIGINAL_ROME=PATH`` passes it on.
 
 Usage (from the project root, inside the environment):
     python benchmarks/editing_latency.py [--model smollm2-135m] [--cases 4] [--generating-cases 2] [--generation-batch 10] [--reference]
         [--threads 1] [--methods shift rome ...] [--out results/bench/editing_latency.json] [--smoke]
+        [--original-rome PATH [--original-rome-commit SHA]]
 """
 
 from __future__ import annotations
@@ -29,6 +42,7 @@ from __future__ import annotations
 import argparse
 import platform
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -36,8 +50,8 @@ from pathlib import Path
 import torch
 from hydra import compose, initialize_config_dir
 
-from backlens.bench import write_result
-from backlens.editing.covariance import accumulate_second_moments
+from backlens.bench import goal, write_result
+from backlens.editing.covariance import accumulate_second_moments, load_second_moment
 from backlens.editing.evaluation import GENERATION_CASES_PER_BATCH, CaseLog, evaluate_case, evaluate_editor, perplexity
 from backlens.editing.methods import build_editor
 from backlens.editing.weights import restored_after
@@ -45,10 +59,15 @@ from backlens.models.loading import load_model
 from backlens.stages.editing_common import evaluation_requests, user_method_overrides
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from support.original_rome import OriginalRome, OriginalRomeError, check_checkout, checkout_commit, time_beside  # noqa: E402
+
 METHODS = ["shift", "shift_centered", "shift_whitened", "ft", "ft_mlp0", "rome", "memit", "mend"]
 SMOKE_METHODS = ["shift", "ft", "rome"]
-# Issue 23's goals on 2 CPU cores with SmolLM2-135M (seconds of evaluation per case).
+# Issue 23's goals on 2 CPU cores with SmolLM2-135M (seconds of evaluation per case), and ROME's
+# seconds per edit against the original code's on the same request, model and machine.
 EVAL_GOAL_GENERATING_S, EVAL_GOAL_S = 4.0, 1.0
+ROME_OVER_ORIGINAL_GOAL = 0.5
 
 
 def _compose(overrides: list[str]):
@@ -153,9 +172,37 @@ def _time_method(editor, requests, settings, heldout, n_generating: int, referen
     return times
 
 
+def _beside_original(result: dict, original: dict, editor, requests) -> dict:
+    """Our ROME and kmeng01/rome's execute_rome side by side (``--original-rome``): timings, ratio and
+    goal into ``result``; the per-case update differences and forwards returned for the JSON."""
+    settings = result["settings"]
+    settings["original_rome"] = original
+    if editor is None:
+        settings["left_out"]["rome_original"] = "ROME is left out"
+        print("original ROME left out: our ROME is left out")
+        return {}
+    second_moment = load_second_moment(editor.hparams["stats_path"], editor.layer) if editor.inverse_mom2 is not None else None
+    runner = OriginalRome(original["path"], editor, second_moment if second_moment is not None else torch.eye(1))
+    beside = time_beside(editor, runner, requests)
+    result["rome_original_edit_s"] = statistics.median(beside["original_s"])
+    result["rome_beside_original_edit_s"] = statistics.median(beside["ours_s"])
+    ratio = result["rome_beside_original_edit_s"] / result["rome_original_edit_s"]
+    result["ratios"]["rome_edit_over_original"] = ratio
+    name = "rome_edit_over_original: ROME per edit / original kmeng01/rome per edit, same request, model, machine"
+    result["goals"].append(goal(name, ratio, ROME_OVER_ORIGINAL_GOAL))
+    original["max_update_rel_diff"] = max(beside["rel_diff"])
+    print(f"original ROME ({original['commit'][:7]}) edit {result['rome_original_edit_s']:.4f} s, ours beside it "
+          f"{result['rome_beside_original_edit_s']:.4f} s; update relative difference per case: "
+          + ", ".join(f"{d:.2e}" for d in beside["rel_diff"])
+          + f"; forwards ours {beside['ours_forwards']}, original {beside['original_forwards']}", flush=True)
+    return {"rome_original_hparams": runner.hparams_dict, "rome_original_update_rel_diff": beside["rel_diff"], "rome_beside_original_forwards": beside["ours_forwards"],
+            "rome_original_forwards": beside["original_forwards"],
+            "rome_beside_original_edit_seconds": beside["ours_s"], "rome_original_edit_seconds": beside["original_s"]}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--model", default=None, help="default smollm2-135m (--smoke: tiny-llama)")
     parser.add_argument("--cases", type=int, default=4, help="cases per method (CounterFact records 0..cases-1)")
     parser.add_argument("--generating-cases", type=int, default=2,
                         help="how many of them also sample text and measure perplexity, as the pipeline's first cases do")
@@ -168,14 +215,28 @@ def main() -> None:
     parser.add_argument("--smoke", action="store_true", help="tiny random Llama, 3 cases, shift / FT / ROME: seconds")
     parser.add_argument("--reference", action="store_true",
                         help="also time the reference scoring path (one sequence per prompt and target) side by side")
+    parser.add_argument("--original-rome", default=None, metavar="PATH",
+                        help="a kmeng01/rome checkout outside this repository: time its execute_rome beside ours")
+    parser.add_argument("--original-rome-commit", default=None, metavar="SHA",
+                        help="the checkout's commit where PATH is no git checkout and has no COMMIT file")
     args = parser.parse_args()
+    original = None
+    if args.original_rome is not None:
+        try:  # before the model loads: a wrong path costs seconds, not minutes
+            original = {"path": str(check_checkout(args.original_rome))}
+            original["commit"] = checkout_commit(Path(original["path"]), args.original_rome_commit)
+        except OriginalRomeError as error:
+            sys.exit(f"editing_latency.py: {error}")
     if args.smoke:
-        args.model, args.cases, args.generating_cases, args.reference = "tiny-llama", 3, 2, True
+        args.model, args.cases, args.generating_cases, args.reference = args.model or "tiny-llama", 3, 2, True
         args.generation_batch = 2
         args.methods = args.methods or SMOKE_METHODS
+    args.model = args.model or "smollm2-135m"
     methods = args.methods or METHODS
     if "shift" not in methods:
         methods = ["shift", *methods]
+    if original is not None and "rome" not in methods:
+        methods = [*methods, "rome"]
     torch.set_num_threads(args.threads)
     scratch = tempfile.TemporaryDirectory()
     overrides = [f"model={args.model}", f"device={args.device}",
@@ -212,6 +273,7 @@ def main() -> None:
         "bare_forward_s": bare_s, "ratios": {}, "goals": [],
     }
     print(f"bare forward of the edit prompt: median {bare_s:.4f} s")
+    rome_editor = None
     for method, cfg in configs.items():
         missing = _missing_file(cfg.method)
         if missing is not None:
@@ -219,6 +281,8 @@ def main() -> None:
             print(f"{method:15s} left out: needs {missing}")
             continue
         editor, _ = build_editor(loaded, cfg.method, extra=user_method_overrides(cfg, cfg.method.name))
+        if method == "rome":
+            rome_editor = editor
         times = _time_method(editor, requests, settings, heldout, args.generating_cases, args.reference)
         if method == "shift":
             result["shift_eval_generating_batch_s"] = _generating_batch_s(editor, batch_requests, settings)
@@ -240,6 +304,9 @@ def main() -> None:
         ratios[f"{method}_edit_over_bare_forward"] = result[f"{method}_edit_s"] / bare_s
     if "rome_edit_s" in result:
         ratios["rome_edit_over_shift_edit"] = result["rome_edit_s"] / result["shift_edit_s"]
+    extra = {}
+    if original is not None:
+        extra = _beside_original(result, original, rome_editor, requests)
     for name, value in ratios.items():
         print(f"{name}: {value:.2f}x")
     for kind, bound, what in (
@@ -252,7 +319,7 @@ def main() -> None:
             result["goals"].append({"name": name, "value": value, "bound": bound, "met": bool(value <= bound)})
     timings = {key[:-2]: value for key, value in result.items() if key.endswith("_s")}
     write_result(args.out, result["benchmark"], model=args.model, device=result["device"], smoke=args.smoke,
-                 settings=result["settings"], timings=timings, ratios=ratios, goals=result["goals"])
+                 settings=result["settings"], timings=timings, ratios=ratios, goals=result["goals"], extra=extra)
     scratch.cleanup()
 
 

@@ -88,3 +88,14 @@ def test_a_broken_json_is_named_with_the_fix(tmp_path):
     (tmp_path / "x.json").write_text(json.dumps(broken))
     with pytest.raises(ValueError, match=r"x.json: missing key 'goals'.*a_s=nan.*make bench"):
         read_results(tmp_path)
+
+
+def test_write_result_takes_extra_entries_that_are_not_timings(tmp_path):
+    from backlens.bench import write_result
+
+    common = dict(model="m", device="cpu", smoke=True, settings={}, timings={"a": 1.0}, ratios={}, goals=[])
+    result = write_result(tmp_path / "x.json", "x", **common, extra={"per_case_diff": [1e-6, 2e-6]})
+    assert json.loads((tmp_path / "x.json").read_text())["per_case_diff"] == [1e-6, 2e-6] and result["a_s"] == 1.0
+    for clash in ("b_s", "goals", "commit"):
+        with pytest.raises(ValueError, match=f"extra entry '{clash}' clashes"):
+            write_result(None, "x", **common, extra={clash: 1.0})

@@ -74,10 +74,15 @@ def machine() -> dict:
 
 
 def write_result(path: str | Path | None, benchmark: str, *, model: str, device: str, smoke: bool, settings: dict,
-                 timings: dict[str, float], ratios: dict[str, float], goals: list[dict]) -> dict:
-    """Assemble the convention's object (timings as ``<name>_s``), print it and write it to ``path``."""
+                 timings: dict[str, float], ratios: dict[str, float], goals: list[dict], extra: dict | None = None) -> dict:
+    """Assemble the convention's object (timings as ``<name>_s``), print it and write it to ``path``.
+    ``extra``: further top-level entries that are not timings (their names must not end in ``_s``)."""
+    extra = dict(extra or {})
+    clashing = [key for key in extra if key.endswith("_s") or key in REQUIRED_KEYS or key in ("machine", "commit", "date")]
+    if clashing:
+        raise ValueError(f"benchmark {benchmark}: extra entry {clashing[0]!r} clashes with the convention's keys")
     result = {"benchmark": benchmark, "model": model, "device": device, "smoke": bool(smoke), "settings": settings,
-              **{f"{name}_s": float(seconds) for name, seconds in timings.items()},
+              **{f"{name}_s": float(seconds) for name, seconds in timings.items()}, **extra,
               "ratios": {name: float(value) for name, value in ratios.items()}, "goals": goals,
               "machine": machine(), "commit": COMMIT_AT_START,
               "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
