@@ -15,9 +15,10 @@ MEMIT's statistics, MEND's networks) and keeps it across edits; ``edit`` is one 
             ...
 
 Methods are the pipeline's editors (conf/method/<name>.yaml: shift, shift_centered, shift_whitened,
-ft, ft_mlp0, rome, memit), with their per-model hyper-parameters; keyword arguments override them.
-ROME, MEMIT and the whitened shift read the FF2 second moments from the pipeline's statistics file
-unless ``covariance`` gives them as tensors.
+ft, ft_mlp0, rome, memit, and issue 26's r_rome, r_rome_nullspace, alphaedit, shift_centered_nullspace,
+shift_whitened_nullspace), with their per-model hyper-parameters; keyword arguments override them.
+ROME, MEMIT, the whitened shift and every null-space projection read the FF2 second moments from the
+pipeline's statistics file unless ``covariance`` gives them as tensors.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from backlens.artifacts import artifact
 from backlens.data.segments import place_subject
 from backlens.editing.base import Editor, FactoredUpdate
 from backlens.editing.methods import build_editor, check_method_overrides, load_method_config, method_hparams
+from backlens.editing.null_space import projection_enabled
 from backlens.editing.requests import EditRequest
 from backlens.editing.weights import restored_after
 from backlens.errors import UserError
@@ -78,7 +80,8 @@ def method_config(method: str, model_name: str) -> dict:
 
 def needs_statistics(kind: str, hparams: Mapping) -> bool:
     return (kind == "rome" and bool(hparams.get("mom2_adjustment", True))) or kind == "memit" or (
-        kind == "shift" and hparams.get("key") == "whitened")
+        kind == "shift" and hparams.get("key") == "whitened") or (
+        kind in ("rome", "shift") and projection_enabled(hparams))
 
 
 def _missing_statistics(method: str, model_name: str, path: Path) -> MissingStatisticsError:

@@ -86,6 +86,21 @@ def ff2_keys(editor: Editor, layer: int, located: Sequence[tuple[str, int]], sub
     return torch.stack([record.inputs["ff2"][row, index] for row, index in enumerate(lookup)])
 
 
+@torch.no_grad()
+def ff2_inputs_outputs(editor: Editor, layer: int, located: Sequence[tuple[str, int]], subject: str,
+                       fact_token: str = "subject_last") -> tuple[torch.Tensor, torch.Tensor]:
+    """((N, d_ff) FF2 inputs, (N, d) FF2 outputs with bias) at the subject's fact token of each
+    (text, subject start) pair, from one padded batch (r-ROME's keys and current values over the
+    context templates)."""
+    site = editor.adapter.ff2_site(layer)
+    ids, mask, lookup = _lookup_batch(editor, located, subject, fact_token)
+    with record_module_io({"ff2": site.module}) as record:
+        editor.model(input_ids=ids, attention_mask=mask)
+    rows = range(len(lookup))
+    return (torch.stack([record.inputs["ff2"][row, lookup[row]] for row in rows]),
+            torch.stack([record.outputs["ff2"][row, lookup[row]] for row in rows]))
+
+
 def grouped_mean_key(editor: Editor, layer: int, groups: list[list[str]], request: EditRequest, fact_token: str) -> torch.Tensor:
     """MEMIT's compute_ks for one request: the mean over template groups of each group's mean key."""
     located = [request.in_context(t) for group in groups for t in group]

@@ -90,12 +90,16 @@ class MassEditingMemory(Editor):
             key_In = grouped_mean_key(self, layer, self.template_groups, request, self.fact_token).double()
             current = outputs_at_subject(self, z_layer, request, self.fact_token)
             residual_Out = (value.target - current["block_out"]).double() / (len(self.layers) - position)
-            adjusted_key_In = torch.linalg.solve(self.scaled_mom2[layer] + torch.outer(key_In, key_In), key_In)
+            adjusted_key_In = self.adjusted_key(layer, key_In)
             site = self.adapter.ff2_site(layer)
             with torch.no_grad():
                 site.weight.add_(site.gradient_from_factors(adjusted_key_In[None], residual_Out[None]).to(site.weight.dtype))
             factors.append((adjusted_key_In, residual_Out))
         return factors, {**value.facts(), "target": value.target, "value": value}
+
+    def adjusted_key(self, layer: int, key_In: torch.Tensor) -> torch.Tensor:
+        """MEMIT's (w C + k k^T)^-1 k (float64); AlphaEdit (editing/alphaedit.py) solves its own system here."""
+        return torch.linalg.solve(self.scaled_mom2[layer] + torch.outer(key_In, key_In), key_In)
 
     def apply_with_update(self, request: EditRequest) -> tuple[dict[str, object], FactoredUpdate]:
         factors, info = self.update_factors(request)

@@ -6,10 +6,12 @@ from collections.abc import Mapping
 
 from omegaconf import DictConfig, OmegaConf
 
+from backlens.editing.alphaedit import AlphaEditMemory
 from backlens.editing.base import Editor, NoEdit
 from backlens.editing.ft import ConstrainedFineTuning
 from backlens.editing.memit import MassEditingMemory
 from backlens.editing.mend import MendEditor
+from backlens.editing.null_space import projection_enabled
 from backlens.editing.rome import RankOneModelEditing
 from backlens.editing.shift import ForwardPassShift
 from backlens.errors import ConfigError, UserError
@@ -28,13 +30,24 @@ EDITORS: dict[str, type[Editor]] = {
 
 def load_method_config(method_name: str, key: str = "method") -> DictConfig:
     """conf/method/<method_name>.yaml of the project root, unresolved (its ``${paths...}`` interpolations
-    are the caller's to resolve); an unknown name is a ConfigError naming ``key`` and the known methods."""
+    are the caller's to resolve); an unknown name is a ConfigError naming ``key`` and the known methods.
+
+    A variant names the method it extends in a Hydra defaults list (``defaults: [rome, _self_]``, as
+    Hydra composes ``method=<name>``): that config comes first and the variant's keys are merged over
+    it, so the shared hyper-parameters have one source."""
     folder = config_dir("method")
     path = folder / f"{method_name}.yaml"
     if not path.exists():
         known = sorted(p.stem for p in folder.glob("*.yaml"))
         raise ConfigError(f"{key}: no method config conf/method/{method_name}.yaml; known methods: {', '.join(known)}")
-    return OmegaConf.load(path)
+    own = OmegaConf.load(path)
+    defaults = list(own.pop("defaults", None) or [])
+    if not defaults:
+        return own
+    if "_self_" not in defaults:
+        defaults.append("_self_")  # Hydra's default place for _self_ in a config's defaults list
+    parts = [own if entry == "_self_" else load_method_config(str(entry), key) for entry in defaults]
+    return OmegaConf.merge(*parts)
 
 
 def method_hparams(method_cfg: Mapping, model_name: str, n_layers: int | None = None) -> dict:
@@ -61,11 +74,21 @@ def method_hparams(method_cfg: Mapping, model_name: str, n_layers: int | None = 
     return hparams
 
 
+# Hyper-parameters a kind takes with a default in the code (off: ROME's edit-prompt key, no
+# projection), so they can be overridden on a method whose config does not list them (the
+# configs of the methods without them, and their results' fingerprints, stay as they were).
+OPTIONAL_HPARAMS = {
+    "rome": {"update_key", "nullspace_projection", "nullspace_threshold"},
+    "memit": {"nullspace_projection", "nullspace_threshold", "L2"},
+    "shift": {"nullspace_projection", "nullspace_threshold", "stats_path"},
+}
+
+
 def known_hparams(method_cfg: Mapping) -> set[str]:
-    """Hyper-parameters a method has: its ``base`` keys, every ``per_model`` key, and ``layer``
-    where the base gives a ``layer_fraction``."""
+    """Hyper-parameters a method has: its ``base`` keys, every ``per_model`` key, ``layer``
+    where the base gives a ``layer_fraction``, and its kind's OPTIONAL_HPARAMS."""
     cfg = OmegaConf.to_container(method_cfg, resolve=False) if isinstance(method_cfg, DictConfig) else dict(method_cfg)
-    known = set(cfg.get("base") or {})
+    known = set(cfg.get("base") or {}) | OPTIONAL_HPARAMS.get(str(cfg.get("kind")), set())
     for values in (cfg.get("per_model") or {}).values():
         known.update(values or {})
     if "layer_fraction" in known:
@@ -106,6 +129,13 @@ def editor_inputs(kind: str, hparams: Mapping, covariance=None, templates=None) 
     return extra
 
 
+def editor_class(kind: str, hparams: Mapping) -> type[Editor]:
+    """The editor of ``kind``; MEMIT with ``nullspace_projection`` is AlphaEdit (its own solve and cache)."""
+    if kind == "memit" and projection_enabled(hparams):
+        return AlphaEditMemory
+    return EDITORS[kind]
+
+
 def build_editor(loaded: LoadedModel, method_cfg: Mapping, extra: Mapping | None = None, *,
                  covariance=None, templates=None) -> tuple[Editor, dict]:
     """The editor named by ``method_cfg.kind`` with its hyper-parameters for ``loaded`` (``extra``
@@ -115,4 +145,4 @@ def build_editor(loaded: LoadedModel, method_cfg: Mapping, extra: Mapping | None
         raise ValueError(f"method.kind={kind!r} is unknown; choose one of {sorted(EDITORS)}")
     hparams = method_hparams(method_cfg, loaded.name, loaded.adapter.n_layers)
     hparams.update(extra or {})
-    return EDITORS[kind](loaded, hparams, **editor_inputs(kind, hparams, covariance, templates)), hparams
+    return editor_class(kind, hparams)(loaded, hparams, **editor_inputs(kind, hparams, covariance, templates)), hparams

@@ -11,6 +11,10 @@ last prompt token as the key and the target's input embedding e_t as the value. 
   paper's update then writes the same amount on the edit prompt), with C the FF2 input second
   moment of the edit_covariance rule, as ROME whitens its key. Prompts whose activations share
   a_n's common directions (same relation, other subject) are edited less.
+
+With ``nullspace_projection`` (issue 26; editing/null_space.py) either key is projected onto the null
+space of the FF2 second moment (AlphaEdit's P) and rescaled so that its dot product with a_n is
+unchanged: keys in the preserved span receive no change, the edit prompt the same write.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from torch import nn
 from backlens.data.segments import first_target_token
 from backlens.editing.base import Editor
 from backlens.editing.covariance import load_second_moment
+from backlens.editing.null_space import null_space_from_hparams, projected_key, projection_enabled
 from backlens.editing.requests import EditRequest
 from backlens.errors import ConfigError
 from backlens.models.hooks import record_module_io
@@ -45,7 +50,8 @@ def whitened_key(activation_In: torch.Tensor, inverse_mom2_InxIn: torch.Tensor) 
 
 class ForwardPassShift(Editor):
     """hparams: ``layer`` (FF2 to edit), ``eta`` (step size), ``skip_if_predicted``, ``direction``
-    (embedding | centered), ``key`` (activation | whitened) and, for the whitened key, ``stats_path``.
+    (embedding | centered), ``key`` (activation | whitened), ``nullspace_projection`` /
+    ``nullspace_threshold`` and, for the whitened key or the projection, ``stats_path``.
 
     a_n is FF2's input (the d_ff activation) at the last prompt token, t the first token of
     target_new. ``second_moment`` (d_ff, d_ff) replaces the statistics file when given.
@@ -62,8 +68,11 @@ class ForwardPassShift(Editor):
         # The embedding matrix is never edited (shift edits FF2), so its mean is computed once.
         self.mean_embedding = self.adapter.input_embedding.detach().mean(0) if self.direction == "centered" else None
         self.inverse_mom2 = None
-        if self.key == "whitened":
+        self.null_space = None
+        if self.key == "whitened" or projection_enabled(hparams):
             mom2 = second_moment if second_moment is not None else load_second_moment(hparams["stats_path"], int(hparams["layer"]))
+            self.null_space = null_space_from_hparams(hparams, mom2, int(hparams["layer"]), self.device)
+        if self.key == "whitened":
             weight_dtype = self.adapter.ff2_site(int(hparams["layer"])).weight.dtype
             self.inverse_mom2 = torch.linalg.inv(mom2.double()).to(self.device, weight_dtype)
 
@@ -79,6 +88,8 @@ class ForwardPassShift(Editor):
         already_predicted = int(logits[0, -1].argmax()) == target_id
         activation_In = record.inputs["ff2"][0, -1].detach()
         key_In = activation_In if self.inverse_mom2 is None else whitened_key(activation_In, self.inverse_mom2)
+        if self.null_space is not None:
+            key_In = projected_key(self.null_space, key_In, activation_In)
         embedding = self.adapter.input_embedding.detach()
         value_Out = shift_value(embedding, target_id, self.mean_embedding).to(activation_In.dtype)
         return key_In, value_Out, already_predicted, target_id
