@@ -1,4 +1,4 @@
-"""Shared fixtures: project paths, Hydra composition, tiny random GPT-2, Llama, Qwen2 and GPT-NeoX models."""
+"""Shared fixtures: project paths, Hydra composition, tiny random GPT-2, Llama, Qwen2, GPT-NeoX and Gemma 3 models."""
 
 from __future__ import annotations
 
@@ -66,8 +66,15 @@ def tiny_neox():
     return load_model(compose_config("model=tiny-neox").model)
 
 
+@pytest.fixture(scope="session")
+def tiny_gemma3():
+    require_shared("assets", "gpt2_tokenizer")
+    return load_model(compose_config("model=tiny-gemma3").model)
+
+
 # Every family an adapter serves: GPT-2 (Conv1D), Llama and Qwen2 (gated MLP; Qwen2 with biased
-# q/k/v), GPT-NeoX (parallel attention and MLP, partial rotary).
-@pytest.fixture(params=["tiny_gpt2", "tiny_llama", "tiny_qwen2", "tiny_neox"], scope="session")
+# q/k/v), GPT-NeoX (parallel attention and MLP, partial rotary), Gemma 3 (sliding-window layers,
+# per-type rotary, post-feed-forward norms, embeddings scaled inside the embedding).
+@pytest.fixture(params=["tiny_gpt2", "tiny_llama", "tiny_qwen2", "tiny_neox", "tiny_gemma3"], scope="session")
 def tiny_model(request):
     return request.getfixturevalue(request.param)

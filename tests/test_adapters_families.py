@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 from torch import nn
-from transformers import AutoModelForCausalLM, BloomConfig, OPTConfig, Qwen2Config
+from transformers import AutoModelForCausalLM, BloomConfig, OPTConfig
 
 from backlens.errors import UserError
 from backlens.models.adapters import (
@@ -95,14 +95,6 @@ def test_neox_sequential_residual_also_runs_layer_by_layer(tiny_neox):
         expected = sequential.model(ids).logits
     hidden = adapter.run_layers(adapter.residual_input(adapter.token_embeddings(ids)), 0, adapter.n_layers)
     assert_close_float32(adapter.logit_lens(hidden), expected, reduction=adapter.unembedding.shape[1], chain=2)
-
-
-def test_sliding_window_qwen2_refuses_the_layer_range_forward_by_name():
-    config = Qwen2Config(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
-                         num_key_value_heads=2, use_sliding_window=True, sliding_window=4, max_window_layers=0)
-    adapter = adapter_for(random_model(config))
-    with pytest.raises(NotImplementedError, match=r"model_type='qwen2'.*GatedMLPAdapter\._block_kwargs"):
-        adapter.run_layers(torch.zeros(1, 2, 32), 0, 1)
 
 
 @pytest.mark.parametrize(

@@ -12,6 +12,7 @@ from backlens.data.counterfact import PromptWithAnswer
 from backlens.data.segments import first_target_token
 from backlens.editing.evaluation import evaluate_case
 from backlens.editing.keys_values import context_templates, optimise_target, outputs_at_subject
+from backlens.editing import memit
 from backlens.editing.memit import MassEditingMemory
 from backlens.editing.mend import MendEditor
 from backlens.editing.requests import EditRequest
@@ -46,6 +47,15 @@ VALUE_HPARAMS = {
 }
 TEMPLATES = ["{}", "The first thing. {}", "I am not sure what. {}"]
 MEMIT_TEMPLATES = [["{}"], ["The first thing. {}", "I am not sure what. {}"]]
+
+
+# MEMIT's refusal of a block whose MLP output is normalised before the residual add (Gemma 3);
+# test_memit_through_a_post_feed_forward_norm_misses_z_star shows why.
+MEMIT_REFUSAL = "does not add its MLP output to the residual unchanged"
+
+
+def refuses_memit(loaded) -> bool:
+    return loaded.model.config.model_type == "gemma3_text"
 
 
 def nll_new(loaded, request=REQUEST) -> float:
@@ -112,8 +122,13 @@ def test_edit_raises_target_probability_and_restores_bit_identically(tiny_model,
     elif kind == "rome":
         editor = RankOneModelEditing(tiny_model, {**VALUE_HPARAMS, "layer": 1, "stats_path": str(statistics)}, templates=TEMPLATES)
     elif kind == "memit":
-        editor = MassEditingMemory(tiny_model, {**VALUE_HPARAMS, "clamp_norm_factor": 0.75, "layers": [0, 1], "mom2_update_weight": 1.0,
-                                                "stats_path": str(statistics)}, templates=MEMIT_TEMPLATES)
+        hparams = {**VALUE_HPARAMS, "clamp_norm_factor": 0.75, "layers": [0, 1], "mom2_update_weight": 1.0,
+                   "stats_path": str(statistics)}
+        if refuses_memit(tiny_model):
+            with pytest.raises(ValueError, match=MEMIT_REFUSAL):
+                MassEditingMemory(tiny_model, hparams, templates=MEMIT_TEMPLATES)
+            return
+        editor = MassEditingMemory(tiny_model, hparams, templates=MEMIT_TEMPLATES)
     else:
         checkpoint = tmp_path / "mend.pt"
         hparams = {"layers": [n - 1], "rank": 8, "log_lr_init": 0.0, "train_lr": 1e-3, "train_steps": 2, "n_norm_cases": 1,
@@ -132,7 +147,7 @@ def test_edit_raises_target_probability_and_restores_bit_identically(tiny_model,
         # code are tested below and in test_golden_rome_memit.py; their efficacy on SmolLM2 is in
         # results/<model>/tables/table1.md. Shift adds the target's *input* embedding to the
         # residual, which raises the target logit only where that embedding leans towards the
-        # target's unembedding row: always when tied (tiny GPT-2), by chance on random untied
+        # target's unembedding row: always when tied (tiny GPT-2, tiny Gemma 3), by chance on random untied
         # weights (cosine 0.14 on tiny Llama; -0.02 on tiny Qwen2 and -0.26 on tiny NeoX, where
         # the NLL rises 10.638 -> 10.642 and 10.847 -> 10.945). That it writes exactly
         # eta a e^T into FF2 is tested above for every family.
@@ -175,8 +190,13 @@ def test_memit_spreads_the_update_over_all_its_layers_and_reaches_z_star(tiny_mo
     # negligible covariance weight k . (w C + k k^T)^-1 k -> 1, so each layer writes its share of
     # the residual exactly and the last one closes it: the block output at the subject becomes z*.
     layers = [0, 1]
-    editor = MassEditingMemory(tiny_model, {**VALUE_HPARAMS, "clamp_norm_factor": 0.75, "layers": layers,
-                                            "mom2_update_weight": 1e-9, "stats_path": str(statistics)}, templates=[["{}"]])
+    hparams = {**VALUE_HPARAMS, "clamp_norm_factor": 0.75, "layers": layers, "mom2_update_weight": 1e-9,
+               "stats_path": str(statistics)}
+    if refuses_memit(tiny_model):
+        with pytest.raises(ValueError, match=MEMIT_REFUSAL):
+            MassEditingMemory(tiny_model, hparams, templates=[["{}"]])
+        return
+    editor = MassEditingMemory(tiny_model, hparams, templates=[["{}"]])
     before = state(tiny_model.model)
     weights = [tiny_model.adapter.ff2_site(layer).weight.detach().clone() for layer in layers]
     start = outputs_at_subject(editor, layers[-1], REQUEST)["block_out"]
@@ -193,6 +213,33 @@ def test_memit_spreads_the_update_over_all_its_layers_and_reaches_z_star(tiny_mo
     finally:
         with torch.no_grad():
             for name, p in tiny_model.model.named_parameters():
+                p.copy_(before[name])
+
+
+def test_memit_through_a_post_feed_forward_norm_misses_z_star(tiny_gemma3, monkeypatch):
+    """Why MEMIT refuses Gemma 3: with the refusal bypassed, the setting that reaches z* within 1e-4
+    above (bare prompt, negligible covariance weight) leaves the block output far from it. The FF2
+    update places its share of z* - z in the MLP output, but the post-feed-forward RMSNorm then
+    rescales that output to a fixed RMS (src/backlens/editing/README.md: no exact solve in general).
+    Measured: 0.41 of |z*| away (0.87 before the edit)."""
+    monkeypatch.setattr(memit, "check_mlp_output_joins_residual", lambda editor, layer: None)
+    layers = [0, 1]
+    d_ff = tiny_gemma3.adapter.ff2_site(0).weight.shape[1]
+    editor = MassEditingMemory(
+        tiny_gemma3, {**VALUE_HPARAMS, "clamp_norm_factor": 0.75, "layers": layers, "mom2_update_weight": 1e-9},
+        second_moments={layer: torch.eye(d_ff) for layer in layers}, templates=[["{}"]],
+    )
+    before = state(tiny_gemma3.model)
+    try:
+        start = outputs_at_subject(editor, layers[-1], REQUEST)["block_out"]
+        _, info = editor.update_factors(REQUEST)
+        reached = outputs_at_subject(editor, layers[-1], REQUEST)["block_out"]
+        scale = float(info["target"].norm())
+        assert float((reached - info["target"]).norm()) > 0.1 * scale
+        assert float((reached - info["target"]).norm()) < float((start - info["target"]).norm())  # it moved, not enough
+    finally:
+        with torch.no_grad():
+            for name, p in tiny_gemma3.model.named_parameters():
                 p.copy_(before[name])
 
 

@@ -8,7 +8,6 @@ import torch
 
 from tolerances import assert_close_float32
 from backlens.data.known_facts import KnownFact
-from backlens.models.adapters import causal_attention_mask
 from backlens.tracing.facts import prepare_fact, screen_facts
 from backlens.tracing.reference import reference_residual_restoration_prob, reference_restored_prob
 from backlens.tracing.restore import KINDS, restore_window, restored_rows
@@ -96,11 +95,13 @@ def test_run_layers_rejects_a_suffix_without_keys_and_values(tiny_llama):
         tiny_llama.adapter.run_layers(hidden, 2, 1)
 
 
-def test_causal_mask_lets_each_query_see_the_prefix_and_earlier_suffix():
-    mask = causal_attention_mask(2, 3, torch.float32, torch.device("cpu"))[0, 0]
-    assert mask.shape == (2, 5)
-    assert (mask[0, :4] == 0).all() and mask[0, 4] < -1e30
-    assert (mask[1] == 0).all()
+def test_noise_std_is_measured_on_the_embeddings_the_blocks_receive(tiny_model):
+    """ROME's 3 x std of the embeddings the noise is added to: Gemma 3 scales them by sqrt(d) inside
+    its embedding, so the std of the weight entries alone would make the noise sqrt(d) times too weak."""
+    adapter = tiny_model.adapter
+    with torch.no_grad():
+        received = adapter.token_embeddings(torch.arange(adapter.input_embedding.shape[0])[None])
+    assert noise_std(adapter, 3.0) == pytest.approx(3.0 * float(received.float().std()), rel=1e-4)
 
 
 def test_window_is_romes_centred_window():

@@ -164,7 +164,8 @@ class _ValueForward:
     (``adapter.run_layers``). The hidden states are then taken only at the positions the loss
     reads (the target tokens, the KL prompt's subject) before the final norm and unembedding,
     instead of unembedding and normalising every position of every template. A family whose
-    blocks cannot run as a layer range (Gemma's sliding windows) runs the whole model each step.
+    blocks cannot run as a layer range (Gemma 1/2: ``GatedMLPAdapter.attention_types`` raises)
+    runs the whole model each step.
     """
 
     def __init__(self, editor: Editor, ids_BxT: torch.Tensor, mask_BxT: torch.Tensor, layer: int, read_layer: int | None):

@@ -25,9 +25,10 @@ from backlens.models.hooks import record_module_io, replace_outputs
 @torch.no_grad()
 def check_mlp_output_joins_residual(editor: Editor, layer: int) -> None:
     """MEMIT writes the residual change z* - z into FF2 outputs, which holds only where a block
-    adds its MLP output to the residual unchanged (GPT-2, Llama; not Gemma 2/3, whose
-    post-feed-forward norm comes after the MLP). Checked on the model: a vector added to the MLP
-    output must reach the block output unchanged."""
+    adds its MLP output to the residual unchanged (GPT-2, Llama, Qwen2, NeoX; not Gemma 2/3, whose
+    post-feed-forward RMSNorm comes after the MLP: no exact solve through it in general, see
+    editing/README.md). Checked on the model: a vector added to the MLP output must reach the
+    block output unchanged."""
     ids = editor.prompt_ids("The capital of France is")
     block, mlp = editor.adapter.blocks[layer], editor.adapter.mlp(layer)
     with record_module_io({"block": block}, inputs=False) as clean:
@@ -40,9 +41,11 @@ def check_mlp_output_joins_residual(editor: Editor, layer: int) -> None:
     error = float((change - added).norm() / (added.norm() * change.shape[1]**0.5))
     if error > 1e-3:
         raise ValueError(
-            f"MEMIT on model {editor.loaded.name} ({editor.model.config.model_type}): block {layer} does not add its MLP "
-            f"output to the residual unchanged (relative mismatch {error:.2g}; e.g. Gemma's post-feed-forward norm), so "
-            "an FF2 update cannot place MEMIT's residual target z*; use ROME or another method for this model"
+            f"MEMIT on model {editor.loaded.name} ({editor.model.config.model_type}): block {layer} does not add "
+            f"its MLP output to the residual unchanged (relative mismatch {error:.2g}; a post-feed-forward norm, "
+            "as Gemma 2/3's, fixes the scale of what the MLP adds), so no FF2 update reaches MEMIT's residual "
+            "target z* in general (src/backlens/editing/README.md); use ROME, whose value is optimised at the "
+            "MLP output itself"
         )
 
 

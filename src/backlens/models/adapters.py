@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from backlens.errors import UserError
+from backlens.models.masks import attention_mask
 
 # Re-exported: the sites are the adapters' vocabulary (``from backlens.models.adapters import LinearSite``).
 from backlens.models.sites import (  # noqa: F401
@@ -30,15 +31,6 @@ class KeyValueSource(Protocol):
     def update(
         self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args: object, **kwargs: object
     ) -> tuple[torch.Tensor, torch.Tensor]: ...
-
-
-def causal_attention_mask(n_new: int, first_position: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """Additive (1, 1, n_new, first_position + n_new) mask: query i sees keys 0 .. first_position + i."""
-    query_positions = torch.arange(first_position, first_position + n_new, device=device)[:, None]
-    key_positions = torch.arange(first_position + n_new, device=device)[None, :]
-    blocked = key_positions > query_positions
-    mask = torch.zeros(blocked.shape, dtype=dtype, device=device)
-    return mask.masked_fill(blocked, torch.finfo(dtype).min)[None, None]
 
 
 class UnsupportedArchitectureError(UserError, ValueError):
@@ -107,6 +99,12 @@ class ArchitectureAdapter(ABC):
         return self.model.get_input_embeddings().weight
 
     @property
+    def input_embedding_scale(self) -> float:
+        """Factor the embedding module applies to ``input_embedding``'s rows (``token_embeddings``
+        carries it; Gemma 3 multiplies by sqrt(d) inside its embedding)."""
+        return 1.0
+
+    @property
     def unembedding(self) -> torch.Tensor:
         """(V, d) unembedding matrix."""
         return self.model.get_output_embeddings().weight
@@ -134,8 +132,15 @@ class ArchitectureAdapter(ABC):
         """The residual stream entering block 0 at positions first_position .. first_position + S - 1."""
         return token_embeddings_BxSxd
 
-    def _block_kwargs(self, hidden_BxSxd: torch.Tensor, position_ids_1xS: torch.Tensor) -> dict[str, object]:
-        """Extra keyword arguments every block of this family needs (e.g. rotary embeddings)."""
+    def attention_types(self) -> tuple[str, ...]:
+        """Each block's attention: "full_attention" (causal) or "sliding_attention" (causal within the
+        config's ``sliding_window`` most recent positions), as the model's forward picks its masks."""
+        return ("full_attention",) * self.n_layers
+
+    def _block_kwargs(
+        self, hidden_BxSxd: torch.Tensor, position_ids_1xS: torch.Tensor, attention_type: str
+    ) -> dict[str, object]:
+        """Extra keyword arguments the blocks of one attention type need (e.g. rotary embeddings)."""
         return {}
 
     def run_layers(
@@ -146,6 +151,7 @@ class ArchitectureAdapter(ABC):
         *,
         first_position: int = 0,
         key_values: KeyValueSource | None = None,
+        padding_mask: torch.Tensor | None = None,
         grad: bool = False,
     ) -> torch.Tensor:
         """Run blocks ``start .. end - 1`` on the residual stream of positions first_position.. (B, S, d).
@@ -153,8 +159,10 @@ class ArchitectureAdapter(ABC):
         Earlier positions enter only through ``key_values`` (their keys and values per layer),
         so a suffix of the prompt can be recomputed from a cached prefix. Right-padded rows need
         no padding mask: the causal mask already keeps a real position from seeing later pads.
-        ``grad``: keep the autograd graph (ROME/MEMIT's value optimisation runs the layers above
-        the edit site this way); otherwise no graph is built.
+        ``padding_mask``: (B, first_position + S), 1 at real tokens, as the model's ``attention_mask``
+        (left-padded rows need it; positions stay 0, 1, .. as in the model's forward without
+        position_ids). ``grad``: keep the autograd graph (ROME/MEMIT's value optimisation runs the
+        layers above the edit site this way); otherwise no graph is built.
         """
         if not 0 <= start <= end <= self.n_layers:
             raise ValueError(f"run_layers: need 0 <= start <= end <= {self.n_layers}, got start={start}, end={end}")
@@ -162,19 +170,27 @@ class ArchitectureAdapter(ABC):
             raise ValueError(
                 f"run_layers: first_position={first_position} needs key_values with the earlier positions' keys/values"
             )
+        types = self.attention_types()
         n_new = hidden_BxSxd.shape[1]
-        mask = causal_attention_mask(n_new, first_position, hidden_BxSxd.dtype, hidden_BxSxd.device)
         position_ids = torch.arange(first_position, first_position + n_new, device=hidden_BxSxd.device)[None]
-        extra = self._block_kwargs(hidden_BxSxd, position_ids)
+        # Masks and rotary tables once per attention type in the range, as the model's forward does.
+        per_type = {
+            kind: {
+                "attention_mask": attention_mask(
+                    kind, self.model.config, hidden_BxSxd, position_ids, first_position, padding_mask
+                ),
+                **self._block_kwargs(hidden_BxSxd, position_ids, kind),
+            }
+            for kind in sorted(set(types[start:end]))
+        }
         hidden = hidden_BxSxd
         with torch.set_grad_enabled(grad):
             for layer in range(start, end):
                 output = self.blocks[layer](
                     hidden,
-                    attention_mask=mask,
                     use_cache=key_values is not None,
                     **{self._cache_keyword: key_values},
-                    **extra,
+                    **per_type[types[layer]],
                 )
                 hidden = output[0] if isinstance(output, tuple) else output
         return hidden
@@ -279,18 +295,42 @@ class GatedMLPAdapter(ArchitectureAdapter):
     def final_norm(self) -> nn.Module:
         return self.model.model.norm
 
-    # Families whose blocks take one rotary embedding and a plain causal mask; Gemma's
-    # local/global layers need per-layer-type rotary tables and sliding-window masks.
-    _LAYER_RANGE_FAMILIES: ClassVar[tuple[str, ...]] = ("llama", "mistral", "qwen2")
+    # Families whose blocks run as a layer range (tests/test_run_layers.py). Gemma 1/2 scale the
+    # embeddings by sqrt(d) in the model's forward, not in the embedding, so residual_input would
+    # need the factor; no tiny model checks them, so they run whole-model paths only.
+    _LAYER_RANGE_FAMILIES: ClassVar[tuple[str, ...]] = ("llama", "mistral", "qwen2", "gemma3_text")
 
-    def _block_kwargs(self, hidden_BxSxd: torch.Tensor, position_ids_1xS: torch.Tensor) -> dict[str, object]:
+    @property
+    def input_embedding_scale(self) -> float:
+        # The factor as the embedding's forward applies it: in the weights' dtype (bf16 rounds sqrt(d)).
+        scale = getattr(self.model.get_input_embeddings(), "embed_scale", None)
+        return 1.0 if scale is None else float(scale.to(self.input_embedding.dtype))
+
+    def attention_types(self) -> tuple[str, ...]:
         config = self.model.config
-        if config.model_type not in self._LAYER_RANGE_FAMILIES or getattr(config, "sliding_window", None):
+        if config.model_type not in self._LAYER_RANGE_FAMILIES:
             raise NotImplementedError(
-                f"run_layers supports {', '.join(self._LAYER_RANGE_FAMILIES)} without sliding windows, not "
-                f"model_type={config.model_type!r}; extend GatedMLPAdapter._block_kwargs for it"
+                f"run_layers supports {', '.join(self._LAYER_RANGE_FAMILIES)}, not model_type={config.model_type!r}; "
+                "extend GatedMLPAdapter for it"
             )
-        position_embeddings = self.model.model.rotary_emb(hidden_BxSxd, position_ids=position_ids_1xS)
+        if getattr(config, "use_bidirectional_attention", False):
+            raise NotImplementedError("run_layers: bidirectional Gemma 3 (an embedding model) is not causal")
+        types = getattr(config, "layer_types", None)
+        if types is None:
+            # Mistral has no layer_types: a set sliding_window applies to every layer.
+            kind = "sliding_attention" if getattr(config, "sliding_window", None) else "full_attention"
+            types = (kind,) * self.n_layers
+        return tuple(types)
+
+    def _block_kwargs(
+        self, hidden_BxSxd: torch.Tensor, position_ids_1xS: torch.Tensor, attention_type: str
+    ) -> dict[str, object]:
+        rotary = self.model.model.rotary_emb
+        # Gemma 3 keeps a rotary table per layer type (local base 1e4, global 1e6); the others one.
+        if getattr(rotary, "layer_types", None) is not None:
+            position_embeddings = rotary(hidden_BxSxd, position_ids_1xS, attention_type)
+        else:
+            position_embeddings = rotary(hidden_BxSxd, position_ids=position_ids_1xS)
         return {"position_embeddings": position_embeddings, "position_ids": position_ids_1xS}
 
 
@@ -338,7 +378,9 @@ class GPTNeoXAdapter(ArchitectureAdapter):
     def final_norm(self) -> nn.Module:
         return self.model.gpt_neox.final_layer_norm
 
-    def _block_kwargs(self, hidden_BxSxd: torch.Tensor, position_ids_1xS: torch.Tensor) -> dict[str, object]:
+    def _block_kwargs(
+        self, hidden_BxSxd: torch.Tensor, position_ids_1xS: torch.Tensor, attention_type: str
+    ) -> dict[str, object]:
         # The layers do not compute rotary (partial: rotary_pct of each head) themselves;
         # GPTNeoXModel.forward does, once for all of them, so a layer-range forward must too.
         position_embeddings = self.model.gpt_neox.rotary_emb(hidden_BxSxd, position_ids=position_ids_1xS)

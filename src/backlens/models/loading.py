@@ -17,6 +17,7 @@ from urllib.parse import urlparse
 
 import torch
 from huggingface_hub import try_to_load_from_cache
+from omegaconf import DictConfig, OmegaConf
 from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
@@ -188,7 +189,10 @@ def load_tokenizer(cfg: Mapping) -> PreTrainedTokenizerBase:
 
 
 def _random_model(cfg: Mapping, vocab_size: int, dtype: torch.dtype, device: torch.device) -> PreTrainedModel:
-    config = AutoConfig.for_model(cfg["architecture"], **dict(cfg["config"]), vocab_size=vocab_size)
+    settings = cfg["config"]
+    # Plain containers: transformers' strict configs refuse OmegaConf's ListConfig (Gemma 3's layer_types).
+    settings = OmegaConf.to_container(settings, resolve=True) if isinstance(settings, DictConfig) else dict(settings)
+    config = AutoConfig.for_model(cfg["architecture"], **settings, vocab_size=vocab_size)
     # Seeding a private generator state (not the global one for good) keeps the models identical
     # whatever ran before; initialising on the target device keeps GPT-2 XL-sized inits fast.
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.device(device):

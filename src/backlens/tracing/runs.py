@@ -49,7 +49,9 @@ class RecordedRun:
     """Every state of one batched run over the whole prompt.
 
     ``residual``: (L + 1, B, T, d); entry l is the stream entering block l, entry L the
-    last block's output. ``attention`` / ``mlp``: (L, B, T, d) outputs added to the stream.
+    last block's output. ``attention`` / ``mlp``: (L, B, T, d) the attention and MLP modules'
+    outputs (Gemma 3 normalises each before adding it to the stream; restoring the module's
+    output restores what it adds).
     ``keys`` / ``values``: per layer (B, heads, T, head_dim). ``answer_probs``: (B,).
     """
 
@@ -93,8 +95,11 @@ def recorded_run(adapter: ArchitectureAdapter, token_embeddings_BxTxd: torch.Ten
 
 
 def noise_std(adapter: ArchitectureAdapter, noise_scale: float) -> float:
-    """ROME's corruption level: ``noise_scale`` x the std of the input-embedding entries."""
-    return float(noise_scale) * float(adapter.input_embedding.detach().float().std())
+    """ROME's corruption level: ``noise_scale`` x the std of the input-embedding entries, as the
+    embedding module hands them to the blocks (Gemma 3 scales its rows by sqrt(d) there, and the
+    noise is added to ``token_embeddings``, after that scale)."""
+    std = float(adapter.input_embedding.detach().float().std()) * adapter.input_embedding_scale
+    return float(noise_scale) * std
 
 
 def fact_generator(seed: int, fact_id: int) -> torch.Generator:
