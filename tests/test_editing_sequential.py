@@ -8,6 +8,7 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import pandas as pd
 import pytest
 import torch
@@ -21,8 +22,10 @@ from backlens.editing.sequential import SequentialSettings, detect_collapse, pla
 from backlens.editing.shift import ForwardPassShift
 from backlens.editing.weights import restored_after
 from backlens.errors import ConfigError
+from backlens.figures.sequential import sequential_figure
 from backlens.stages import editing_covariance, editing_sequential, render_figure, sequential_report
 from conftest import compose_config, require_shared
+from test_beyond_stages import _check_readable
 from test_editing_methods import MEMIT_TEMPLATES, REQUEST, VALUE_HPARAMS, nll_new
 from test_null_space import spectrum_moment
 
@@ -222,6 +225,9 @@ def test_sequential_and_batch_stages_on_a_tiny_model(tmp_path):
     assert len(table) == 4 and set(table.method) == {"shift", "memit"}
     timings = pd.read_csv(joined.paths.sequential_timings_table)
     assert timings.n_edits.tolist() == [3, 2] and (timings.seconds_per_edit > 0).all()
+    figure = sequential_figure(table)
+    _check_readable(figure)
+    plt.close(figure)
     render_figure.run(compose_config(*base, "figure=sequential", f"paths.figure={tmp_path}/sequential.pdf"))
     assert (tmp_path / "sequential.png").stat().st_size > 5000
     sequential_report.run(joined)
