@@ -11,7 +11,8 @@ with P the projection of ``null_space.py`` (fixed, from the unedited model's sta
 ``cache`` the sum of K_p K_p^T over the edits already made; after all layers are updated, the
 request's keys are recomputed on the edited model and added to each layer's cache. There is no
 w C term (MEMIT's ``mom2_update_weight`` is unused): P removes the preserved keys instead.
-For one request K1 is one key k and the update is rank one, u = solve(., P k) times R^T.
+For one request K1 is one key k and the update is rank one, u = solve(., P k) times R^T; ``apply_batch``
+solves for N requests at once (K1 with N columns, as AlphaEdit's batches) and caches all N keys.
 
 Deviations: the solve runs in float64 (AlphaEdit: float32 on the GPU; MEMIT's port here already
 solves in float64). The cache holds only the edits that are in the weights now: when the edited
