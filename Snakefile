@@ -21,6 +21,7 @@ include: "workflow/rules/beyond.smk"
 include: "workflow/rules/tracing.smk"
 include: "workflow/rules/figures.smk"
 include: "workflow/rules/editing.smk"
+include: "workflow/rules/sequential.smk"
 include: "workflow/rules/compare.smk"
 include: "workflow/rules/docs.smk"
 

@@ -22,7 +22,7 @@ def test_the_config_paths_are_the_registry_paths():
     named = [key for key in cfg.paths if key in ARTIFACTS and key != "figure"]
     assert len(named) > 50
     for key in named:
-        assert cfg.paths[key] == artifact(key, run="tiny-gpt2", method="rome", shard="all"), key
+        assert cfg.paths[key] == artifact(key, run="tiny-gpt2", method="rome", shard="all", series="single"), key
 
 
 def test_overriding_a_directory_moves_every_file_in_it(tmp_path):

@@ -83,6 +83,19 @@ ARTIFACTS: dict[str, str] = {
     "table7": "{tables}/table7.csv",
     "edit_timings": "{tables}/edit_timings.csv",
     "fig26": "{figures}/fig26.pdf",
+    # Many edits without restoring (issue 26): per method, a series of single edits in sequence
+    # ({series} = single) or one batch update of that many facts (batch<N>); the tables of every
+    # series joined in sequential.parquet; the report from it.
+    "sequential": "{editing}/sequential",
+    "sequential_series": "{sequential}/{method}/{series}",
+    "sequential_checkpoints": "{sequential_series}/checkpoints.parquet",
+    "sequential_norms": "{sequential_series}/update_norms.parquet",
+    "sequential_cases": "{sequential_series}/cases.parquet",
+    "sequential_summary": "{sequential_series}/summary.json",
+    "sequential_timings": "{sequential_series}/timings.json",
+    "sequential_table": "{sequential}/sequential.parquet",
+    "sequential_timings_table": "{sequential}/timings.csv",
+    "sequential_report": "{results}/sequential.md",
     # Shared by every run (the corpus comparison's text).
     "counterfact_corpus": "results/corpus/counterfact_true_sentences.txt",
     # ROME causal tracing
@@ -138,6 +151,12 @@ def _expand(name: str, fields: dict, directories) -> str:
     return ARTIFACTS[name].format(**values)
 
 
+def series_name(batch: int | None) -> str:
+    """A sequential-editing series' directory: ``single`` (single edits one after another) or
+    ``batch<N>`` (N facts in one batch update)."""
+    return "single" if batch is None else f"batch{int(batch)}"
+
+
 def _resolve(name: str, _root_: DictConfig) -> str:
     """``${artifact:<name>}``: the directories from the config's own ``paths`` where it has them
     (``paths.results``, ``paths.editing``, ``paths.tracing``), the fields from the config."""
@@ -147,6 +166,7 @@ def _resolve(name: str, _root_: DictConfig) -> str:
         "shard": WHOLE_SHARD,
         # paths.figure's default (a script run standalone): figures/<run>/figure.pdf.
         "stem": "figure",
+        "series": series_name(OmegaConf.select(_root_, "editing.sequential.batch", default=None)),
     }
     return _expand(name, fields, _root_.paths)
 

@@ -334,6 +334,16 @@ def editing_shards(wc):
     return [artifact("editing_shard", run=wc.run, method=wc.method, shard=f"{a}-{b}") for a, b in shards(n_cases, size)]
 
 
+def sequential_series(wc):
+    """Checkpoint tables of every series of the run's editing.sequential: each method's single edits,
+    then each batch method at each batch size."""
+    seq = run_config(wc.run).editing.sequential
+    paths = [artifact("sequential_checkpoints", run=wc.run, method=m, series="single") for m in seq.methods]
+    paths += [artifact("sequential_checkpoints", run=wc.run, method=m, series=f"batch{b}")
+              for m in seq.batch_methods for b in seq.batch_sizes]
+    return paths
+
+
 def comparison_inputs(wc):
     return {table: sweep_inputs(pattern)(wc) for table, pattern in COMPARISON_TABLES[wc.kind].items()}
 

@@ -11,7 +11,8 @@ with P the projection of ``null_space.py`` (fixed, from the unedited model's sta
 ``cache`` the sum of K_p K_p^T over the edits already made; after all layers are updated, the
 request's keys are recomputed on the edited model and added to each layer's cache. There is no
 w C term (MEMIT's ``mom2_update_weight`` is unused): P removes the preserved keys instead.
-For one request K1 is one key k and the update is rank one, u = solve(., P k) times R^T.
+For one request K1 is one key k and the update is rank one, u = solve(., P k) times R^T; ``apply_batch``
+solves for N requests at once (K1 with N columns, as AlphaEdit's batches) and caches all N keys.
 
 Deviations: the solve runs in float64 (AlphaEdit: float32 on the GPU; MEMIT's port here already
 solves in float64). The cache holds only the edits that are in the weights now: when the edited
@@ -24,12 +25,13 @@ of edits already undone.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 
 import torch
 
 from backlens.editing.base import FactoredUpdate
 from backlens.editing.covariance import load_second_moment
-from backlens.editing.keys_values import grouped_mean_key
+from backlens.editing.keys_values import TargetResult, grouped_mean_key
 from backlens.editing.memit import MassEditingMemory
 from backlens.editing.null_space import null_space_from_hparams
 from backlens.editing.requests import EditRequest
@@ -56,12 +58,13 @@ class AlphaEditMemory(MassEditingMemory):
         self.n_cached = 0
         self._cache_signature: tuple[str, ...] | None = None
 
-    def adjusted_key(self, layer: int, key_In: torch.Tensor) -> torch.Tensor:
-        """solve(P (k k^T + cache) + L2 I, P k): AlphaEdit's update divided by the residual."""
+    def adjusted_keys(self, layer: int, keys_NxIn: torch.Tensor) -> torch.Tensor:
+        """solve(P (K K^T + cache) + L2 I, P K) with K = keys^T (in, N), transposed to (N, in): AlphaEdit's
+        update divided by the residuals."""
         projection = self.null_spaces[layer].projection_InxIn
-        system = projection @ (torch.outer(key_In, key_In) + self.cache[layer])
-        system += self.l2 * torch.eye(len(key_In), dtype=system.dtype, device=system.device)
-        return torch.linalg.solve(system, projection @ key_In)
+        system = projection @ (keys_NxIn.T @ keys_NxIn + self.cache[layer])
+        system += self.l2 * torch.eye(keys_NxIn.shape[1], dtype=system.dtype, device=system.device)
+        return torch.linalg.solve(system, projection @ keys_NxIn.T).T
 
     def weights_signature(self) -> tuple[str, ...]:
         """A digest of every edited weight's bytes: whether the weights are still those the last edit left."""
@@ -77,16 +80,42 @@ class AlphaEditMemory(MassEditingMemory):
         self.n_cached = 0
         self._cache_signature = None
 
-    def apply_with_update(self, request: EditRequest) -> tuple[dict[str, object], FactoredUpdate]:
+    def _start_update(self) -> int:
+        """Drop the cache when the weights are not those the last edit left; the number of edits cached."""
         if self._cache_signature is not None and self.weights_signature() != self._cache_signature:
             self.reset_cache()
-        n_cached = self.n_cached
-        facts, update = super().apply_with_update(request)
-        # As AlphaEdit_main.py: the keys on the edited model (every layer updated) join the cache.
+        return self.n_cached
+
+    def _cache_keys(self, requests: Sequence[EditRequest]) -> None:
+        """As AlphaEdit_main.py: the requests' keys on the edited model (every layer updated) join the cache."""
         for layer in self.layers:
-            key_In = grouped_mean_key(self, layer, self.template_groups, request, self.fact_token).double()
-            self.cache[layer] += torch.outer(key_In, key_In)
-        self.n_cached += 1
+            for request in requests:
+                key_In = grouped_mean_key(self, layer, self.template_groups, request, self.fact_token).double()
+                self.cache[layer] += torch.outer(key_In, key_In)
+        self.n_cached += len(requests)
         self._cache_signature = self.weights_signature()
+
+    def apply_with_update(self, request: EditRequest) -> tuple[dict[str, object], FactoredUpdate]:
+        n_cached = self._start_update()
+        facts, update = super().apply_with_update(request)
+        self._cache_keys([request])
         facts.update(n_cached_edits=n_cached, null_space_dims=[self.null_spaces[layer].dim for layer in self.layers])
         return facts, update
+
+    def apply_batch(self, requests: Sequence[EditRequest], values: Sequence[TargetResult] | None = None) -> dict[str, object]:
+        """AlphaEdit's batch: one solve for all ``requests`` (K with N columns), then all their keys join the cache."""
+        n_cached = self._start_update()
+        facts = super().apply_batch(requests, values)
+        self._cache_keys(requests)
+        return {**facts, "n_cached_edits": n_cached, "null_space_dims": [self.null_spaces[layer].dim for layer in self.layers]}
+
+    def sequential_state(self) -> dict[str, object]:
+        """What a resumed sequential run needs besides the weights: the cache of the edits in them."""
+        return {"cache": {layer: self.cache[layer].cpu() for layer in self.layers}, "n_cached": self.n_cached}
+
+    def load_sequential_state(self, state: dict[str, object]) -> None:
+        """Put back ``sequential_state``'s cache; the weights (loaded before) are those it belongs to."""
+        for layer in self.layers:
+            self.cache[layer].copy_(state["cache"][layer].to(self.cache[layer]))
+        self.n_cached = int(state["n_cached"])
+        self._cache_signature = self.weights_signature()

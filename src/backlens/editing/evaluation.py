@@ -16,7 +16,7 @@ from tqdm import tqdm
 from backlens.editing.base import Editor
 from backlens.editing.generation import generation_entropy, sample_texts, sample_texts_by_case
 from backlens.editing.requests import EditRequest, continuation, space_sensitive
-from backlens.editing.scoring import score_answers, score_answers_per_pair
+from backlens.editing.scoring import AnswerScore, score_answers, score_answers_per_pair
 from backlens.editing.row_edits import RankOneChange, per_row_changes, rank_one_changes
 from backlens.editing.weights import restored_after
 
@@ -31,19 +31,20 @@ def _mean(values: Sequence[float]) -> float | None:
     return float(sum(values) / len(values)) if values else None
 
 
-def case_metrics(editor: Editor, request: EditRequest, *, batch_size: int, per_pair: bool = False) -> dict[str, object]:
-    """MEMIT accuracies and ROME probability comparisons for one (edited) model and case.
-
-    All prompts of the case go through one padded batch; a prompt's targets share its sequence
-    (``score_answers``). ``per_pair``: the reference path, one sequence per (prompt, target).
-    """
+def case_pairs(request: EditRequest) -> list[tuple[str, str]]:
+    """The (prompt, answer) pairs a case scores, in the order ``metrics_from_scores`` reads them:
+    the rewrite prompt with target_new and target_true, each paraphrase with both, each neighbour
+    with its own answer and target_new."""
     pairs = [(request.prompt, request.target_new), (request.prompt, request.target_true)]
     for prompt in request.paraphrase_prompts:
         pairs += [(prompt, request.target_new), (prompt, request.target_true)]
     for neighbour in request.neighborhood_prompts:
         pairs += [(neighbour.prompt, neighbour.answer), (neighbour.prompt, request.target_new)]
-    scorer = score_answers_per_pair if per_pair else score_answers
-    scores = scorer(editor.model, editor.tokenizer, pairs, batch_size=batch_size)
+    return pairs
+
+
+def metrics_from_scores(request: EditRequest, scores: Sequence[AnswerScore]) -> dict[str, object]:
+    """MEMIT accuracies and ROME probability comparisons from the scores of ``case_pairs(request)``."""
     rewrite_new, rewrite_true = scores[0], scores[1]
     n_para = len(request.paraphrase_prompts)
     para = [(scores[2 + 2 * i], scores[3 + 2 * i]) for i in range(n_para)]
@@ -59,6 +60,28 @@ def case_metrics(editor: Editor, request: EditRequest, *, batch_size: int, per_p
         "p_new": math.exp(-rewrite_new.mean_nll),
         "p_true": math.exp(-rewrite_true.mean_nll),
     }
+
+
+def case_metrics(editor: Editor, request: EditRequest, *, batch_size: int, per_pair: bool = False) -> dict[str, object]:
+    """MEMIT accuracies and ROME probability comparisons for one (edited) model and case.
+
+    All prompts of the case go through one padded batch; a prompt's targets share its sequence
+    (``score_answers``). ``per_pair``: the reference path, one sequence per (prompt, target).
+    """
+    scorer = score_answers_per_pair if per_pair else score_answers
+    return metrics_from_scores(request, scorer(editor.model, editor.tokenizer, case_pairs(request), batch_size=batch_size))
+
+
+def many_case_metrics(editor: Editor, requests: Sequence[EditRequest], *, batch_size: int) -> list[dict[str, object]]:
+    """``case_metrics`` of many cases with their pairs scored together in padded batches (sequential
+    editing's retention: every earlier edit re-scored at a checkpoint)."""
+    pairs = [case_pairs(request) for request in requests]
+    scores = score_answers(editor.model, editor.tokenizer, [pair for case in pairs for pair in case], batch_size=batch_size)
+    metrics, start = [], 0
+    for request, case in zip(requests, pairs):
+        metrics.append(metrics_from_scores(request, scores[start : start + len(case)]))
+        start += len(case)
+    return metrics
 
 
 @torch.no_grad()
@@ -160,11 +183,13 @@ def evaluate_case(
 
 
 class CaseLog:
-    """Append-only JSON lines: one finished case per line, so a killed run resumes where it stopped."""
+    """Append-only JSON lines: one finished case per line, so a killed run resumes where it stopped.
+    ``key``: the field that names a line (a case's ``case_id``; a sequential run's ``n_edits``)."""
 
-    def __init__(self, path: str | Path, fingerprint: str):
+    def __init__(self, path: str | Path, fingerprint: str, key: str = "case_id"):
         self.path = Path(path)
         self.fingerprint = fingerprint
+        self.key = key
 
     def _drop_torn_tail(self) -> None:
         """Cut an unterminated last line (a write cut off by a kill) so the next case starts a line of its own."""
@@ -194,10 +219,10 @@ class CaseLog:
                 continue
             if row.get("config_fingerprint") != self.fingerprint:
                 raise ValueError(
-                    f"{self.path}:{number} (case {row.get('case_id')}) was written with another configuration "
+                    f"{self.path}:{number} ({self.key} {row.get(self.key)}) was written with another configuration "
                     f"({row.get('config_fingerprint')} != {self.fingerprint}); delete {self.path} to start over"
                 )
-            rows[int(row["case_id"])] = row
+            rows[int(row[self.key])] = row
         return rows
 
     def append(self, row: Mapping) -> None:

@@ -1,9 +1,12 @@
-"""MEMIT (Meng et al. 2023) for one edit: the residual change spread over several FF2 matrices.
+"""MEMIT (Meng et al. 2023): the residual change spread over several FF2 matrices, for one edit or a batch
+of edits in one update (``apply_batch``, issue 26).
 
 Follows kmeng01/memit's compute_z, compute_ks and execute_memit (pinned by tests/test_golden_rome_memit.py).
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -13,6 +16,7 @@ from backlens.editing.covariance import load_second_moment
 from backlens.editing.keys_values import (
     MEMIT_TEMPLATE_LENGTHS,
     MEMIT_TEMPLATE_STARTS,
+    TargetResult,
     context_templates,
     grouped_mean_key,
     optimise_target,
@@ -80,29 +84,58 @@ class MassEditingMemory(Editor):
     def edited_parameters(self) -> list[nn.Parameter]:
         return [self.adapter.ff2_site(layer).weight for layer in self.layers]
 
-    def update_factors(self, request: EditRequest) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], dict]:
-        """Apply the edit layer by layer and return each layer's (adjusted key (in), residual (out)):
-        the update is residual adjusted_key^T, in (out, in) terms."""
+    def optimise_value(self, request: EditRequest) -> TargetResult:
+        """z*: the block output at the last MEMIT layer that makes the model say target_new (compute_z)."""
         z_layer = self.layers[-1]
         flat = [t for group in self.template_groups for t in group]
         loss_layer = self.hparams.get("v_loss_layer")
         nll_layer = max(int(loss_layer), z_layer) if loss_layer is not None else None
-        value = optimise_target(self, request, flat, z_layer, "block", self.hparams, nll_layer=nll_layer)
+        return optimise_target(self, request, flat, z_layer, "block", self.hparams, nll_layer=nll_layer)
+
+    def update_factors_batch(
+        self, requests: Sequence[EditRequest], values: Sequence[TargetResult] | None = None,
+    ) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], list[TargetResult]]:
+        """execute_memit for several requests in one update: every z* is found on the model as it is
+        (``values`` when the caller computed them already), then per layer the keys K (N, d_ff) and
+        residuals R (N, d) of all requests are stacked and the layer gains R^T adjusted_K (out, in),
+        adjusted_K = (w C + K^T K)^-1 K^T transposed; the keys and the z-layer outputs are read on
+        the model with the earlier layers already updated, as the original does. Returns each
+        layer's (adjusted keys (N, in), residuals (N, out)) and the values. One request is the
+        single edit of ``update_factors`` (same operations, pinned by the golden tests)."""
+        if values is None:
+            values = [self.optimise_value(request) for request in requests]
+        if len(values) != len(requests):
+            raise ValueError(f"MEMIT batch: {len(values)} values for {len(requests)} requests")
+        z_layer = self.layers[-1]
+        targets_NxOut = torch.stack([value.target for value in values])
         factors = []
         for position, layer in enumerate(self.layers):
-            key_In = grouped_mean_key(self, layer, self.template_groups, request, self.fact_token).double()
-            current = outputs_at_subject(self, z_layer, request, self.fact_token)
-            residual_Out = (value.target - current["block_out"]).double() / (len(self.layers) - position)
-            adjusted_key_In = self.adjusted_key(layer, key_In)
+            keys_NxIn = torch.stack([grouped_mean_key(self, layer, self.template_groups, request, self.fact_token)
+                                     for request in requests]).double()
+            current_NxOut = torch.stack([outputs_at_subject(self, z_layer, request, self.fact_token)["block_out"]
+                                         for request in requests])
+            residuals_NxOut = (targets_NxOut - current_NxOut).double() / (len(self.layers) - position)
+            adjusted_NxIn = self.adjusted_keys(layer, keys_NxIn)
             site = self.adapter.ff2_site(layer)
             with torch.no_grad():
-                site.weight.add_(site.gradient_from_factors(adjusted_key_In[None], residual_Out[None]).to(site.weight.dtype))
-            factors.append((adjusted_key_In, residual_Out))
-        return factors, {**value.facts(), "target": value.target, "value": value}
+                site.weight.add_(site.gradient_from_factors(adjusted_NxIn, residuals_NxOut).to(site.weight.dtype))
+            factors.append((adjusted_NxIn, residuals_NxOut))
+        return factors, list(values)
+
+    def update_factors(self, request: EditRequest) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], dict]:
+        """Apply the edit layer by layer and return each layer's (adjusted key (in), residual (out)):
+        the update is residual adjusted_key^T, in (out, in) terms."""
+        factors, (value,) = self.update_factors_batch([request])
+        return [(keys[0], residuals[0]) for keys, residuals in factors], {**value.facts(), "target": value.target, "value": value}
+
+    def adjusted_keys(self, layer: int, keys_NxIn: torch.Tensor) -> torch.Tensor:
+        """MEMIT's (w C + K^T K)^-1 K^T (float64), transposed to (N, in); AlphaEdit (editing/alphaedit.py)
+        solves its own system here."""
+        return torch.linalg.solve(self.scaled_mom2[layer] + keys_NxIn.T @ keys_NxIn, keys_NxIn.T).T
 
     def adjusted_key(self, layer: int, key_In: torch.Tensor) -> torch.Tensor:
-        """MEMIT's (w C + k k^T)^-1 k (float64); AlphaEdit (editing/alphaedit.py) solves its own system here."""
-        return torch.linalg.solve(self.scaled_mom2[layer] + torch.outer(key_In, key_In), key_In)
+        """``adjusted_keys`` of one key."""
+        return self.adjusted_keys(layer, key_In[None])[0]
 
     def apply_with_update(self, request: EditRequest) -> tuple[dict[str, object], FactoredUpdate]:
         factors, info = self.update_factors(request)
@@ -110,6 +143,14 @@ class MassEditingMemory(Editor):
         facts = {**value.facts(), "update_norms": [float(key.norm() * residual.norm()) for key, residual in factors]}
         layers = tuple(LayerUpdate(layer, key, residual) for layer, (key, residual) in zip(self.layers, factors))
         return facts, FactoredUpdate(layers, value.target, value.losses)
+
+    def apply_batch(self, requests: Sequence[EditRequest], values: Sequence[TargetResult] | None = None) -> dict[str, object]:
+        """Edit the weights in place for all ``requests`` as one MEMIT update (``update_factors_batch``);
+        return facts: the number of requests, each layer's update norm and each value's optimisation."""
+        factors, values = self.update_factors_batch(requests, values)
+        return {"n_requests": len(requests),
+                "update_norms": [float(torch.linalg.matrix_norm(residuals.T @ keys)) for keys, residuals in factors],
+                "v_steps": [value.steps for value in values], "v_last_nll": [value.last_nll for value in values]}
 
     def apply(self, request: EditRequest) -> dict[str, object]:
         return self.apply_with_update(request)[0]

@@ -17,6 +17,7 @@ from backlens.figures import backward_lens as bl
 from backlens.figures import beyond
 from backlens.figures import neurons
 from backlens.figures.lens_tables import logit_lens_figure
+from backlens.figures.sequential import sequential_figure
 
 
 @dataclass(frozen=True)
@@ -149,5 +150,18 @@ BEYOND_FIGURES: dict[str, FigureSpec] = {
     ),
 }
 
+# Issue 26's on-request group `sequential` (workflow/rules/sequential.smk): out of the default target.
+SEQUENTIAL_FIGURES: dict[str, FigureSpec] = {
+    "sequential": FigureSpec(
+        ("sequential_table",),
+        lambda t: sequential_figure(t["sequential_table"]),
+        "Beyond the paper (issue 26): CounterFact edits applied one after another without restoring the weights. "
+        "Against the number of edits n (log scale): retention (share of the n edits whose rewrite prompt still gives "
+        "P(target_new) > P(target_true)), NS on their neighbour prompts (dashed: the unedited model on the same "
+        "neighbours) and held-out perplexity over the unedited model's; one line per method, crosses for one batch "
+        "update of the first n facts.",
+    ),
+}
+
 # Every figure scripts/render_figure.py can draw.
-ALL_FIGURES: dict[str, FigureSpec] = {**FIGURES, **BEYOND_FIGURES}
+ALL_FIGURES: dict[str, FigureSpec] = {**FIGURES, **BEYOND_FIGURES, **SEQUENTIAL_FIGURES}

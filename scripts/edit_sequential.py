@@ -1,0 +1,16 @@
+"""Edits without restoring"""
+
+import hydra
+from omegaconf import DictConfig
+
+from backlens.cli import run_stage
+from backlens.stages import  one method's single edits in sequence, or one batch update (rules edit_sequential, edit_batch).
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+def main(cfg: DictConfig) -> None:
+    run_stage(cfg,  one method's single edits in sequence, or one batch update (rules edit_sequential, edit_batch)..editing_sequential:run)
+
+
+if __name__ == "__main__":
+    main()

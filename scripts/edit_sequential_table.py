@@ -1,0 +1,16 @@
+"""Join every sequential-editing series into one table, with their timings (rule edit_sequential_table)."""
+
+import hydra
+from omegaconf import DictConfig
+
+from backlens.cli import run_stage
+from backlens.stages import editing_sequential
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+def main(cfg: DictConfig) -> None:
+    run_stage(cfg, editing_sequential.merge)
+
+
+if __name__ == "__main__":
+    main()

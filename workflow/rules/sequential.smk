@@ -1,0 +1,146 @@
+# Beyond the paper (issue 26): many CounterFact edits without restoring the weights, single edits one
+# after another (edit_sequential) and MEMIT's batch update of the same facts (edit_batch); the joined
+# table, the figure, the report and its docs copy. On request only (hours of CPU on 2 cores):
+#   snakemake --cores 2 --config outputs=sequential
+# Methods, N per method, checkpoints, batch sizes and the collapse rule: conf/editing/default.yaml,
+# `sequential` (N sized for about 30-minute one-thread jobs there). Library: backlens.editing.sequential.
+SEQUENTIAL_SERIES_FILES = ["sequential_checkpoints", "sequential_norms", "sequential_cases", "sequential_summary",
+                           "sequential_timings"]
+
+register_outputs(
+    "sequential",
+    artifact("sequential_report"),
+    artifact("figure", stem="sequential"),
+    "docs/sequential.md",
+    "docs/gallery/sequential.png",
+    on_request=True,
+)
+
+
+wildcard_constraints:
+    batch=r"\d+",
+
+
+rule edit_sequential:
+    """One method's edits one after another without restoring, measured at checkpoints; resumable."""
+    input:
+        data_inputs("dataset"),
+        unpack(shared_statistics),
+    output:
+        **artifact_paths(SEQUENTIAL_SERIES_FILES, series="single"),
+    conda:
+        CONDA_ENV
+    resources:
+        gpu=1,
+    log:
+        job_log("edit_sequential_{method}"),
+    benchmark:
+        job_benchmark("edit_sequential_{method}")
+    params:
+        command=lambda wc, input, output: hydra_call("edit_sequential", wc, f"method={wc.method}", **input, **output),
+    shell:
+        STAGE_SHELL
+
+
+rule edit_batch:
+    """The first {batch} cases of the sequential range as one update (MEMIT, AlphaEdit); its z* resumable."""
+    input:
+        data_inputs("dataset"),
+        unpack(shared_statistics),
+    output:
+        **artifact_paths(SEQUENTIAL_SERIES_FILES, series="batch{batch}"),
+    conda:
+        CONDA_ENV
+    resources:
+        gpu=1,
+    log:
+        job_log("edit_batch_{method}_{batch}"),
+    benchmark:
+        job_benchmark("edit_batch_{method}_{batch}")
+    params:
+        command=lambda wc, input, output: hydra_call(
+            "edit_sequential", wc, f"method={wc.method}", f"editing.sequential.batch={wc.batch}", **input, **output
+        ),
+    shell:
+        STAGE_SHELL
+
+
+rule edit_sequential_table:
+    """Every series' checkpoints in one table (parquet and CSV), their timings apart."""
+    input:
+        sequential_series,
+    output:
+        table=artifact("sequential_table"),
+        csv=with_suffix(artifact("sequential_table"), ".csv"),
+        timings=artifact("sequential_timings_table"),
+    conda:
+        CONDA_ENV
+    log:
+        job_log("edit_sequential_table"),
+    benchmark:
+        job_benchmark("edit_sequential_table")
+    params:
+        command=lambda wc, input, output: hydra_call(
+            "edit_sequential_table", wc, sequential_inputs=list(input), sequential_table=output.table,
+            sequential_timings_table=output.timings,
+        ),
+    shell:
+        STAGE_SHELL
+
+
+rule sequential_figure:
+    """Retention, NS and perplexity against the number of edits, one line per method."""
+    input:
+        sequential_table=artifact("sequential_table"),
+    output:
+        pdf=artifact("figure", stem="sequential"),
+        png=report(
+            png_of(artifact("figure", stem="sequential")), caption="../report/caption.rst", category="{run}",
+            subcategory="Beyond the paper",
+        ),
+    conda:
+        CONDA_ENV
+    log:
+        job_log("figures/sequential"),
+    benchmark:
+        job_benchmark("figure_sequential")
+    params:
+        command=lambda wc, input, output: hydra_call("render_figure", wc, "figure=sequential", figure=output.pdf, **input),
+        caption=caption_for("sequential"),
+    shell:
+        STAGE_SHELL
+
+
+rule sequential_report:
+    """results/{run}/sequential.md: the sequential and batch runs in numbers, from the joined table."""
+    input:
+        sequential_table=artifact("sequential_table"),
+        sequential_timings_table=artifact("sequential_timings_table"),
+    output:
+        report=artifact("sequential_report"),
+    conda:
+        CONDA_ENV
+    log:
+        job_log("sequential_report"),
+    benchmark:
+        job_benchmark("sequential_report")
+    params:
+        command=lambda wc, input, output: hydra_call("sequential_report", wc, sequential_report=output.report, **input),
+    shell:
+        STAGE_SHELL
+
+
+rule docs_sequential:
+    """docs/sequential.md: the default run's sequential-editing report."""
+    input:
+        headline(artifact("sequential_report"), "sequential"),
+    output:
+        "docs/sequential.md",
+    conda:
+        CONDA_ENV
+    log:
+        job_log("docs_sequential", folder="headline"),
+    benchmark:
+        job_benchmark("docs_sequential", folder="headline")
+    shell:
+        "cp {input} {output} > {log} 2>&1"
