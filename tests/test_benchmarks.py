@@ -99,3 +99,25 @@ def test_write_result_takes_extra_entries_that_are_not_timings(tmp_path):
     for clash in ("b_s", "goals", "commit"):
         with pytest.raises(ValueError, match=f"extra entry '{clash}' clashes"):
             write_result(None, "x", **common, extra={clash: 1.0})
+
+
+def test_pipeline_timings_from_snakemake_benchmark_files(tmp_path):
+    """python -m backlens.bench pipeline: shards of a rule summed, the run's commit and wall time kept,
+    the JSON of the shared convention (docs/performance.md renders it beside the benchmarks)."""
+    from backlens.bench import main as bench_main
+
+    header = "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n"
+    for stem, wall, cpu in (("trace_shard_0-10", 100.0, 60.0), ("trace_shard_10-20", 50.0, 40.0),
+                            ("edit_evaluate_rome_0-25", 30.0, 20.0), ("sample_prompts", 5.0, "NA")):
+        (tmp_path / f"{stem}.tsv").write_text(header + f"{wall}\t0:00:00\t1\t1\t1\t1\t0\t0\t1\t{cpu}\n")
+    out = tmp_path / "bench" / "pipeline.json"
+    assert bench_main(["pipeline", str(tmp_path), str(out), "--wall-s", "120", "--commit", "abc1234",
+                       "--cores", "4", "--goal-s", "100"]) == 0
+    result = json.loads(out.read_text())
+    assert check_result(result) == []
+    assert result["commit"] == "abc1234" and result["pipeline_wall_s"] == 120.0
+    assert result["trace_shard_jobs_wall_s"] == 150.0 and result["settings"]["jobs_per_rule"]["trace_shard"] == 2
+    assert result["edit_evaluate_rome_jobs_wall_s"] == 30.0 and result["jobs_wall_sum_s"] == 185.0
+    assert result["settings"]["cpu_s_per_rule"]["trace_shard"] == 100.0
+    assert result["goals"][0]["met"] is False
+    assert "## pipeline" in render(read_results(out.parent))

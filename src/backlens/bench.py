@@ -170,13 +170,72 @@ def read_results(folder: str | Path) -> list[dict]:
     return results
 
 
+def _job_group(stem: str) -> str:
+    """A Snakemake benchmark file's rule-level name: shard ranges (``_0-60``) dropped."""
+    import re
+
+    return re.sub(r"(_\d+-\d+)+$", "", stem)
+
+
+def pipeline_result(benchmarks: str | Path, *, wall_s: float, commit: str, cores: int, model: str,
+                    goal_s: float | None = None) -> dict:
+    """One whole ``snakemake`` run as a benchmark JSON: its wall time and, per rule (shards summed), the
+    jobs' wall and CPU seconds from Snakemake's own ``benchmark:`` files (``logs/<run>/benchmarks/*.tsv``).
+    Jobs share the cores, so a job's wall time includes waiting for them; the sum over jobs exceeds the
+    run's wall time by about the number of jobs running at once."""
+    import csv
+
+    groups: dict[str, dict[str, float]] = {}
+    for path in sorted(Path(benchmarks).glob("*.tsv")):
+        with path.open() as handle:
+            rows = list(csv.DictReader(handle, delimiter="\t"))
+        if not rows:
+            continue
+        group = groups.setdefault(_job_group(path.stem), {"jobs": 0, "wall": 0.0, "cpu": 0.0})
+        group["jobs"] += 1
+        group["wall"] += float(rows[-1]["s"])
+        cpu = rows[-1].get("cpu_time", "NA")
+        group["cpu"] += float(cpu) if cpu not in ("NA", "", None) else 0.0
+    if not groups:
+        raise ValueError(f"{benchmarks}: no Snakemake benchmark file (*.tsv); run the pipeline first")
+    ordered = sorted(groups.items(), key=lambda item: -item[1]["wall"])
+    timings = {"pipeline_wall": wall_s, "jobs_wall_sum": sum(g["wall"] for g in groups.values())}
+    timings.update({f"{name}_jobs_wall": g["wall"] for name, g in ordered if g["wall"] > 0})
+    settings = {"run_commit": commit, "cores": cores, "jobs": sum(g["jobs"] for g in groups.values()),
+                "jobs_per_rule": {name: g["jobs"] for name, g in ordered},
+                "cpu_s_per_rule": {name: round(g["cpu"], 1) for name, g in ordered}}
+    ratios = {"jobs' wall sum / pipeline wall": timings["jobs_wall_sum"] / wall_s}
+    goals = [goal("pipeline wall seconds from a fresh clone", wall_s, goal_s)] if goal_s else []
+    result = write_result(None, "pipeline", model=model, device=f"cpu ({os.cpu_count()} cores, --cores {cores})",
+                          smoke=False, settings=settings, timings=timings, ratios=ratios, goals=goals)
+    # The run's commit, not the one this JSON is written at; the load now says nothing about the run.
+    result["commit"] = commit
+    result["machine"].pop("load_average", None)
+    return result
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m backlens.bench", description="render docs/performance.md")
     sub = parser.add_subparsers(dest="command", required=True)
     rendering = sub.add_parser("render", help="results/bench/*.json -> markdown")
     rendering.add_argument("folder")
     rendering.add_argument("out")
+    pipeline = sub.add_parser("pipeline", help="one whole snakemake run's timings (its benchmark: files) -> JSON")
+    pipeline.add_argument("benchmarks", help="logs/<run>/benchmarks")
+    pipeline.add_argument("out")
+    pipeline.add_argument("--wall-s", type=float, required=True, help="the run's measured wall time")
+    pipeline.add_argument("--commit", required=True, help="the commit the run was made from")
+    pipeline.add_argument("--cores", type=int, required=True, help="snakemake --cores of the run")
+    pipeline.add_argument("--model", default="smollm2-135m")
+    pipeline.add_argument("--goal-s", type=float, default=None)
     args = parser.parse_args(argv)
+    if args.command == "pipeline":
+        result = pipeline_result(args.benchmarks, wall_s=args.wall_s, commit=args.commit, cores=args.cores,
+                                 model=args.model, goal_s=args.goal_s)
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+        print(f"wrote {args.out}")
+        return 0
     results = read_results(args.folder)
     if not results:
         print(f"no benchmark JSON in {args.folder}: run `make bench` first", file=sys.stderr)
