@@ -4,6 +4,15 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 CORES ?= 4
+# Models side by side (space separated): make figures MODELS="smollm2-135m gemma3-270m" builds every
+# output for each, the cross-model figures (docs/gallery/compare_fig18.png, compare_fig19_21.png) and
+# docs/scorecard_models.md; the first model stays the one docs/ and the README show. Empty: the
+# models of workflow/config.yaml.
+MODELS ?=
+comma := ,
+empty :=
+space := $(empty) $(empty)
+MODELS_CONFIG := $(if $(strip $(MODELS)),--config models="[$(subst $(space),$(comma),$(strip $(MODELS)))]")
 # Local data beside the project (as in CI); otherwise the loaders download the canonical files.
 SHARED ?= $(abspath ../shared)
 export BACKLENS_SHARED ?= $(SHARED)
@@ -25,7 +34,7 @@ install: $(VENV)/.installed
 
 figures: install
 	bash workflow/unlock_if_stale.sh $(BIN)/snakemake
-	$(BIN)/snakemake --cores $(CORES)
+	$(BIN)/snakemake --cores $(CORES) $(MODELS_CONFIG)
 
 test: install
 	$(BIN)/pytest -q -rs; status=$$?; \
@@ -67,7 +76,7 @@ lint: install
 	$(BIN)/snakemake --lint
 
 dry-run: install
-	$(BIN)/snakemake -n
+	$(BIN)/snakemake -n $(MODELS_CONFIG)
 
 clean:
 	rm -rf results figures logs .snakemake

@@ -116,3 +116,20 @@ def test_table1_holds_the_methods_the_run_config_names(project_copy):
     # jobs as it changes the table the stage writes.
     text = dry_run_jobs("--config", "overrides=editing.table1_methods=[shift]", "outputs=table1", cwd=project_copy)
     assert "editing/shift/shards/0-25.parquet" in text and "editing/rome/" not in text
+
+
+CROSS_MODEL_DOCS = ("docs/gallery/compare_fig18.png", "docs/gallery/compare_fig19_21.png", "docs/scorecard_models.md")
+
+
+def test_two_models_add_the_cross_model_docs_and_one_model_does_not(project_copy):
+    """models=[a,b]: both runs, the comparisons of Figs 3 and 6 over them, and from those the docs'
+    Figs 18-21 and the per-model scorecard; the single-model docs stay the first model's."""
+    text = dry_run_jobs("--config", "models=[smollm2-135m,gemma3-270m]", cwd=project_copy)
+    for path in CROSS_MODEL_DOCS:
+        assert path in text
+    for kind in ("fig3", "fig6"):
+        assert f"figures/compare/smollm2-135m,gemma3-270m/{kind}.png" in text
+    assert "results/gemma3-270m/tables/table1.csv" in text and "results/smollm2-135m/tables/table1.csv" in text
+    assert "input: results/smollm2-135m/gradient_ranks.parquet, results/gemma3-270m/gradient_ranks.parquet" in text
+    default = dry_run_jobs(cwd=project_copy)
+    assert not any(path in default for path in CROSS_MODEL_DOCS) and "figures/compare/" not in default

@@ -10,6 +10,8 @@ import yaml
 
 from backlens.artifacts import artifact, artifact_paths, shard_files, shard_meta_path
 from backlens.figures.captions import caption_for
+from backlens.figures.compare import CROSS_MODEL_GALLERY
+from backlens.stages.scorecard import CLAIM_TABLES
 from backlens.figures.registry import FIGURES
 from backlens.runs import expand_sweep, override_key, parse_run, runs_of_label, split_overrides, sweep_label
 
@@ -216,6 +218,15 @@ def register_comparison(group, *patterns):
     COMPARISONS.setdefault(group, []).extend(patterns)
 
 
+# Outputs of a group built only when its runs span several models (docs' cross-model figures and
+# per-model scorecard); they name no run: their rules find the runs with group_runs.
+MODEL_COMPARISONS = {}
+
+
+def register_model_comparison(group, *paths):
+    MODEL_COMPARISONS.setdefault(group, []).extend(paths)
+
+
 def selected_groups():
     """Groups named by --config outputs="..." (aliases expanded), or the experiment's, or all."""
     names = config["outputs"].split() or list(
@@ -235,6 +246,11 @@ def group_models(group):
     return (EXPERIMENT.get("outputs") or {}).get(group) or config["models"]
 
 
+def group_runs(group):
+    """The runs the default target builds for ``group`` (its models x the sweep's values)."""
+    return expand_sweep(group_models(group), NAMED_OVERRIDES)
+
+
 def headline_run(name):
     """The run whose copy of a figure or table goes to figures/<name>.pdf or results/tables/."""
     return expand_sweep(group_models(OUTPUT_OF.get(name, name)), NAMED_OVERRIDES)[0].name
@@ -244,13 +260,15 @@ def default_targets():
     targets = []
     for group in selected_groups():
         models = group_models(group)
-        runs = expand_sweep(models, NAMED_OVERRIDES)
+        runs = group_runs(group)
         for run in runs:
             run_config(run.name)  # a bad override stops here, with one line, before any job
         targets += expand(OUTPUT_GROUPS[group], run=[r.name for r in runs])
         if len(runs) > 1:
             label = sweep_label(models, NAMED_OVERRIDES)
             targets += expand(COMPARISONS.get(group, []), sweep=label)
+        if len({r.model for r in runs}) > 1:
+            targets += MODEL_COMPARISONS.get(group, [])
     for group, models in (EXPERIMENT.get("comparisons") or {}).items():
         targets += expand(COMPARISONS[group], sweep=sweep_label(models, NAMED_OVERRIDES))
     return list(dict.fromkeys(targets))
@@ -365,4 +383,19 @@ def docs_command(script, output_key, inputs, output):
     (these keys are not in conf/config.yaml's paths: the docs rules alone set them)."""
     words = [f"++paths.{key}={value}" for key, value in inputs.items()]
     words += [f"++paths.{output_key}={output}", f"hydra.run.dir=logs/hydra/headline/{script}"]
+    return f"{PYTHON} scripts/{script}.py " + " ".join(shlex.quote(w) for w in words)
+
+
+def docs_comparison_png(wc):
+    """The PNG of the comparison a cross-model gallery image copies (CROSS_MODEL_GALLERY), over the
+    docs' runs: figures/compare/<models>/<kind>.png."""
+    sweep = sweep_label(group_models("docs"), NAMED_OVERRIDES)
+    return png_of(artifact("comparison", sweep=sweep, stem=CROSS_MODEL_GALLERY[wc.name]))
+
+
+def docs_runs_command(script, inputs, output):
+    """A Hydra call of scripts/<script>.py over several runs: ++<script>.tables.<key>=[one path per run]
+    for every input, and ++paths.<script>= the output."""
+    words = [f"++{script}.tables.{key}={json.dumps(list(paths))}" for key, paths in inputs.items()]
+    words += [f"++paths.{script}={output}", f"hydra.run.dir=logs/hydra/headline/{script}"]
     return f"{PYTHON} scripts/{script}.py " + " ".join(shlex.quote(w) for w in words)

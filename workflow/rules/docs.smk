@@ -25,6 +25,8 @@ rule gallery_image:
         png=headline(png_of(artifact("figure", stem="{figure}")), "{figure}"),
     output:
         png="docs/gallery/{figure}.png",
+    wildcard_constraints:
+        figure="|".join(GALLERY),
     conda:
         CONDA_ENV
     log:
@@ -154,6 +156,52 @@ rule readme_scorecard:
         python=PYTHON,
     shell:
         "{params.python} -m backlens.stages.scorecard --readme {input.readme} {input.scorecard} > {log} 2>&1"
+
+
+# When the docs' runs span several models (--config models="[smollm2-135m,gemma3-270m]"): the paper's
+# cross-model Figs 18-21 in the gallery and the claims scorecard with one column per run. With one
+# model nothing of this is built.
+register_model_comparison(
+    "docs", *[f"docs/gallery/{name}.png" for name in CROSS_MODEL_GALLERY], "docs/scorecard_models.md"
+)
+
+
+rule gallery_comparison:
+    """docs/gallery/compare_fig18.png, compare_fig19_21.png: a comparison over the docs' runs (gallery width)."""
+    input:
+        png=docs_comparison_png,
+    output:
+        png="docs/gallery/{name}.png",
+    wildcard_constraints:
+        name="|".join(CROSS_MODEL_GALLERY),
+    conda:
+        CONDA_ENV
+    log:
+        job_log("gallery_{name}", folder="headline"),
+    benchmark:
+        job_benchmark("gallery_{name}", folder="headline")
+    params:
+        python=PYTHON,
+    shell:
+        "{params.python} -m backlens.figures.gallery {input.png} {output.png} > {log} 2>&1"
+
+
+rule scorecard_models:
+    """docs/scorecard_models.md: the scorecard's claims with one "ours" and "verdict" column per run of the docs."""
+    input:
+        unpack(lambda wc: {name: [artifact(name, run=r.name) for r in group_runs("docs")] for name in CLAIM_TABLES}),
+    output:
+        "docs/scorecard_models.md",
+    conda:
+        CONDA_ENV
+    log:
+        job_log("scorecard_models", folder="headline"),
+    benchmark:
+        job_benchmark("scorecard_models", folder="headline")
+    params:
+        command=lambda wc, input, output: docs_runs_command("scorecard_models", input, output[0]),
+    shell:
+        "{params.command} > {log} 2>&1"
 
 
 # The baselines' and the shift's sweeps (hours of CPU; not in the default target): the chosen

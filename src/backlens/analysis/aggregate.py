@@ -40,12 +40,22 @@ def segment_means(values: pd.DataFrame, prompts: pd.DataFrame, value: str, by: l
     return pd.concat(parts, ignore_index=True)
 
 
+def relative_depth(layer, n_layers):
+    """A layer's place in the model as layer / n_layers (0 for the first layer, 1 - 1/n_layers for
+    the last), the x axis of every figure that sets models of different depths side by side
+    (Fig 3, and the paper's Figs 18-21)."""
+    return layer / n_layers
+
+
+DEPTH_LABEL = "layer index / number of layers"
+
+
 def rank_equals_length_share(ranks: pd.DataFrame) -> pd.DataFrame:
     """Per (model, matrix, layer): share of prompts whose gradient rank equals P, and the
-    layer's depth layer / n_layers."""
+    layer's ``relative_depth``."""
     table = ranks.assign(full=ranks["rank"] == ranks["n_tokens"])
     n_layers = table.groupby("model").layer.transform("max") + 1
-    table = table.assign(depth=table.layer / n_layers)
+    table = table.assign(depth=relative_depth(table.layer, n_layers))
     return table.groupby(["model", "matrix", "layer", "depth"], as_index=False).full.mean()
 
 

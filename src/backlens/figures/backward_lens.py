@@ -7,7 +7,9 @@ from matplotlib.colors import LogNorm
 import numpy as np
 import pandas as pd
 
-from backlens.analysis.aggregate import SEGMENT_LABELS, rank_equals_length_share, segment_means, with_segment_flags
+from backlens.analysis.aggregate import (
+    DEPTH_LABEL, SEGMENT_LABELS, rank_equals_length_share, segment_means, with_segment_flags,
+)
 from backlens.data.segments import SEGMENTS
 from backlens.figures.common import (
     MATRIX_COLOURS, MATRIX_STYLES, SEGMENT_COLOURS, colourbar, finish_line_axes, model_name,
@@ -39,7 +41,7 @@ def fig3_rank_equals_length(ranks: pd.DataFrame) -> plt.Figure:
                 color=None if multi_model else MATRIX_COLOURS.get(matrix), linestyle=MATRIX_STYLES.get(matrix, "-"),
                 label=f"{model}: {label}" if multi_model else label)
     ax.set_ylim(-3, 103)
-    finish_line_axes(ax, xlabel="layer index / number of layers", ylabel="% of prompts with rank = P",
+    finish_line_axes(ax, xlabel=DEPTH_LABEL, ylabel="% of prompts with rank = P",
                      title=f"{model_name(ranks)}: gradient rank = prompt length P ({ranks.case_id.nunique()} prompts)")
     return fig
 

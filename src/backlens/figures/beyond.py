@@ -7,7 +7,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from backlens.analysis.aggregate import segment_means
+from backlens.analysis.aggregate import DEPTH_LABEL, relative_depth, segment_means
 from backlens.figures.backward_lens import NORM_LABEL, _segment_heatmap, fig6_target_ranks
 from backlens.figures.common import colourbar, finish_line_axes, model_name
 
@@ -16,11 +16,11 @@ PROJECTION_STYLES = {"q": ("#1b9e77", "-"), "k": ("#7570b3", "--"), "v": ("#e729
 
 
 def attention_rank_shares(ranks: pd.DataFrame) -> pd.DataFrame:
-    """Per (projection, layer): depth = layer / n_layers and the shares of prompts whose gradient
+    """Per (projection, layer): the layer's ``relative_depth`` and the shares of prompts whose gradient
     rank is full (min(P, d_out): a grouped-query K or V can have fewer units than tokens) or one less."""
     cap = np.minimum(ranks.n_tokens, ranks.d_out)
     table = ranks.assign(full=ranks["rank"] == cap, one_less=ranks["rank"] == cap - 1,
-                         depth=ranks.layer / (ranks.layer.max() + 1))
+                         depth=relative_depth(ranks.layer, ranks.layer.max() + 1))
     return table.groupby(["projection", "layer", "depth"], as_index=False)[["full", "one_less"]].mean()
 
 
@@ -47,7 +47,7 @@ def attention_rank_figure(ranks: pd.DataFrame) -> plt.Figure:
             ax.plot(curve.index, 100 * curve.values, marker="o", markersize=3, color=colour, linestyle=style,
                     label=label)
         ax.set_ylim(-3, 103)
-        finish_line_axes(ax, xlabel="layer index / number of layers", ylabel="% of prompts", title=what)
+        finish_line_axes(ax, xlabel=DEPTH_LABEL, ylabel="% of prompts", title=what)
     fig.suptitle(f"{model_name(ranks)}: rank of the attention projections' gradients ({ranks.case_id.nunique()} "
                  "prompts, P = prompt length)")
     return fig

@@ -20,10 +20,11 @@ OTHER_CAPTIONS = {
     "n-gram entropy and ROME's probability metrics per method, mean +- std over cases; the paper's numbers "
     "beside ours when the model is GPT-2 XL.",
     "table7": "Table 7: perplexity of the edited model on held-out text, on a fixed subset of edits.",
-    "compare_fig3": "Fig 3 across runs (paper Figs 19-21): % of prompts whose FF1/FF2 gradient rank equals the "
-    "prompt length, per layer index / number of layers, one line per run and matrix.",
+    "compare_fig3": "Fig 3 across runs (paper Figs 19-21): % of prompts whose gradient rank equals the prompt "
+    "length P, by layer index / number of layers, one panel per FF matrix and one line per run.",
     "compare_fig6": "Fig 6 across runs (paper Fig 18): median rank of target_new in the logit lens of the last "
-    "token's FF2 VJP, as a fraction of V-1, per layer index / number of layers.",
+    "token's FF2 VJP, as a fraction of V-1 (band: interquartile range over prompts), by layer index / number of "
+    "layers, one line per run.",
     "compare_editing": "One editing method's efficacy, paraphrase and neighborhood accuracy in each run of a sweep.",
 }
 

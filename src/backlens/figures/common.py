@@ -43,6 +43,26 @@ SEGMENT_COLOURS = {
 # Colour of each FF matrix in line plots (Figs 3, 7, 9).
 MATRIX_COLOURS = {"ff1": "#1b9e77", "ff1_gate": "#1b9e77", "ff1_up": "#7570b3", "ff2": "#d95f02"}
 MATRIX_STYLES = {"ff1": "-", "ff1_gate": "-", "ff1_up": "--", "ff2": ":"}
+# One colour per run in figures over several runs (models of a list, values of a sweep), in the
+# order the runs are given: the paper's Figs 18-21 and the editing comparison.
+RUN_COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22")
+
+
+RUN_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+
+
+def run_colour(index: int) -> str:
+    """The colour of the ``index``-th run (the palette repeats after eight runs)."""
+    return RUN_COLOURS[index % len(RUN_COLOURS)]
+
+
+def run_line_style(index: int, n_runs: int) -> dict:
+    """Line keywords of the ``index``-th of ``n_runs`` runs: its colour and marker, and lines and
+    markers thinner for later runs, so a run whose curve equals an earlier one's (every run at 100%)
+    draws on top of it without hiding it."""
+    wider = n_runs - 1 - index
+    return {"color": run_colour(index), "marker": RUN_MARKERS[index % len(RUN_MARKERS)],
+            "linewidth": 1.2 + 1.2 * wider, "markersize": 3 + 2 * wider}
 
 
 def model_name(*tables: pd.DataFrame) -> str:
