@@ -111,16 +111,18 @@ def _bare_forward_s(loaded, requests) -> float:
     return statistics.median(times)
 
 
-def _generating_batch_s(editor, requests, settings) -> float:
-    """Evaluation seconds per generating case when ``requests`` share the generation batches, as in the rule."""
+def _generating_together(editor, requests, settings, label: str) -> tuple[list[float], float]:
+    """Edit and evaluate ``requests`` as the rule does, every one generating (their texts share the
+    generation batches when the edits are rank-one): (each edit's seconds, evaluation seconds per case)."""
     with tempfile.TemporaryDirectory() as folder:
         started = time.perf_counter()
         rows = evaluate_editor(editor, requests, CaseLog(Path(folder) / "cases.jsonl", "bench"), settings,
                                generation_case_ids={r.case_id for r in requests}, perplexity_case_ids=set(),
-                               perplexity_blocks=None, label="generation batch")
+                               perplexity_blocks=None, label=label)
         _sync(editor.device)
         total = time.perf_counter() - started
-    return (total - sum(float(row["edit_seconds"]) for row in rows)) / len(rows)
+    edits = [float(row["edit_seconds"]) for row in rows]
+    return edits, (total - sum(edits)) / len(rows)
 
 
 def _time_method(editor, requests, settings, heldout, n_generating: int, reference: bool) -> dict[str, list[float]]:
@@ -153,16 +155,9 @@ def _time_method(editor, requests, settings, heldout, n_generating: int, referen
                     _sync(editor.device)
                     total = time.perf_counter() - started
                 times.setdefault("eval_generating_reference", []).append(total - float(row["edit_seconds"]))
-        with tempfile.TemporaryDirectory() as folder:
-            started = time.perf_counter()
-            rows = evaluate_editor(editor, generating, CaseLog(Path(folder) / "cases.jsonl", "bench"), settings,
-                                   generation_case_ids={r.case_id for r in generating}, perplexity_case_ids=set(),
-                                   perplexity_blocks=None, label="benchmark")
-            _sync(editor.device)
-            total = time.perf_counter() - started
-        edits = [float(row["edit_seconds"]) for row in rows]
+        edits, per_case = _generating_together(editor, generating, settings, "benchmark")
         times["edit"] += edits
-        times["eval_generating"] = [(total - sum(edits)) / len(rows)]
+        times["eval_generating"] = [per_case]
     with restored_after(editor.edited_parameters()):
         editor.apply(requests[0])
         started = time.perf_counter()
@@ -285,7 +280,8 @@ def main() -> None:
             rome_editor = editor
         times = _time_method(editor, requests, settings, heldout, args.generating_cases, args.reference)
         if method == "shift":
-            result["shift_eval_generating_batch_s"] = _generating_batch_s(editor, batch_requests, settings)
+            result["shift_eval_generating_batch_s"] = _generating_together(editor, batch_requests, settings,
+                                                                           "generation batch")[1]
             print(f"shift: {result['shift_eval_generating_batch_s']:.4f} s of evaluation per generating case, "
                   f"{len(batch_requests)} sharing the generation batches", flush=True)
         result["settings"]["methods"].append(method)

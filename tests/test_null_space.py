@@ -18,7 +18,7 @@ from backlens.editing.rome import RankOneModelEditing
 from backlens.editing.shift import ForwardPassShift
 from backlens.editing.weights import restored_after
 from backlens.errors import ConfigError
-from test_editing_methods import MEMIT_TEMPLATES, REQUEST, TEMPLATES, VALUE_HPARAMS, nll_new
+from test_editing_methods import MEMIT_REFUSAL, MEMIT_TEMPLATES, REQUEST, TEMPLATES, VALUE_HPARAMS, nll_new, refuses_memit
 from test_shift_variants import random_second_moment
 
 EPS32 = torch.finfo(torch.float32).eps
@@ -144,6 +144,10 @@ def test_alphaedit_solve_is_the_papers_formula(tiny_gpt2):
 def test_alphaedit_leaves_preserved_keys_unchanged_and_reaches_z_star_inside_the_null_space(tiny_model):
     mom2, threshold = spectrum_moment(tiny_model.adapter.ff2_site(0).in_features)
     basis = preserved_basis(mom2, threshold)
+    if refuses_memit(tiny_model):  # AlphaEdit is MEMIT's solve: refused where MEMIT is (Gemma 3)
+        with pytest.raises(ValueError, match=MEMIT_REFUSAL):
+            alphaedit(tiny_model, mom2, threshold, l2=1e-9)
+        return
     # A negligible L2 (AlphaEdit's 10 is an absolute ridge: the tiny models' keys have k^T P k ~ 1e-3,
     # so it would shrink the update to nothing) and the bare prompt as the only template: each layer
     # then writes its share of the residual exactly, and the last closes it, as MEMIT's test shows.

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import time
 
+import torch
 from omegaconf import DictConfig, OmegaConf
 
 from backlens.data.counterfact import load_counterfact_from_config
 from backlens.editing.methods import check_method_overrides, load_method_config, method_hparams
 from backlens.editing.requests import EditRequest
+
 
 def requests_in_range(cfg: DictConfig, first_case: int, n_cases: int, label: str) -> list[EditRequest]:
     """EditRequests for CounterFact records [first_case, first_case + n_cases) in file order."""
@@ -62,3 +65,16 @@ def statistics_layers(cfg: DictConfig, n_layers: int) -> list[int]:
         if hparams.get("key") == "whitened":
             layers.update(int(x) for x in cfg.editing.sweep.layers if int(x) < n_layers)
     return sorted(layers)
+
+
+def load_editor(cfg: DictConfig):
+    """The run's model and its method's editor handle (templates and statistics prepared once), seeded
+    as every editing stage is: (loaded model, handle, seconds the handle's set-up took)."""
+    from backlens.api.editing import EditorHandle
+    from backlens.models.loading import load_model
+
+    loaded = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
+    torch.manual_seed(int(cfg.seed))
+    started = time.perf_counter()
+    handle = EditorHandle(loaded, cfg.method, user_method_overrides(cfg, cfg.method.name))
+    return loaded, handle, time.perf_counter() - started

@@ -5,21 +5,18 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import time
 from pathlib import Path
 
 import pandas as pd
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from backlens.api.editing import EditorHandle
 from backlens.artifacts import shard_meta_path
 from backlens.data.sources import identity_from_config
 from backlens.editing.evaluation import CaseLog, evaluate_editor
 from backlens.io import write_json, write_table
-from backlens.models.loading import load_model
 from backlens.stages import sharding
-from backlens.stages.editing_common import evaluation_requests, user_method_overrides
+from backlens.stages.editing_common import evaluation_requests, load_editor
 
 log = logging.getLogger(__name__)
 
@@ -95,12 +92,8 @@ def run(cfg: DictConfig) -> None:
     """
     requests = evaluation_requests(cfg)
     start, stop = shard_range(cfg, len(requests))
-    loaded = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
-    torch.manual_seed(int(cfg.seed))
-    started = time.perf_counter()
-    handle = EditorHandle(loaded, cfg.method, user_method_overrides(cfg, cfg.method.name))
+    _, handle, setup_seconds = load_editor(cfg)
     editor, hparams = handle.editor, handle.hparams
-    setup_seconds = time.perf_counter() - started
     n_gen, n_ppl = int(cfg.editing.n_generation_cases), int(cfg.editing.n_perplexity_cases)
     heldout = None
     if n_ppl > 0 and start < n_ppl:

@@ -15,14 +15,12 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import time
 from pathlib import Path
 
 import pandas as pd
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from backlens.api.editing import EditorHandle
 from backlens.data.sources import identity_from_config
 from backlens.editing.evaluation import CaseLog
 from backlens.editing.keys_values import TargetResult
@@ -34,8 +32,7 @@ from backlens.editing.sequential import (
 )
 from backlens.errors import ConfigError
 from backlens.io import write_json, write_table, write_torch
-from backlens.models.loading import load_model
-from backlens.stages.editing_common import requests_in_range, user_method_overrides
+from backlens.stages.editing_common import load_editor, requests_in_range
 
 log = logging.getLogger(__name__)
 
@@ -135,12 +132,8 @@ def run(cfg: DictConfig) -> None:
     if not heldout_path.exists():
         raise FileNotFoundError(f"no held-out corpus at {heldout_path}: run the edit_covariance rule first")
     heldout = torch.load(heldout_path)["blocks"]
-    loaded = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
-    torch.manual_seed(int(cfg.seed))
-    started = time.perf_counter()
-    handle = EditorHandle(loaded, cfg.method, user_method_overrides(cfg, cfg.method.name))
+    _, handle, setup_seconds = load_editor(cfg)
     editor, hparams = handle.editor, handle.hparams
-    setup_seconds = time.perf_counter() - started
     config_fingerprint = fingerprint(cfg, hparams)
     label = f"{cfg.method.name} {'single' if seq.batch is None else f'batch {seq.batch}'}"
     if seq.batch is None:
