@@ -234,7 +234,7 @@ def test_readme_table1_copy_matches_docs_tables():
 def test_run_time_quoted_consistently():
     """The limits table quotes the same measured run time as the timing paragraph."""
     text = _readme()
-    timed = re.search(r"`snakemake --cores 4` (\d+ min \d+ s) for the remaining", text)
+    timed = re.search(r"`snakemake --cores 4` (\d+ min \d+ s) for the", text)
     limits = re.search(r"CPU budget \(the default run took (\d+ min \d+ s) when last timed", text)
     assert timed and limits, "README.md: the run-time sentences were reworded; update this test"
     assert limits[1] == timed[1]
