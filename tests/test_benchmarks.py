@@ -120,4 +120,8 @@ def test_pipeline_timings_from_snakemake_benchmark_files(tmp_path):
     assert result["edit_evaluate_rome_jobs_wall_s"] == 30.0 and result["jobs_wall_sum_s"] == 185.0
     assert result["settings"]["cpu_s_per_rule"]["trace_shard"] == 100.0
     assert result["goals"][0]["met"] is False
-    assert "## pipeline" in render(read_results(out.parent))
+    page = render(read_results(out.parent))
+    assert "## pipeline" in page
+    # Per-rule settings are a table (a row per rule, a column per setting), not part of the settings line.
+    assert "| | jobs_per_rule | cpu_s_per_rule |" in page and "| trace_shard | 2 | 100.0 |" in page
+    assert "jobs_per_rule=" not in page

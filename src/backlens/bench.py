@@ -11,11 +11,13 @@ two timings measured in the same run) and ``goals`` (``name``, ``value``, ``boun
 from __future__ import annotations
 
 import argparse
+import csv
 import datetime
 import json
 import math
 import os
 import platform
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -139,10 +141,13 @@ def render(results: list[dict], *, commit: str | None = None, date: str | None =
     ]
     for result in results:
         run_machine = result.get("machine", {})
-        settings = ", ".join(f"{k}={v}" for k, v in result.get("settings", {}).items())
+        all_settings = result.get("settings", {})
+        per_key = {k: v for k, v in all_settings.items() if isinstance(v, dict) and v}
+        settings = ", ".join(f"{k}={v}" for k, v in all_settings.items() if k not in per_key)
         lines += ["", f"## {result['benchmark']}", "",
                   f"Model `{result['model']}` on {result['device']}{' (smoke run)' if result.get('smoke') else ''}; "
                   f"{settings}."]
+        lines += _settings_table(per_key)
         extra = [f"{label} {result[key]}" for key, label in (("commit", "commit"), ("date", "run")) if key in result]
         if "load_average" in run_machine:
             extra.append(f"load average {' / '.join(map(str, run_machine['load_average']))} at the end")
@@ -159,6 +164,18 @@ def render(results: list[dict], *, commit: str | None = None, date: str | None =
     return "\n".join(lines) + "\n"
 
 
+def _settings_table(per_key: dict[str, dict]) -> list[str]:
+    """Settings that map names to values (per rule: jobs, CPU seconds) as one table, a column each,
+    rows in the first setting's order, instead of one unreadable settings line."""
+    if not per_key:
+        return []
+    rows = list(dict.fromkeys(name for values in per_key.values() for name in values))
+    lines = ["", "| | " + " | ".join(per_key) + " |", "| --- |" + " ---: |" * len(per_key)]
+    lines += [f"| {row} | " + " | ".join(_number(values[row]) if row in values else "" for values in per_key.values())
+              + " |" for row in rows]
+    return lines
+
+
 def read_results(folder: str | Path) -> list[dict]:
     results = []
     for path in sorted(Path(folder).glob("*.json")):
@@ -172,19 +189,15 @@ def read_results(folder: str | Path) -> list[dict]:
 
 def _job_group(stem: str) -> str:
     """A Snakemake benchmark file's rule-level name: shard ranges (``_0-60``) dropped."""
-    import re
-
     return re.sub(r"(_\d+-\d+)+$", "", stem)
 
 
-def pipeline_result(benchmarks: str | Path, *, wall_s: float, commit: str, cores: int, model: str,
-                    goal_s: float | None = None) -> dict:
+def pipeline_result(benchmarks: str | Path, out: str | Path | None = None, *, wall_s: float, commit: str,
+                    cores: int, model: str, goal_s: float | None = None) -> dict:
     """One whole ``snakemake`` run as a benchmark JSON: its wall time and, per rule (shards summed), the
     jobs' wall and CPU seconds from Snakemake's own ``benchmark:`` files (``logs/<run>/benchmarks/*.tsv``).
     Jobs share the cores, so a job's wall time includes waiting for them; the sum over jobs exceeds the
-    run's wall time by about the number of jobs running at once."""
-    import csv
-
+    run's wall time by about the number of jobs running at once. Written to ``out`` when given."""
     groups: dict[str, dict[str, float]] = {}
     for path in sorted(Path(benchmarks).glob("*.tsv")):
         with path.open() as handle:
@@ -211,6 +224,10 @@ def pipeline_result(benchmarks: str | Path, *, wall_s: float, commit: str, cores
     # The run's commit, not the one this JSON is written at; the load now says nothing about the run.
     result["commit"] = commit
     result["machine"].pop("load_average", None)
+    if out is not None:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps(result, indent=2) + "\n")
+        print(f"wrote {out}")
     return result
 
 
@@ -230,11 +247,8 @@ def main(argv: list[str] | None = None) -> int:
     pipeline.add_argument("--goal-s", type=float, default=None)
     args = parser.parse_args(argv)
     if args.command == "pipeline":
-        result = pipeline_result(args.benchmarks, wall_s=args.wall_s, commit=args.commit, cores=args.cores,
-                                 model=args.model, goal_s=args.goal_s)
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-        print(f"wrote {args.out}")
+        pipeline_result(args.benchmarks, args.out, wall_s=args.wall_s, commit=args.commit, cores=args.cores,
+                        model=args.model, goal_s=args.goal_s)
         return 0
     results = read_results(args.folder)
     if not results:
