@@ -118,6 +118,17 @@ def test_table1_holds_the_methods_the_run_config_names(project_copy):
     assert "editing/shift/shards/0-25.parquet" in text and "editing/rome/" not in text
 
 
+def test_the_sequential_group_resolves_every_series_and_its_docs(project_copy):
+    """outputs=sequential (on request): a single-edit series per configured method, MEMIT's batch
+    series, and the report's and the figure's copies under docs/."""
+    text = dry_run_jobs("--config", "outputs=sequential", cwd=project_copy)
+    for method in ("shift", "shift_whitened_nullspace", "rome", "r_rome", "memit", "alphaedit", "ft"):
+        assert f"editing/sequential/{method}/single/checkpoints.parquet" in text, method
+    for batch in (1, 10, 100):
+        assert f"batch{batch}" in text
+    assert "docs/sequential.md" in text and "docs/gallery/sequential.png" in text
+
+
 CROSS_MODEL_DOCS = ("docs/gallery/compare_fig18.png", "docs/gallery/compare_fig19_21.png", "docs/scorecard_models.md")
 
 
