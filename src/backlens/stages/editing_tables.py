@@ -121,9 +121,9 @@ def render(frame: pd.DataFrame, columns: list[tuple[str, str, int]], paper: list
 
 
 def not_run_line(cfg: DictConfig) -> str:
-    """The Table 1 methods this model's run leaves out and why, as a line of the table's note ("" if none)."""
+    """The Table 1 methods this model's run leaves out and why, a paragraph after the table's note ("" if none)."""
     note = refusal_note(cfg, cfg.editing.table1_methods)
-    return f"{note}\n" if note else ""
+    return f"\n{note}\n" if note else ""
 
 
 def run_table1(cfg: DictConfig) -> None:

@@ -39,7 +39,7 @@ def run(cfg: DictConfig) -> None:
                  "one edit (weights restored in between); set-up: building the editor (mean over shard jobs). "
                  "Depends on the machine and on the jobs sharing it.\n")
     not_run = refusal_note(cfg, cfg.editing.table1_methods)
-    markdown += f"{not_run}\n" if not_run else ""
+    markdown += f"\n{not_run}\n" if not_run else ""
     out = Path(cfg.paths.edit_timings)
     write_table(frame, out)
     write_text(markdown, out.with_suffix(".md"))
