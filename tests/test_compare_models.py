@@ -45,7 +45,7 @@ def editing_tables(methods: dict[str, tuple[float, float]]) -> tuple[pd.DataFram
     return table1, table7, timings
 
 
-# tiny-gemma3 runs no MEMIT and no centred shift here: their rows read "not measured" in its column.
+# tiny-gemma3 runs no MEMIT (refused) and no centred shift here: their rows read "not measured" in its column.
 EDITING = {"tiny-llama": {"none": (0.0, 80.0), "rome": (100.0, 60.0), "memit": (100.0, 70.0), "shift": (75.0, 20.0),
                           "shift_centered": (98.0, 55.0)},
            "tiny-gemma3": {"none": (0.0, 80.0), "rome": (100.0, 60.0), "shift": (98.0, 20.0)}}
@@ -160,6 +160,11 @@ def test_scorecard_has_one_column_pair_per_model_with_the_single_model_verdicts(
             assert cells[3 + 2 * index] == f"**{row.verdict}**"
     variant = next(cells for claim, cells in rows.items() if "centred e_t" in claim)
     assert variant[4:6] == ["-", "not measured"]  # tiny-gemma3 ran no centred shift
+    # Its Table 7 has no MEMIT row (the method refuses Gemma 3): the ordering claim is not measured there,
+    # not "does not", and its summary counts it.
+    ordering = next(cells for claim, cells in rows.items() if claim.startswith("after the forward pass shift, held"))
+    assert ordering[3] != "**not measured**" and ordering[5] == "**not measured**" and "no memit row" in ordering[4]
+    assert text.count("1 not measured (6 CounterFact prompts") == 1
     efficacy = next(cells for claim, cells in rows.items() if claim.startswith("the forward pass shift edits"))
     assert efficacy[3] == "**does not**" and efficacy[5] == "**holds**"  # 25 points below ROME; 2 points
     # Fig 3's and Fig 6's rows link the figures that draw both models.

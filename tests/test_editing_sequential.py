@@ -235,3 +235,7 @@ def test_sequential_and_batch_stages_on_a_tiny_model(tmp_path):
     last = rows.iloc[-1]
     assert f"| {last.label} | 3 | {100 * last.retention:.1f} |" in text
     assert "## One batch update against the same facts edited in sequence" in text
+    assert "Not run on" not in text  # tiny Llama: no method refuses it
+    # A Gemma 3 run's report names the sequential methods its editors refuse (editing.refused_methods).
+    gemma = sequential_report.report(table, timings, compose_config(*base[:1], "model=tiny-gemma3"))
+    assert "Not run on tiny-gemma3 (editing.refused_methods): memit, alphaedit: a block does not add" in gemma

@@ -141,3 +141,21 @@ def test_the_shift_sweep_refuses_a_method_that_is_not_a_shift(tmp_path):
                          "editing.sweep.methods=[rome]", "editing.sweep.layers=[0]", "editing.sweep.etas=[1.0]")
     with pytest.raises(ConfigError, match="rome is not a forward pass shift"):
         editing_sweep.run(cfg)
+
+
+def test_the_shift_sweep_brackets_each_models_relative_depth_layer():
+    """The default sweep layers follow the relative-depth rule (base layer_fraction x n_layers, +-2), so
+    SmolLM2's are the committed sweep's 20, 22, 24 and Gemma 3 270M's (18 layers) 11, 13, 15 instead of
+    SmolLM2's numbers, which lie beyond its depth; an explicit list replaces them."""
+    from backlens.errors import ConfigError
+    from backlens.stages.editing_common import sweep_layers
+    from conftest import compose_config
+
+    for model, n_layers, expected in (("smollm2-135m", 30, [20, 22, 24]), ("gemma3-270m", 18, [11, 13, 15]),
+                                      ("tiny-gpt2", 3, [0, 2])):
+        cfg = compose_config(f"model={model}")
+        for method in cfg.editing.sweep.methods:
+            assert sweep_layers(cfg, str(method), n_layers) == expected, (model, method)
+    assert sweep_layers(compose_config("editing.sweep.layers=[0,1,5]"), "shift", 3) == [0, 1]
+    with pytest.raises(ConfigError, match=r"editing.sweep.layers: none of \[20, 22, 24\] is a layer of gemma3-270m"):
+        sweep_layers(compose_config("model=gemma3-270m", "editing.sweep.layers=[20,22,24]"), "shift", 18)

@@ -110,7 +110,8 @@ def test_editing_rows_read_per_edit_seconds_from_the_timings_table():
     efficacy, cost, perplexity, ordering = scorecard.editing_rows(table1, table7, timings, PAPER)
     assert efficacy.verdict == "does not" and "22 points below ROME" in efficacy.ours
     assert "5 edits per method" in perplexity.ours
-    assert ordering.verdict == "does not"  # no MEMIT row: the ordering cannot be checked
+    # No MEMIT row (a model MEMIT refuses): the ordering is not measured, not "does not".
+    assert ordering.verdict == "not measured" and ordering.ours.startswith("not measured: no memit row in Table 7")
     assert cost.verdict == "holds" and "shift 0.30 s per edit" in cost.ours and "ROME 80.0 s" in cost.ours
     assert perplexity.verdict == "partly"
     # A one-pass variant a millisecond faster than the paper's shift is still the shift's claim.
@@ -120,6 +121,26 @@ def test_editing_rows_read_per_edit_seconds_from_the_timings_table():
     rows = scorecard.editing_rows(with_variant, table7, variant_timings, PAPER)
     (cost,) = [row for row in rows if row.claim == PAPER.shift_cost.claim]
     assert cost.verdict == "holds" and "cheapest: Forward pass shift (centred e_t)" in cost.ours
+
+
+def test_editing_claims_without_their_methods_read_not_measured():
+    """A run without ROME's rows (or the shift's) cannot test the claims that compare with them: each such
+    row says "not measured" and what is missing, and the scorecard's summary counts them."""
+    table1 = pd.DataFrame({"method": ["none", "shift", "shift_centered"], "label": ["Original", "Forward pass shift", "c"],
+                           "n_cases": [50] * 3, "efficacy_mean": [0.0, 78.0, 80.0],
+                           "neighborhood_success_mean": [66.0, 12.0, 12.0]})
+    table7 = pd.DataFrame({"method": ["none", "shift"], "perplexity_mean": [6.85, 6.9], "n_edits": 5})
+    timings = pd.DataFrame({"method": ["none", "shift", "shift_centered"], "edit_seconds_mean": [0.0, 0.3, 0.29]})
+    rows = scorecard.editing_rows(table1, table7, timings, PAPER)
+    by_claim = {row.claim: row for row in rows}
+    efficacy, cost = by_claim[PAPER.shift_efficacy.claim], by_claim[PAPER.shift_cost.claim]
+    assert efficacy.verdict == cost.verdict == "not measured" and "no rome row in Table 1" in efficacy.ours
+    assert len(rows) == 4  # no shift-variant rows: they compare each variant with ROME
+    assert by_claim[PAPER.table7_shift_perplexity.claim].verdict == "holds"
+    ordering = rows[-1]
+    assert ordering.verdict == "not measured" and "no rome or memit row in Table 7" in ordering.ours
+    assert scorecard.verdict_counts(rows) == "1 holds, 0 partly, 0 does not, 3 not measured"
+    assert scorecard.verdict_counts(rows[2:3]) == "1 holds, 0 partly, 0 does not"
 
 
 @pytest.mark.parametrize("shift, verdict", [(6.80, "holds"), (6.90, "holds"), (6.95, "partly"), (7.17, "does not")])

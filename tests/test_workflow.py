@@ -142,5 +142,8 @@ def test_two_models_add_the_cross_model_docs_and_one_model_does_not(project_copy
         assert f"figures/compare/smollm2-135m,gemma3-270m/{kind}.png" in text
     assert "results/gemma3-270m/tables/table1.csv" in text and "results/smollm2-135m/tables/table1.csv" in text
     assert "input: results/smollm2-135m/gradient_ranks.parquet, results/gemma3-270m/gradient_ranks.parquet" in text
+    # Gemma's run leaves out the methods its editors refuse (editing.refused_methods): no MEMIT shards there.
+    assert "results/smollm2-135m/editing/memit/shards/" in text and "results/gemma3-270m/editing/memit/" not in text
+    assert "results/gemma3-270m/editing/rome/shards/0-25.parquet" in text
     default = dry_run_jobs(cwd=project_copy)
     assert not any(path in default for path in CROSS_MODEL_DOCS) and "figures/compare/" not in default

@@ -12,11 +12,14 @@ COUNT_KEYS = ("n_prompts", "editing.n_cases", "tracing.n_facts")
 
 
 def check_run_config(cfg: DictConfig) -> None:
-    """Counts are whole numbers >= 1 and every ``methods.<name>.<key>`` override exists."""
-    from backlens.stages.editing_common import check_all_method_overrides
+    """Counts are whole numbers >= 1, every ``methods.<name>.<key>`` override exists and every method
+    ``editing.refused_methods`` lists has an editor that refuses some models."""
+    from backlens.stages.editing_common import check_all_method_overrides, check_refused_methods
 
     for key in COUNT_KEYS:
         value = OmegaConf.select(cfg, key)
         if value is not None:
             positive_int(value, key)
     check_all_method_overrides(cfg.get("methods"))
+    if cfg.get("editing") is not None:
+        check_refused_methods(cfg.editing.get("refused_methods"))

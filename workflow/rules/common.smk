@@ -11,6 +11,7 @@ import yaml
 from backlens.artifacts import artifact, artifact_paths, shard_files, shard_meta_path
 from backlens.figures.captions import caption_for
 from backlens.figures.compare import CROSS_MODEL_GALLERY
+from backlens.stages.editing_common import methods_run
 from backlens.stages.scorecard import CLAIM_TABLES
 from backlens.figures.registry import FIGURES
 from backlens.runs import expand_sweep, override_key, parse_run, runs_of_label, split_overrides, sweep_label
@@ -317,8 +318,8 @@ def tracing_shard_files(wc, *kinds):
 # --- Editing: artefacts shared between runs, shard jobs, comparisons ------------------------
 # Overrides the statistics (and held-out text) or MEND's editor depend on; a run differing only in
 # others (e.g. methods.shift.eta) reuses the artefacts of the run with just these overrides.
-STATS_KEYS = ("model.", "dtype", "seed", "experiment", "editing.corpus", "editing.covariance_methods", "editing.sweep.layers",
-              "methods.rome", "methods.memit", "methods.shift_whitened")
+STATS_KEYS = ("model.", "dtype", "seed", "experiment", "editing.corpus", "editing.covariance_methods",
+              "editing.sweep.layers", "editing.sweep.layer_offsets", "methods.rome", "methods.memit", "methods.shift_whitened")
 MEND_KEYS = ("model.", "dtype", "seed", "experiment", "dataset", "editing.mend_training", "methods.mend")
 
 
@@ -332,10 +333,12 @@ def shared_mend(wc):
 
 def table1_results(*names):
     """Input function: the artefacts ``names`` (editing_cases, ...) of every Table 1 method of the
-    run (its composed config: editing.table1_methods may be overridden), keyed <kind>_<method>."""
+    run (its composed config: editing.table1_methods may be overridden) that its model's editors do
+    not refuse (editing.refused_methods), keyed <kind>_<method>."""
 
     def inputs(wc):
-        methods = run_config(wc.run).editing.table1_methods
+        cfg = run_config(wc.run)
+        methods = methods_run(cfg, cfg.editing.table1_methods)
         return {
             f"{name.removeprefix('editing_')}_{method}": artifact(name, run=wc.run, method=method)
             for method in methods
@@ -354,11 +357,12 @@ def editing_shards(wc):
 
 def sequential_series(wc):
     """Checkpoint tables of every series of the run's editing.sequential: each method's single edits,
-    then each batch method at each batch size."""
-    seq = run_config(wc.run).editing.sequential
-    paths = [artifact("sequential_checkpoints", run=wc.run, method=m, series="single") for m in seq.methods]
+    then each batch method at each batch size (without the methods its model's editors refuse)."""
+    cfg = run_config(wc.run)
+    seq = cfg.editing.sequential
+    paths = [artifact("sequential_checkpoints", run=wc.run, method=m, series="single") for m in methods_run(cfg, seq.methods)]
     paths += [artifact("sequential_checkpoints", run=wc.run, method=m, series=f"batch{b}")
-              for m in seq.batch_methods for b in seq.batch_sizes]
+              for m in methods_run(cfg, seq.batch_methods) for b in seq.batch_sizes]
     return paths
 
 

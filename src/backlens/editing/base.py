@@ -5,6 +5,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -43,6 +44,16 @@ class FactoredUpdate:
 
 class Editor(ABC):
     """Applies one edit in place; the evaluation loop snapshots and restores ``edited_parameters``."""
+
+    # Why the method cannot edit some models, in one line (None: it edits any model). A model's run
+    # leaves the method out (editing.refused_methods) and its Table 1 names it with this reason.
+    refusal_reason: ClassVar[str | None] = None
+
+    @classmethod
+    def refuses(cls, loaded: LoadedModel, hparams: Mapping) -> bool:
+        """Whether this editor refuses ``loaded`` with ``hparams`` (checked on the model, without
+        building the editor: no statistics or templates needed)."""
+        return False
 
     def __init__(self, loaded: LoadedModel, hparams: Mapping):
         self.loaded = loaded

@@ -25,31 +25,42 @@ from backlens.editing.keys_values import (
 from backlens.editing.requests import EditRequest
 from backlens.models.hooks import record_module_io, replace_outputs
 
+# MEMIT writes the residual change z* - z into FF2 outputs, which holds only where a block adds its MLP
+# output to the residual unchanged (GPT-2, Llama, Qwen2, NeoX; not Gemma 2/3, whose post-feed-forward
+# RMSNorm comes after the MLP: no exact solve through it in general, see editing/README.md).
+MLP_OUTPUT_REFUSAL = (
+    "a block does not add its MLP output to the residual unchanged (a post-feed-forward norm, as Gemma 2/3's, "
+    "fixes the scale of what the MLP adds), so no FF2 update reaches MEMIT's residual target z* in general "
+    "(src/backlens/editing/README.md)"
+)
+# Relative mismatch above which a block does not pass its MLP output on unchanged (well above round-off).
+MLP_OUTPUT_TOLERANCE = 1e-3
+
 
 @torch.no_grad()
-def check_mlp_output_joins_residual(editor: Editor, layer: int) -> None:
-    """MEMIT writes the residual change z* - z into FF2 outputs, which holds only where a block
-    adds its MLP output to the residual unchanged (GPT-2, Llama, Qwen2, NeoX; not Gemma 2/3, whose
-    post-feed-forward RMSNorm comes after the MLP: no exact solve through it in general, see
-    editing/README.md). Checked on the model: a vector added to the MLP output must reach the
-    block output unchanged."""
-    ids = editor.prompt_ids("The capital of France is")
-    block, mlp = editor.adapter.blocks[layer], editor.adapter.mlp(layer)
+def mlp_output_mismatch(loaded, layer: int) -> float:
+    """How far block ``layer``'s output moves from the vector added to its MLP output (relative, per
+    position): 0 up to round-off where the block adds its MLP output to the residual unchanged."""
+    ids = torch.tensor([loaded.tokenizer("The capital of France is")["input_ids"]], device=loaded.device)
+    block, mlp = loaded.adapter.blocks[layer], loaded.adapter.mlp(layer)
     with record_module_io({"block": block}, inputs=False) as clean:
-        editor.model(input_ids=ids)
-    added = torch.randn(clean.outputs["block"].shape[-1], generator=torch.Generator().manual_seed(0)).to(editor.device)
+        loaded.model(input_ids=ids)
+    added = torch.randn(clean.outputs["block"].shape[-1], generator=torch.Generator().manual_seed(0)).to(loaded.device)
     added = added * float(clean.outputs["block"].norm(dim=-1).mean()) / float(added.norm())
     with replace_outputs({mlp: lambda output: output + added.to(output.dtype)}), record_module_io({"block": block}, inputs=False) as moved:
-        editor.model(input_ids=ids)
+        loaded.model(input_ids=ids)
     change = moved.outputs["block"] - clean.outputs["block"]
-    error = float((change - added).norm() / (added.norm() * change.shape[1]**0.5))
-    if error > 1e-3:
+    return float((change - added).norm() / (added.norm() * change.shape[1]**0.5))
+
+
+def check_mlp_output_joins_residual(editor: Editor, layer: int) -> None:
+    """A one-line ValueError where block ``layer`` does not add its MLP output to the residual unchanged."""
+    error = mlp_output_mismatch(editor.loaded, layer)
+    if error > MLP_OUTPUT_TOLERANCE:
         raise ValueError(
-            f"MEMIT on model {editor.loaded.name} ({editor.model.config.model_type}): block {layer} does not add "
-            f"its MLP output to the residual unchanged (relative mismatch {error:.2g}; a post-feed-forward norm, "
-            "as Gemma 2/3's, fixes the scale of what the MLP adds), so no FF2 update reaches MEMIT's residual "
-            "target z* in general (src/backlens/editing/README.md); use ROME, whose value is optimised at the "
-            "MLP output itself"
+            f"MEMIT on model {editor.loaded.name} ({editor.model.config.model_type}), block {layer} (relative "
+            f"mismatch {error:.2g}): {MLP_OUTPUT_REFUSAL}; use ROME, whose value is optimised at the MLP output "
+            "itself, or leave the method out of this model's run (editing.refused_methods)"
         )
 
 
@@ -61,6 +72,12 @@ class MassEditingMemory(Editor):
     ``second_moments`` ({layer: (d_ff, d_ff)}) and ``templates`` (MEMIT's groups, [["{}"], [...]])
     replace the statistics file and the sampled templates when given.
     """
+
+    refusal_reason = MLP_OUTPUT_REFUSAL
+
+    @classmethod
+    def refuses(cls, loaded, hparams) -> bool:
+        return any(mlp_output_mismatch(loaded, int(layer)) > MLP_OUTPUT_TOLERANCE for layer in hparams["layers"])
 
     def __init__(self, loaded, hparams, *, second_moments: dict[int, torch.Tensor] | None = None,
                  templates: list[list[str]] | None = None):

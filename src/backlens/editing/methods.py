@@ -136,6 +136,19 @@ def editor_class(kind: str, hparams: Mapping) -> type[Editor]:
     return EDITORS[kind]
 
 
+def refusal_reason(method_name: str, key: str = "method") -> str | None:
+    """Why conf/method/<method_name>.yaml's editor refuses some models (its ``refusal_reason``), or None
+    where it edits any; read from the editor class, no model loaded."""
+    cfg = load_method_config(method_name, key)
+    base = OmegaConf.to_container(cfg.get("base") or OmegaConf.create({}), resolve=False)
+    return editor_class(str(cfg["kind"]), base).refusal_reason
+
+
+def method_refuses(loaded: LoadedModel, kind: str, hparams: Mapping) -> bool:
+    """Whether the editor of ``kind`` with ``hparams`` refuses ``loaded`` (checked on the model)."""
+    return editor_class(kind, hparams).refuses(loaded, hparams)
+
+
 def build_editor(loaded: LoadedModel, method_cfg: Mapping, extra: Mapping | None = None, *,
                  covariance=None, templates=None) -> tuple[Editor, dict]:
     """The editor named by ``method_cfg.kind`` with its hyper-parameters for ``loaded`` (``extra``

@@ -8,8 +8,9 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from backlens.data.counterfact import load_counterfact_from_config
-from backlens.editing.methods import check_method_overrides, load_method_config, method_hparams
+from backlens.editing.methods import check_method_overrides, load_method_config, method_hparams, refusal_reason
 from backlens.editing.requests import EditRequest
+from backlens.errors import ConfigError
 
 
 def requests_in_range(cfg: DictConfig, first_case: int, n_cases: int, label: str) -> list[EditRequest]:
@@ -31,6 +32,43 @@ def check_all_method_overrides(methods) -> None:
     """Every ``methods.<name>.<key>`` names a configured method and one of its hyper-parameters."""
     for name, overrides in (methods or {}).items():
         check_method_overrides(str(name), overrides or {}, load_method_config(str(name), f"methods.{name}"))
+
+
+def refused_methods(cfg: DictConfig) -> list[str]:
+    """The methods whose editor refuses this run's model (``editing.refused_methods.<model name>``)."""
+    per_model = cfg.editing.get("refused_methods") or {}
+    return [str(name) for name in per_model.get(str(cfg.model.name)) or []]
+
+
+def methods_run(cfg: DictConfig, names) -> list[str]:
+    """``names`` (a method list of the editing config: table1_methods, sequential.methods, ...) without
+    the methods whose editor refuses the run's model, in order."""
+    refused = set(refused_methods(cfg))
+    return [str(name) for name in names if str(name) not in refused]
+
+
+def refusal_note(cfg: DictConfig, names) -> str:
+    """One line naming the methods of ``names`` this run leaves out and why (the editors' reasons), or ""."""
+    refused = set(refused_methods(cfg))
+    dropped = [name for name in dict.fromkeys(str(name) for name in names) if name in refused]
+    if not dropped:
+        return ""
+    reasons: dict[str, list[str]] = {}
+    for name in dropped:
+        reasons.setdefault(refusal_reason(name), []).append(name)
+    return (f"Not run on {cfg.model.name} (editing.refused_methods): "
+            + "; ".join(f"{', '.join(group)}: {reason}" for reason, group in reasons.items()) + ".")
+
+
+def check_refused_methods(refused) -> None:
+    """Every method ``editing.refused_methods`` lists has a config and an editor that refuses some
+    models (a name there that refuses nothing would silently drop a row)."""
+    for model, names in (refused or {}).items():
+        for name in names or []:
+            key = f"editing.refused_methods.{model}"
+            if refusal_reason(str(name), key) is None:
+                raise ConfigError(f"{key}: the {name} editor refuses no model (no refusal_reason); "
+                                  f"remove {name} from the list")
 
 
 def user_method_overrides(cfg: DictConfig, method_name: str) -> dict:
@@ -55,16 +93,37 @@ def other_method_hparams(cfg: DictConfig, method_name: str, n_layers: int) -> di
 
 def statistics_layers(cfg: DictConfig, n_layers: int) -> list[int]:
     """FF2 layers whose second moments some configured method needs (ROME's layer, MEMIT's layers,
-    a whitened-key shift's layer and, for its sweep, every swept layer)."""
+    a whitened-key shift's layer and, for its sweep, every swept layer); none for a method the run's
+    model refuses (editing.refused_methods)."""
     layers: set[int] = set()
-    for name in cfg.editing.covariance_methods:
+    for name in methods_run(cfg, cfg.editing.covariance_methods):
         hparams = other_method_hparams(cfg, str(name), n_layers)
         layers.update(int(x) for x in hparams.get("layers", []))
         if "layer" in hparams:
             layers.add(int(hparams["layer"]))
         if hparams.get("key") == "whitened":
-            layers.update(int(x) for x in cfg.editing.sweep.layers if int(x) < n_layers)
+            layers.update(sweep_layers(cfg, str(name), n_layers))
     return sorted(layers)
+
+
+def sweep_layers(cfg: DictConfig, method_name: str, n_layers: int) -> list[int]:
+    """The layers the shift sweep tries for ``method_name``: ``editing.sweep.layers`` where given (those
+    inside the model), else the method's relative-depth layer (its config's base ``layer_fraction`` x
+    n_layers, ignoring per_model values: the rule a model without them gets) plus
+    ``editing.sweep.layer_offsets``, so each model's sweep brackets its own depth."""
+    sweep = cfg.editing.sweep
+    if sweep.get("layers") is not None:
+        candidates = [int(x) for x in sweep.layers]
+    else:
+        method = load_method_config(method_name, "editing.sweep.methods")
+        base = {"name": method_name, "base": OmegaConf.to_container(method.base, resolve=False)}
+        centre = int(method_hparams(base, str(cfg.model.name), n_layers)["layer"])
+        candidates = [centre + int(offset) for offset in sweep.layer_offsets]
+    layers = sorted({layer for layer in candidates if 0 <= layer < n_layers})
+    if not layers:
+        raise ConfigError(f"editing.sweep.layers: none of {candidates} is a layer of {cfg.model.name} ({n_layers} "
+                          "layers); set editing.sweep.layers=null (relative depth) or layers below its depth")
+    return layers
 
 
 def load_editor(cfg: DictConfig):

@@ -19,7 +19,7 @@ from backlens.errors import ConfigError
 from backlens.io import write_json, write_table
 from backlens.models.loading import load_model
 from backlens.editing.methods import load_method_config
-from backlens.stages.editing_common import other_method_hparams, requests_in_range
+from backlens.stages.editing_common import other_method_hparams, requests_in_range, sweep_layers
 
 log = logging.getLogger(__name__)
 ACCURACIES = ["efficacy", "paraphrase", "neighborhood"]
@@ -136,10 +136,12 @@ def run(cfg: DictConfig) -> None:
     loaded = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
     requests = requests_in_range(cfg, int(sweep.first_case), int(sweep.n_cases), "editing.sweep")
     batch_size = int(cfg.editing.evaluation.batch_size)
-    layers = [int(x) for x in sweep.layers if int(x) < loaded.adapter.n_layers]
+    layers = {str(method): sweep_layers(cfg, str(method), loaded.adapter.n_layers) for method in sweep.methods}
+    log.info("shift sweep layers: %s", layers)
     baseline = unedited_metrics(loaded, requests, batch_size)
     baseline_means = {k: mean_metric(baseline, k) for k in METRICS}
-    rows = [row for method in sweep.methods for row in sweep_variant(cfg, loaded, str(method), layers, requests, baseline, batch_size)]
+    rows = [row for method in sweep.methods
+            for row in sweep_variant(cfg, loaded, str(method), layers[str(method)], requests, baseline, batch_size)]
     cases = pd.DataFrame(rows)
     write_table(cases, cfg.paths.editing_sweep)
     write_json(shift_choices(cases, baseline_means, sweep), cfg.paths.editing_sweep_choice)

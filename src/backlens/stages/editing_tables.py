@@ -12,6 +12,7 @@ from omegaconf import DictConfig
 
 from backlens.artifacts import artifact
 from backlens.io import write_table, write_text
+from backlens.stages.editing_common import methods_run, refusal_note
 
 log = logging.getLogger(__name__)
 
@@ -29,9 +30,9 @@ PAPER_COLUMNS = ["efficacy", "paraphrase", "neighborhood", "ngram_entropy"]
 
 
 def method_results(cfg: DictConfig) -> list[tuple[dict, pd.DataFrame]]:
-    """(summary, cases) of every Table 1 method, in the configured order."""
+    """(summary, cases) of every Table 1 method the run's model does not refuse, in the configured order."""
     results = []
-    for name in cfg.editing.table1_methods:
+    for name in methods_run(cfg, cfg.editing.table1_methods):
         summary_path, cases_path = (Path(artifact(key, editing=cfg.paths.editing, method=str(name)))
                                     for key in ("editing_summary", "editing_cases"))
         if not summary_path.exists() or not cases_path.exists():
@@ -119,6 +120,12 @@ def render(frame: pd.DataFrame, columns: list[tuple[str, str, int]], paper: list
     return markdown, latex
 
 
+def not_run_line(cfg: DictConfig) -> str:
+    """The Table 1 methods this model's run leaves out and why, a paragraph after the table's note ("" if none)."""
+    note = refusal_note(cfg, cfg.editing.table1_methods)
+    return f"\n{note}\n" if note else ""
+
+
 def run_table1(cfg: DictConfig) -> None:
     frame = table1_frame(cfg)
     columns = [("Efficacy", "efficacy", 1), ("Paraphrase", "paraphrase", 1), ("Neighborhood", "neighborhood", 1),
@@ -137,6 +144,7 @@ def run_table1(cfg: DictConfig) -> None:
         "Seconds per edit: edit_timings.md. Skipped (shift, already predicted): "
         + (", ".join(f"{r.method}={r.n_skipped_already_predicted}" for r in frame.itertuples() if r.n_skipped_already_predicted) or "none")
         + f"; multi-token target_new: {first['n_multi_token_target_new']} of {first['n_cases']}.\n"
+        + not_run_line(cfg)
     )
     table1 = Path(cfg.paths.table1)
     write_table(frame, table1)
@@ -165,5 +173,6 @@ def run_table7(cfg: DictConfig) -> None:
     write_table(frame, table7)
     write_text(markdown + f"\nCorpus: editing.corpus.source={cfg.editing.corpus.source} (held-out blocks); "
                f"{frame['n_edits'].iloc[0]} edits per method; mean ± std over edits [bootstrap "
-               f"{float(cfg.editing.bootstrap.level):.0%} interval of the mean].\n", table7.with_suffix(".md"))
+               f"{float(cfg.editing.bootstrap.level):.0%} interval of the mean].\n" + not_run_line(cfg),
+               table7.with_suffix(".md"))
     write_text(latex, table7.with_suffix(".tex"))

@@ -14,13 +14,14 @@ from omegaconf import DictConfig
 
 from backlens.artifacts import artifact
 from backlens.io import write_table, write_text
+from backlens.stages.editing_common import methods_run, refusal_note
 
 log = logging.getLogger(__name__)
 
 
 def run(cfg: DictConfig) -> None:
     rows = []
-    for name in cfg.editing.table1_methods:
+    for name in methods_run(cfg, cfg.editing.table1_methods):
         timings_path, summary_path = (Path(artifact(key, editing=cfg.paths.editing, method=str(name)))
                                       for key in ("editing_timings", "editing_summary"))
         if not timings_path.exists():
@@ -37,6 +38,8 @@ def run(cfg: DictConfig) -> None:
     markdown += (f"\n{cfg.model.name}: mean ± std over the {frame['n_cases'].iloc[0]} Table 1 cases of the wall-clock time of "
                  "one edit (weights restored in between); set-up: building the editor (mean over shard jobs). "
                  "Depends on the machine and on the jobs sharing it.\n")
+    not_run = refusal_note(cfg, cfg.editing.table1_methods)
+    markdown += f"\n{not_run}\n" if not_run else ""
     out = Path(cfg.paths.edit_timings)
     write_table(frame, out)
     write_text(markdown, out.with_suffix(".md"))

@@ -10,6 +10,7 @@ from omegaconf import DictConfig
 
 from backlens.editing.sequential import SequentialSettings, detect_collapse
 from backlens.io import write_text
+from backlens.stages.editing_common import refusal_note
 from backlens.stages.editing_sequential import settings_of
 
 def pct(value) -> str:
@@ -92,6 +93,7 @@ def report(table: pd.DataFrame, timings: pd.DataFrame, cfg: DictConfig) -> str:
     single = table[table.series == "single"]
     checkpoints = sorted(int(n) for n in single.n_edits.unique())
     ppl = single.unedited_perplexity.dropna()
+    not_run = refusal_note(cfg, [*seq.methods, *seq.batch_methods])
     parts = [
         "# Sequential and batch editing (issue 26; beyond the paper)",
         "",
@@ -105,6 +107,7 @@ def report(table: pd.DataFrame, timings: pd.DataFrame, cfg: DictConfig) -> str:
         f"held-out blocks (unedited: {num(ppl.iloc[0]) if len(ppl) else 'n/a'}), and the relative update norm "
         "|W - W0|_F / |W0|_F over the edited weights. Collapse: the first checkpoint with perplexity above "
         f"{settings.perplexity_multiple:g}x the unedited model's or retention below {pct(settings.retention_floor)}%.",
+        *(["", not_run] if not_run else []),
         "",
         "![sequential](gallery/sequential.png)",
         "",
