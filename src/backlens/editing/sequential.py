@@ -200,6 +200,7 @@ def run_sequential(editor: Editor, requests: Sequence[EditRequest], settings: Se
     if all(n in done for n in plan):
         return [done[n] for n in plan], None
     # Before any edit or resumed weights: the unedited values every row compares with.
+    log.info("%s: scoring the %d cases and the held-out perplexity on the unedited model", label, len(requests))
     base = baseline(editor, requests, heldout_BxT, settings.batch_size)
     accumulation = Accumulation(editor)
     start, n_skipped = _load_state(state_path, editor, accumulation, progress.fingerprint) if state_path.exists() else (0, 0)
