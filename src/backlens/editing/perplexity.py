@@ -20,9 +20,9 @@ import torch
 from backlens.editing.base import Editor
 
 
-def _nll_sum(logits_BxTxV: torch.Tensor, ids_BxT: torch.Tensor) -> float:
-    """Summed NLL of each block's next tokens (every position but the last predicts one)."""
-    logits = logits_BxTxV[:, :-1].float()
+def _nll_sum(logits_BxT1xV: torch.Tensor, ids_BxT: torch.Tensor) -> float:
+    """Summed NLL of each block's next tokens from the logits of every position but the last."""
+    logits = logits_BxT1xV.float()
     return float(torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids_BxT[:, 1:].reshape(-1),
                                                    reduction="sum"))
 
@@ -39,7 +39,8 @@ def _from_total(total_nll: float, blocks_BxT: torch.Tensor) -> float:
 @torch.no_grad()
 def perplexity(editor: Editor, blocks_BxT: torch.Tensor, batch_size: int = 8) -> float:
     """exp(mean next-token NLL) of the model as it is, over fixed token blocks: the whole forward."""
-    total = sum(_nll_sum(editor.model(input_ids=ids).logits, ids) for ids in _batches(editor, blocks_BxT, batch_size))
+    total = sum(_nll_sum(editor.model(input_ids=ids).logits[:, :-1], ids)
+                for ids in _batches(editor, blocks_BxT, batch_size))
     return _from_total(total, blocks_BxT)
 
 
@@ -78,7 +79,10 @@ class HeldoutPerplexity:
         adapter = self.editor.adapter
         total = 0.0
         for ids, entering in zip(_batches(self.editor, self.blocks_BxT, self.batch_size), self.entering(start)):
-            total += _nll_sum(adapter.logit_lens(adapter.run_layers(entering, start, adapter.n_layers)), ids)
+            # The last position predicts nothing: unembedding only the others spares copying the
+            # logits into a contiguous tensor (the logits themselves are the same).
+            hidden = adapter.run_layers(entering, start, adapter.n_layers)
+            total += _nll_sum(adapter.logit_lens(hidden[:, :-1]), ids)
         return _from_total(total, self.blocks_BxT)
 
     @torch.no_grad()
