@@ -4,7 +4,11 @@ Per method: the edit alone (``<method>_edit_s``, median over the cases) and the 
 case without the edit (``<method>_eval_s`` for cases that only score prompts,
 ``<method>_eval_generating_s`` for cases that also sample text, which ``evaluate_editor`` runs
 together as the rule ``edit_evaluate`` does); Table 7's
-perplexity (the first ``editing.n_perplexity_cases`` cases) apart, once (``<method>_perplexity_s``).
+perplexity (the first ``editing.n_perplexity_cases`` cases) apart, once after the first case's edit:
+per case as the rule computes it, the stream entering the edited block cached (``<method>_perplexity_s``;
+an editor's first case also fills the cache, ``<method>_perplexity_first_s``), beside the whole
+forward (``<method>_perplexity_full_s``), the ratio ``<method>_perplexity_over_full`` and both values
+(``perplexity_values``: they agree to float round-off).
 The 4 s goal per generating case is read at the pipeline's own batch: ``--generation-batch``
 cases (default ``GENERATION_CASES_PER_BATCH``, as the rule shares one generation batch) edited by the
 shift and evaluated together (``shift_eval_generating_batch_s``, per case).
@@ -52,8 +56,9 @@ from hydra import compose, initialize_config_dir
 
 from backlens.bench import goal, write_result
 from backlens.editing.covariance import accumulate_second_moments, load_second_moment
-from backlens.editing.evaluation import GENERATION_CASES_PER_BATCH, CaseLog, evaluate_case, evaluate_editor, perplexity
+from backlens.editing.evaluation import GENERATION_CASES_PER_BATCH, CaseLog, evaluate_case, evaluate_editor
 from backlens.editing.methods import build_editor
+from backlens.editing.perplexity import HeldoutPerplexity, perplexity
 from backlens.editing.weights import restored_after
 from backlens.models.loading import load_model
 from backlens.stages.editing_common import evaluation_requests, user_method_overrides
@@ -158,13 +163,29 @@ def _time_method(editor, requests, settings, heldout, n_generating: int, referen
         edits, per_case = _generating_together(editor, generating, settings, "benchmark")
         times["edit"] += edits
         times["eval_generating"] = [per_case]
-    with restored_after(editor.edited_parameters()):
-        editor.apply(requests[0])
-        started = time.perf_counter()
-        perplexity(editor, heldout)
-        _sync(editor.device)
-        times["perplexity"] = [time.perf_counter() - started]
     return times
+
+
+def _time_perplexity(editor, request, heldout) -> tuple[dict[str, float], dict[str, object]]:
+    """Table 7's perplexity after ``request``'s edit, side by side: seconds of the whole forward
+    (``perplexity_full``), of an editor's first case (``perplexity_first``: it also computes the
+    stream entering the edited block, or the unedited value when nothing changed) and of each later
+    case (``perplexity``, what the rule pays per case); and the values, the cached path's start block."""
+    seconds, values = {}, {}
+    with restored_after(editor.edited_parameters()) as snapshot:
+        editor.apply(request)
+        changed = snapshot.changed_parameters()
+        cached = HeldoutPerplexity(editor, heldout)
+        for kind, compute in (("perplexity_full", lambda: perplexity(editor, heldout)),
+                              ("perplexity_first", lambda: cached(changed)), ("perplexity", lambda: cached(changed))):
+            started = time.perf_counter()
+            values[kind] = compute()
+            _sync(editor.device)
+            seconds[kind] = time.perf_counter() - started
+    full, value = values["perplexity_full"], values["perplexity"]
+    start = cached.start_block(changed) if changed else "nothing changed: the unedited value"
+    return seconds, {"full": full, "cached": value, "rel_diff": abs(value - full) / full,
+                     "start_block": "outside every block: the whole forward" if start is None else start}
 
 
 def _beside_original(result: dict, original: dict, editor, requests) -> dict:
@@ -269,6 +290,7 @@ def main() -> None:
     }
     print(f"bare forward of the edit prompt: median {bare_s:.4f} s")
     rome_editor = None
+    extra_perplexity: dict[str, dict] = {}
     for method, cfg in configs.items():
         missing = _missing_file(cfg.method)
         if missing is not None:
@@ -279,6 +301,7 @@ def main() -> None:
         if method == "rome":
             rome_editor = editor
         times = _time_method(editor, requests, settings, heldout, args.generating_cases, args.reference)
+        perplexity_s, extra_perplexity[method] = _time_perplexity(editor, requests[0], heldout)
         if method == "shift":
             result["shift_eval_generating_batch_s"] = _generating_together(editor, batch_requests, settings,
                                                                            "generation batch")[1]
@@ -287,11 +310,17 @@ def main() -> None:
         result["settings"]["methods"].append(method)
         result[f"{method}_edit_s"] = statistics.median(times["edit"])
         line = f"{method:15s} edit {result[f'{method}_edit_s']:.4f} s"
-        for kind in ("eval", "eval_generating", "perplexity", "eval_reference", "eval_generating_reference"):
+        for kind in ("eval", "eval_generating", "eval_reference", "eval_generating_reference"):
             if times.get(kind):
                 result[f"{method}_{kind}_s"] = statistics.median(times[kind])
                 line += f"  {kind} {result[f'{method}_{kind}_s']:.4f} s"
+        result.update({f"{method}_{kind}_s": value for kind, value in perplexity_s.items()})
+        result["ratios"][f"{method}_perplexity_over_full"] = perplexity_s["perplexity"] / perplexity_s["perplexity_full"]
         print(line, flush=True)
+        print(f"{method:15s} perplexity full forward {perplexity_s['perplexity_full']:.4f} s, cached: first case "
+              f"{perplexity_s['perplexity_first']:.4f} s, each later case {perplexity_s['perplexity']:.4f} s; "
+              + ", ".join(f"{k} {v:.6g}" if isinstance(v, float) else f"{k} {v}" for k, v in extra_perplexity[method].items()),
+              flush=True)
         for kind in ("eval", "eval_generating"):
             if f"{method}_{kind}_reference_s" in result:
                 result["ratios"][f"{method}_{kind}_over_reference"] = result[f"{method}_{kind}_s"] / result[f"{method}_{kind}_reference_s"]
@@ -300,9 +329,9 @@ def main() -> None:
         ratios[f"{method}_edit_over_bare_forward"] = result[f"{method}_edit_s"] / bare_s
     if "rome_edit_s" in result:
         ratios["rome_edit_over_shift_edit"] = result["rome_edit_s"] / result["shift_edit_s"]
-    extra = {}
+    extra = {"perplexity_values": extra_perplexity}
     if original is not None:
-        extra = _beside_original(result, original, rome_editor, requests)
+        extra.update(_beside_original(result, original, rome_editor, requests))
     for name, value in ratios.items():
         print(f"{name}: {value:.2f}x")
     for kind, bound, what in (

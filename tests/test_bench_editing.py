@@ -28,8 +28,14 @@ def test_editing_latency_smoke_writes_its_json(tmp_path):
     assert result["benchmark"] == "editing_latency" and result["smoke"] is True and result["model"] == "tiny-llama"
     assert result["settings"]["methods"] == ["shift", "ft", "rome"] and result["settings"]["left_out"] == {}
     for method in result["settings"]["methods"]:
-        for kind in ("edit", "eval", "eval_generating", "perplexity", "eval_reference", "eval_generating_reference"):
+        for kind in ("edit", "eval", "eval_generating", "perplexity", "perplexity_first", "perplexity_full",
+                     "eval_reference", "eval_generating_reference"):
             assert result[f"{method}_{kind}_s"] > 0
+        ratio = result["ratios"][f"{method}_perplexity_over_full"]
+        assert ratio == result[f"{method}_perplexity_s"] / result[f"{method}_perplexity_full_s"]
+        # The cached and the whole forward's perplexity: the same number to float32 round-off.
+        values = result["perplexity_values"][method]
+        assert values["rel_diff"] == abs(values["cached"] - values["full"]) / values["full"] < 1e-5
         for kind in ("eval", "eval_generating"):
             ratio = result["ratios"][f"{method}_{kind}_over_reference"]
             assert ratio == result[f"{method}_{kind}_s"] / result[f"{method}_{kind}_reference_s"]

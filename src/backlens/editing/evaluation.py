@@ -15,6 +15,7 @@ from tqdm import tqdm
 
 from backlens.editing.base import Editor
 from backlens.editing.generation import generation_entropy, sample_texts, sample_texts_by_case
+from backlens.editing.perplexity import HeldoutPerplexity
 from backlens.editing.requests import EditRequest, continuation, space_sensitive
 from backlens.editing.scoring import AnswerScore, score_answers, score_answers_per_pair
 from backlens.editing.row_edits import RankOneChange, per_row_changes, rank_one_changes
@@ -84,19 +85,6 @@ def many_case_metrics(editor: Editor, requests: Sequence[EditRequest], *, batch_
     return metrics
 
 
-@torch.no_grad()
-def perplexity(editor: Editor, blocks_BxT: torch.Tensor, batch_size: int = 8) -> float:
-    """exp(mean next-token NLL) of the model over fixed token blocks."""
-    total_nll, total_tokens = 0.0, 0
-    for start in range(0, len(blocks_BxT), batch_size):
-        ids = blocks_BxT[start : start + batch_size].to(editor.device)
-        logits = editor.model(input_ids=ids).logits[:, :-1].float()
-        nll = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1), reduction="sum")
-        total_nll += float(nll)
-        total_tokens += ids[:, 1:].numel()
-    return math.exp(total_nll / total_tokens)
-
-
 def efficacy_before(editor: Editor, requests: Sequence[EditRequest], *, batch_size: int) -> dict[int, float]:
     """The unedited model's efficacy (argmax equals every target_new token) of each case, the rewrite
     prompts of many cases in one batch: the only number of the unedited model a case's row keeps."""
@@ -136,6 +124,7 @@ def evaluate_case(
     before: float | None = None,
     per_pair: bool = False,
     deferred: list[list[RankOneChange]] | None = None,
+    heldout: HeldoutPerplexity | None = None,
 ) -> dict[str, object]:
     """Edit, measure, restore. ``settings`` is conf/editing's ``evaluation`` block.
 
@@ -143,7 +132,9 @@ def evaluate_case(
     (``efficacy_before``). ``per_pair``: the reference scoring path (tests, benchmark).
     ``deferred``: when given and the edit is rank-one (``rank_one_changes``), the generation is
     left to the caller (``generate_deferred``): the changes are appended to it and the row's
-    generation fields stay None.
+    generation fields stay None. ``heldout``: the editor's perplexity over ``perplexity_blocks``
+    with what the edits leave unchanged cached (``evaluate_editor`` keeps one across cases);
+    None: one for this case alone.
     """
     batch_size = int(settings["batch_size"])
     row = request_facts(editor, request)
@@ -178,7 +169,12 @@ def evaluate_case(
             )
             row["generation_entropy"] = generation_entropy(texts)
             row["generated_texts"] = json.dumps(texts)
-        row["perplexity"] = None if perplexity_blocks is None else perplexity(editor, perplexity_blocks)
+        row["perplexity"] = None
+        if perplexity_blocks is not None:
+            heldout = heldout or HeldoutPerplexity(editor, perplexity_blocks)
+            if heldout.blocks_BxT is not perplexity_blocks:
+                raise ValueError("evaluate_case: heldout was built on other blocks than perplexity_blocks")
+            row["perplexity"] = heldout(snapshot.changed_parameters())
     return row
 
 
@@ -250,6 +246,7 @@ def evaluate_editor(
     if done:
         log.info("%s: resuming, %d of %d cases already done", label, len(requests) - len(todo), len(requests))
     before = efficacy_before(editor, todo, batch_size=int(settings["batch_size"]))
+    heldout = HeldoutPerplexity(editor, perplexity_blocks) if perplexity_blocks is not None else None
     # Rows whose generation waits for a batch of cases (written in case order once it ran).
     pending: list[tuple[EditRequest, dict, list[RankOneChange]]] = []
 
@@ -270,6 +267,7 @@ def evaluate_editor(
             perplexity_blocks=perplexity_blocks if request.case_id in perplexity_case_ids else None,
             before=before[request.case_id],
             deferred=deferred,
+            heldout=heldout,
         )
         if deferred:
             pending.append((request, row, deferred[0]))

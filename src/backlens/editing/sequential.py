@@ -9,7 +9,7 @@ checkpoint) every edit made so far is re-scored on the model as it now is:
 - paraphrase success and NS (the neighbour prompts keep P(true) > P(new)) of the same n cases, as
   Table 1 defines them (``evaluation.metrics_from_scores``), with the unedited model's values of
   the same cases for reference;
-- held-out perplexity (``evaluation.perplexity`` on the cached held-out blocks);
+- held-out perplexity (``perplexity.perplexity`` on the cached held-out blocks);
 - the Frobenius norm of the accumulated update W - W0 of each edited weight.
 
 All pairs of a checkpoint are scored together in padded batches (``evaluation.many_case_metrics``).
@@ -36,7 +36,8 @@ import torch
 from torch import nn
 
 from backlens.editing.base import Editor
-from backlens.editing.evaluation import CaseLog, many_case_metrics, perplexity
+from backlens.editing.evaluation import CaseLog, many_case_metrics
+from backlens.editing.perplexity import perplexity
 from backlens.editing.requests import EditRequest
 from backlens.io import write_torch
 

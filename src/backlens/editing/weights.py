@@ -25,6 +25,10 @@ class WeightSnapshot:
         """Each changed parameter with its change (current minus saved)."""
         return [(p, p.detach() - saved) for p, saved in self._saved if not torch.equal(p.detach(), saved)]
 
+    def changed_parameters(self) -> list[nn.Parameter]:
+        """The snapshot's parameters that differ from their saved copy."""
+        return [p for p, saved in self._saved if not torch.equal(p.detach(), saved)]
+
     def changed(self) -> list[int]:
         """Positions of the snapshot's parameters that differ from their saved copy."""
         return [i for i, (p, saved) in enumerate(self._saved) if not torch.equal(p.detach(), saved)]

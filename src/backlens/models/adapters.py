@@ -195,6 +195,20 @@ class ArchitectureAdapter(ABC):
                 hidden = output[0] if isinstance(output, tuple) else output
         return hidden
 
+    def lowest_block(self, parameters: list[torch.Tensor]) -> int | None:
+        """The lowest block holding one of ``parameters`` (by identity): ``run_layers`` from there on
+        recomputes all they change. None when one lies outside every block (embeddings, final norm,
+        unembedding) or the family has no layer-range forward; ``n_layers`` for no parameters."""
+        owner = {id(own): layer for layer, block in enumerate(self.blocks) for own in block.parameters()}
+        layers = [owner.get(id(parameter)) for parameter in parameters]
+        if None in layers:
+            return None
+        try:
+            self.attention_types()
+        except NotImplementedError:
+            return None
+        return min(layers, default=self.n_layers)
+
     def describe(self) -> dict[str, object]:
         """Facts worth logging next to results: family, layers, norm type and eps."""
         norm = self.final_norm
