@@ -129,6 +129,18 @@ def test_the_sequential_group_resolves_every_series_and_its_docs(project_copy):
     assert "docs/sequential.md" in text and "docs/gallery/sequential.png" in text
 
 
+def test_the_small_statistics_group_compares_the_small_run_with_the_default(project_copy):
+    """outputs=small_statistics: the small run (this run plus the two overrides) evaluates the three
+    methods that read the statistics on its own statistics; the comparison reads both runs."""
+    text = dry_run_jobs("--config", "outputs=small_statistics", cwd=project_copy)
+    small = "smollm2-135m__editing.corpus.n_tokens_per_d_ff=10__editing.n_cases=20"
+    for method in ("rome", "memit", "shift_whitened"):
+        assert f"results/{small}/editing/{method}/shards/0-20.parquet" in text, method
+        assert f"results/smollm2-135m/editing/{method}/cases.parquet" in text, method
+    assert "results/smollm2-135m__editing.corpus.n_tokens_per_d_ff=10/editing/ff2_mom2.pt" in text
+    assert "docs/small_statistics.md" in text
+
+
 CROSS_MODEL_DOCS = ("docs/gallery/compare_fig18.png", "docs/gallery/compare_fig19_21.png", "docs/scorecard_models.md")
 
 

@@ -96,6 +96,8 @@ ARTIFACTS: dict[str, str] = {
     "sequential_table": "{sequential}/sequential.parquet",
     "sequential_timings_table": "{sequential}/timings.csv",
     "sequential_report": "{results}/sequential.md",
+    # The small statistics setting against the default (issue 23), small_statistics.md beside it.
+    "small_statistics": "{tables}/small_statistics.csv",
     # Shared by every run (the corpus comparison's text).
     "counterfact_corpus": "results/corpus/counterfact_true_sentences.txt",
     # ROME causal tracing

@@ -14,7 +14,7 @@ from backlens.figures.compare import CROSS_MODEL_GALLERY
 from backlens.stages.editing_common import methods_run
 from backlens.stages.scorecard import CLAIM_TABLES
 from backlens.figures.registry import FIGURES
-from backlens.runs import expand_sweep, override_key, parse_run, runs_of_label, split_overrides, sweep_label
+from backlens.runs import Run, expand_sweep, override_key, parse_run, runs_of_label, split_overrides, sweep_label
 
 PYTHON = sys.executable
 # With --sdm conda every rule runs in the pinned environment; otherwise in the current one.
@@ -353,6 +353,21 @@ def editing_shards(wc):
     size = config["editing_shard_size"]
     n_cases = int(run_config(wc.run).editing.n_cases)
     return [artifact("editing_shard", run=wc.run, method=wc.method, shard=f"{a}-{b}") for a, b in shards(n_cases, size)]
+
+
+def small_statistics_inputs(wc):
+    """The default run's and the small-statistics run's per-case tables of editing.small_statistics's
+    methods, and both runs' statistics. The small run is this run plus the two overrides that make it."""
+    spec = run_config(wc.run).editing.small_statistics
+    run = parse_run(wc.run)
+    small = Run(run.model, (*run.overrides, f"editing.corpus.n_tokens_per_d_ff={spec.n_tokens_per_d_ff}",
+                            f"editing.n_cases={spec.n_cases}")).name
+    return {
+        "small_statistics_default": [artifact("editing_cases", run=wc.run, method=m) for m in spec.methods],
+        "small_statistics_small": [artifact("editing_cases", run=small, method=m) for m in spec.methods],
+        "small_statistics_stats": [artifact("editing_stats", run=parse_run(r).keeping(STATS_KEYS).name)
+                                   for r in (wc.run, small)],
+    }
 
 
 def sequential_series(wc):

@@ -10,6 +10,9 @@ TABLE_CSV = f"{artifact('tables')}/{{table}}.csv"
 register_outputs("table1", with_suffix(artifact("table1"), ".md"), with_suffix(artifact("edit_timings"), ".md"))
 register_outputs("table7", with_suffix(artifact("table7"), ".md"))
 register_outputs("fig26", artifact("fig26"))
+# On request (issue 23): snakemake --cores 2 --config outputs=small_statistics (the small run's rows too).
+register_outputs("small_statistics", with_suffix(artifact("small_statistics"), ".md"), "docs/small_statistics.md",
+                 on_request=True)
 for name in EDIT_METHODS:
     # Not in the default target (table1 has them); for sweeps of one method: outputs="edit_shift".
     register_outputs(f"edit_{name}", artifact("editing_summary", method=name), on_request=True)
@@ -254,3 +257,39 @@ rule counterfact_corpus:
         command=lambda wc, output: f"{PYTHON} scripts/counterfact_corpus.py paths.counterfact_corpus={output.counterfact_corpus}",
     shell:
         STAGE_SHELL
+
+
+rule edit_small_statistics:
+    """The small FF2-statistics setting against the default on the same cases (editing.small_statistics)."""
+    input:
+        unpack(small_statistics_inputs),
+    output:
+        table=artifact("small_statistics"),
+        markdown=with_suffix(artifact("small_statistics"), ".md"),
+    conda:
+        CONDA_ENV
+    log:
+        job_log("edit_small_statistics"),
+    benchmark:
+        job_benchmark("edit_small_statistics")
+    params:
+        command=lambda wc, input, output: hydra_call("edit_small_statistics", wc, small_statistics=output.table,
+                                                     **{key: list(value) for key, value in input.items()}),
+    shell:
+        STAGE_SHELL
+
+
+rule docs_small_statistics:
+    """docs/small_statistics.md: the default run's comparison."""
+    input:
+        headline(with_suffix(artifact("small_statistics"), ".md"), "small_statistics"),
+    output:
+        "docs/small_statistics.md",
+    conda:
+        CONDA_ENV
+    log:
+        job_log("docs_small_statistics", folder="headline"),
+    benchmark:
+        job_benchmark("docs_small_statistics", folder="headline")
+    shell:
+        "cp {input} {output} > {log} 2>&1"
