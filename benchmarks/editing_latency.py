@@ -5,6 +5,10 @@ case without the edit (``<method>_eval_s`` for cases that only score prompts,
 ``<method>_eval_generating_s`` for cases that also sample text, which ``evaluate_editor`` runs
 together as the rule ``edit_evaluate`` does); Table 7's
 perplexity (the first ``editing.n_perplexity_cases`` cases) apart, once (``<method>_perplexity_s``).
+The efficacy by free generation (issue 26, part of every case's evaluation) is also timed on its own
+after each scoring case (``<method>_free_generation_s``, the case's prompts in one greedy batch) and
+given as a share of that case's evaluation (ratio ``<method>_free_generation_over_eval``): timed on
+the restored weights, which costs what it costs on the edited ones (a fixed token budget, no early stop).
 The 4 s goal per generating case is read at the pipeline's own batch: ``--generation-batch``
 cases (default ``GENERATION_CASES_PER_BATCH``, as the rule shares one generation batch) edited by the
 shift and evaluated together (``shift_eval_generating_batch_s``, per case).
@@ -53,6 +57,7 @@ from hydra import compose, initialize_config_dir
 from backlens.bench import goal, write_result
 from backlens.editing.covariance import accumulate_second_moments, load_second_moment
 from backlens.editing.evaluation import GENERATION_CASES_PER_BATCH, CaseLog, evaluate_case, evaluate_editor, perplexity
+from backlens.editing.free_generation import free_generation_rows
 from backlens.editing.methods import build_editor
 from backlens.editing.weights import restored_after
 from backlens.models.loading import load_model
@@ -146,6 +151,10 @@ def _time_method(editor, requests, settings, heldout, n_generating: int, referen
             times.setdefault("eval_reference" if per_pair else "eval", []).append(total - float(row["edit_seconds"]))
             if not per_pair:
                 times["edit"].append(float(row["edit_seconds"]))
+                started = time.perf_counter()
+                free_generation_rows(editor.model, editor.tokenizer, [request], settings["free_generation"])
+                _sync(editor.device)
+                times.setdefault("free_generation", []).append(time.perf_counter() - started)
     if generating:
         if reference:
             for request in generating:
@@ -262,6 +271,7 @@ def main() -> None:
                      "generation_batch": len(batch_requests),
                      "reference": args.reference,
                      "threads": torch.get_num_threads(), "max_new_tokens": int(settings.generation.max_new_tokens),
+                     "free_generation_margin_tokens": int(settings.free_generation.margin_tokens),
                      "perplexity_blocks": [int(corpus.n_heldout_blocks), int(corpus.block_tokens)],
                      "batch_size": int(settings.batch_size), "methods": [], "left_out": {},
                      "overrides": overrides},
@@ -287,11 +297,16 @@ def main() -> None:
         result["settings"]["methods"].append(method)
         result[f"{method}_edit_s"] = statistics.median(times["edit"])
         line = f"{method:15s} edit {result[f'{method}_edit_s']:.4f} s"
-        for kind in ("eval", "eval_generating", "perplexity", "eval_reference", "eval_generating_reference"):
+        for kind in ("eval", "eval_generating", "perplexity", "eval_reference", "eval_generating_reference",
+                     "free_generation"):
             if times.get(kind):
                 result[f"{method}_{kind}_s"] = statistics.median(times[kind])
                 line += f"  {kind} {result[f'{method}_{kind}_s']:.4f} s"
         print(line, flush=True)
+        if times.get("free_generation"):
+            # Per case, then the median: the share of that case's evaluation spent generating greedily.
+            shares = [g / e for g, e in zip(times["free_generation"], times["eval"])]
+            result["ratios"][f"{method}_free_generation_over_eval"] = statistics.median(shares)
         for kind in ("eval", "eval_generating"):
             if f"{method}_{kind}_reference_s" in result:
                 result["ratios"][f"{method}_{kind}_over_reference"] = result[f"{method}_{kind}_s"] / result[f"{method}_{kind}_reference_s"]

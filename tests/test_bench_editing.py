@@ -28,8 +28,10 @@ def test_editing_latency_smoke_writes_its_json(tmp_path):
     assert result["benchmark"] == "editing_latency" and result["smoke"] is True and result["model"] == "tiny-llama"
     assert result["settings"]["methods"] == ["shift", "ft", "rome"] and result["settings"]["left_out"] == {}
     for method in result["settings"]["methods"]:
-        for kind in ("edit", "eval", "eval_generating", "perplexity", "eval_reference", "eval_generating_reference"):
+        for kind in ("edit", "eval", "eval_generating", "perplexity", "eval_reference", "eval_generating_reference",
+                     "free_generation"):
             assert result[f"{method}_{kind}_s"] > 0
+        assert result["ratios"][f"{method}_free_generation_over_eval"] > 0
         for kind in ("eval", "eval_generating"):
             ratio = result["ratios"][f"{method}_{kind}_over_reference"]
             assert ratio == result[f"{method}_{kind}_s"] / result[f"{method}_{kind}_reference_s"]

@@ -14,6 +14,7 @@ import torch
 from tqdm import tqdm
 
 from backlens.editing.base import Editor
+from backlens.editing.free_generation import FREE_GENERATION_COLUMNS, free_generation_prompts, free_generation_rows
 from backlens.editing.generation import generation_entropy, sample_texts, sample_texts_by_case
 from backlens.editing.requests import EditRequest, continuation, space_sensitive
 from backlens.editing.scoring import AnswerScore, score_answers, score_answers_per_pair
@@ -136,6 +137,7 @@ def evaluate_case(
     before: float | None = None,
     per_pair: bool = False,
     deferred: list[list[RankOneChange]] | None = None,
+    free_generation: bool = True,
 ) -> dict[str, object]:
     """Edit, measure, restore. ``settings`` is conf/editing's ``evaluation`` block.
 
@@ -143,7 +145,9 @@ def evaluate_case(
     (``efficacy_before``). ``per_pair``: the reference scoring path (tests, benchmark).
     ``deferred``: when given and the edit is rank-one (``rank_one_changes``), the generation is
     left to the caller (``generate_deferred``): the changes are appended to it and the row's
-    generation fields stay None.
+    generation fields and free-generation columns stay None (``generate_deferred`` fills both).
+    ``free_generation``: the efficacy by free generation (``evaluation.free_generation``; the
+    method sweeps, which never read it, leave it out).
     """
     batch_size = int(settings["batch_size"])
     row = request_facts(editor, request)
@@ -165,9 +169,14 @@ def evaluate_case(
         row["generation_entropy"] = None
         row["generated_texts"] = None
         changes = rank_one_changes(snapshot, editor.adapter) if generate and deferred is not None else None
+        if free_generation:
+            row.update(dict.fromkeys(FREE_GENERATION_COLUMNS))
         if changes is not None:
             deferred.append(changes)
-        elif generate:
+            return _finish(row, editor, perplexity_blocks)
+        if free_generation:
+            row.update(free_generation_rows(editor.model, editor.tokenizer, [request], settings["free_generation"])[0])
+        if generate:
             texts = sample_texts(
                 editor.model,
                 editor.tokenizer,
@@ -178,7 +187,12 @@ def evaluate_case(
             )
             row["generation_entropy"] = generation_entropy(texts)
             row["generated_texts"] = json.dumps(texts)
-        row["perplexity"] = None if perplexity_blocks is None else perplexity(editor, perplexity_blocks)
+        return _finish(row, editor, perplexity_blocks)
+
+
+def _finish(row: dict[str, object], editor: Editor, perplexity_blocks: torch.Tensor | None) -> dict[str, object]:
+    """Table 7's perplexity of the edited model (inside ``evaluate_case``'s restore): the row's last column."""
+    row["perplexity"] = None if perplexity_blocks is None else perplexity(editor, perplexity_blocks)
     return row
 
 
@@ -286,7 +300,9 @@ def evaluate_editor(
 def generate_deferred(editor: Editor, pending: Sequence[tuple[EditRequest, dict, list[RankOneChange]]],
                       settings: Mapping) -> None:
     """Sample the texts of every pending case in one batch, each case's rows with its own rank-one
-    changes (the model's weights are the unedited ones here) and its own seed; fill the rows."""
+    changes (the model's weights are the unedited ones here) and its own seed; then the greedy
+    free-generation continuations of those that want them, in one batch of their own (the sampling
+    batch stays as it was); fill the rows."""
     if not pending:
         return
     prompts = [list(request.generation_prompts) for request, _, _ in pending]
@@ -300,3 +316,10 @@ def generate_deferred(editor: Editor, pending: Sequence[tuple[EditRequest, dict,
     for (_, row, _), texts in zip(pending, texts_per_case):
         row["generation_entropy"] = generation_entropy(texts)
         row["generated_texts"] = json.dumps(texts)
+    free = [(request, row, changes) for request, row, changes in pending if "gen_efficacy" in row]
+    if free:
+        with per_row_changes([changes for request, _, changes in free for _ in free_generation_prompts(request)]):
+            columns = free_generation_rows(editor.model, editor.tokenizer, [request for request, _, _ in free],
+                                           settings["free_generation"])
+        for (_, row, _), values in zip(free, columns):
+            row.update(values)
