@@ -39,7 +39,7 @@ REQUEST = EditRequest(
     generation_source="edit_and_paraphrase_prompts",
 )
 EVALUATION = {"batch_size": 8, "seed": 0, "generation": {"max_new_tokens": 6, "top_k": 5},
-              "free_generation": {"margin_tokens": 3}}
+              "free_generation": {"margin_tokens": 2}}
 # ROME's GPT-2 XL value-optimisation settings (KL, weight decay and the norm clamp all active)
 # with fixed context templates (sampling them is tested on its own below).
 VALUE_HPARAMS = {
