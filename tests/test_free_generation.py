@@ -20,6 +20,7 @@ from backlens.editing.evaluation import evaluate_case
 from backlens.editing.free_generation import (
     FREE_GENERATION_COLUMNS,
     begins_with_answer,
+    contains_answer,
     free_generation_rows,
     token_budget,
 )
@@ -54,6 +55,11 @@ def test_the_success_rule():
     assert not begins_with_answer(" english", "English"), "case-sensitive"
     assert not begins_with_answer(" Eng", "English") and not begins_with_answer("", "English")
     assert begins_with_answer(" C++ and", "C++") and begins_with_answer(" C++x", "C++")
+    # The laxer reading: anywhere, as whole words.
+    assert contains_answer(" of Islam,", "Islam") and contains_answer(" Islam", "Islam")
+    assert contains_answer(" Rio de Janeiro.", "Rio de Janeiro") and contains_answer("xIslam Islam", "Islam")
+    assert not contains_answer(" Islamic", "Islam") and not contains_answer(" pre-Islamabad", "Islam")
+    assert not contains_answer(" of Isla", "Islam") and not contains_answer(" anything", "")
 
 
 def test_batched_greedy_equals_each_prompt_alone_without_cache(tiny_model):
@@ -91,11 +97,12 @@ def test_the_models_own_continuation_scores_one_and_a_foreign_target_zero(tiny_m
     # The model says `said` after the rewrite prompt: as target_new it succeeds, as target_true too.
     own = replace(REQUEST, target_new=said, target_true=said)
     (row,) = free_generation_rows(model, tokenizer, [own], SETTINGS)
-    assert row["gen_efficacy"] == 1.0 and row["gen_efficacy_true"] == 1.0
+    assert row["gen_efficacy"] == 1.0 and row["gen_efficacy_true"] == 1.0 and row["gen_efficacy_contains"] == 1.0
     # A target it never generates fails; the old answer, its own continuation, is still said.
     foreign = replace(REQUEST, target_new="Zqxwv", target_true=said)
     (row,) = free_generation_rows(model, tokenizer, [foreign], SETTINGS)
     assert (row["gen_efficacy"], row["gen_paraphrase"], row["gen_efficacy_true"]) == (0.0, 0.0, 1.0)
+    assert (row["gen_efficacy_contains"], row["gen_paraphrase_contains"]) == (0.0, 0.0)
     assert json.loads(row["gen_continuations"])[0].split()[0] == said
     # Through the evaluation pass Table 1 uses (the unedited model: Table 1's "Original" row).
     case = evaluate_case(NoEdit(tiny_model, {}), replace(own, paraphrase_prompts=(paraphrase,)), EVALUATION,

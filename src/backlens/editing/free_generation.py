@@ -14,7 +14,10 @@ The definition (documented in editing/README.md, "Metrics"):
   or digit, the next character is not one);
 - columns: ``gen_efficacy`` (rewrite prompt, target_new), ``gen_paraphrase`` (mean over the
   paraphrase prompts), ``gen_efficacy_true`` / ``gen_paraphrase_true`` (the same for
-  target_true: the old answer still said), ``gen_continuations`` (the decoded texts, rewrite first).
+  target_true: the old answer still said), ``gen_n_new_tokens`` (the budget),
+  ``gen_continuations`` (the decoded texts, rewrite first); and the laxer reading beside it,
+  ``gen_efficacy_contains`` / ``gen_paraphrase_contains``: target_new anywhere in the (short)
+  continuation as whole words (" of Islam," contains "Islam"; it does not begin with it).
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from backlens.editing.requests import EditRequest, continuation
 
 # The row's columns, in order (None until a deferred batch fills them).
 FREE_GENERATION_COLUMNS = ("gen_efficacy", "gen_paraphrase", "gen_efficacy_true", "gen_paraphrase_true",
-                           "gen_n_new_tokens", "gen_continuations")
+                           "gen_efficacy_contains", "gen_paraphrase_contains", "gen_n_new_tokens", "gen_continuations")
 
 
 def free_generation_prompts(request: EditRequest) -> list[str]:
@@ -55,6 +58,20 @@ def begins_with_answer(text: str, answer: str) -> bool:
     return not (after and answer[-1].isalnum() and after[0].isalnum())
 
 
+def contains_answer(text: str, answer: str) -> bool:
+    """``answer`` occurs in ``text`` as whole words (no letter or digit joined to either end of it)."""
+    answer = answer.strip()
+    if not answer:
+        return False
+    start = text.find(answer)
+    while start >= 0:
+        before, after = text[start - 1 : start], text[start + len(answer) : start + len(answer) + 1]
+        if not (before and answer[0].isalnum() and before.isalnum()) and not (after and answer[-1].isalnum() and after.isalnum()):
+            return True
+        start = text.find(answer, start + 1)
+    return False
+
+
 def _mean(values: Sequence[float]) -> float | None:
     return float(sum(values) / len(values)) if values else None
 
@@ -67,6 +84,8 @@ def metrics_from_continuations(request: EditRequest, continuations: Sequence[str
         "gen_paraphrase": _mean([float(begins_with_answer(text, request.target_new)) for text in paraphrases]),
         "gen_efficacy_true": float(begins_with_answer(rewrite, request.target_true)),
         "gen_paraphrase_true": _mean([float(begins_with_answer(text, request.target_true)) for text in paraphrases]),
+        "gen_efficacy_contains": float(contains_answer(rewrite, request.target_new)),
+        "gen_paraphrase_contains": _mean([float(contains_answer(text, request.target_new)) for text in paraphrases]),
         "gen_n_new_tokens": n_new_tokens,
         "gen_continuations": json.dumps(list(continuations)),
     }

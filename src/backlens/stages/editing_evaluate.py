@@ -24,7 +24,8 @@ SUMMARY_COLUMNS = [
     "efficacy", "paraphrase", "neighborhood", "efficacy_success", "paraphrase_success",
     "neighborhood_success", "generation_entropy", "perplexity",
     # Efficacy by free generation (issue 26, editing.free_generation).
-    "gen_efficacy", "gen_paraphrase", "gen_efficacy_true", "gen_paraphrase_true",
+    "gen_efficacy", "gen_paraphrase", "gen_efficacy_true", "gen_paraphrase_true", "gen_efficacy_contains",
+    "gen_paraphrase_contains",
 ]
 
 

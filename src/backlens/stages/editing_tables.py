@@ -26,13 +26,15 @@ TABLE1_METRICS = [
     ("neighborhood_success", 100.0, "neighborhood_success"),
 ]
 # Efficacy by free generation (issue 26; backlens.editing.free_generation): the greedy continuation
-# begins with target_new (gen_*_true: with target_true). Last in the CSV, so the earlier columns keep
-# their places.
+# begins with target_new (gen_*_true: with target_true; gen_*_contains: target_new anywhere in it, as
+# whole words; CSV only). Last in the CSV, so the earlier columns keep their places.
 GENERATION_METRICS = [
     ("gen_efficacy", 100.0, "gen_efficacy"),
     ("gen_paraphrase", 100.0, "gen_paraphrase"),
     ("gen_efficacy_true", 100.0, "gen_efficacy_true"),
     ("gen_paraphrase_true", 100.0, "gen_paraphrase_true"),
+    ("gen_efficacy_contains", 100.0, "gen_efficacy_contains"),
+    ("gen_paraphrase_contains", 100.0, "gen_paraphrase_contains"),
 ]
 # Table 1's columns after the paper's and ROME's (header, column stem, digits).
 GENERATION_COLUMNS = [("Gen. efficacy", "gen_efficacy", 1), ("Gen. paraphrase", "gen_paraphrase", 1),
