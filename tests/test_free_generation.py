@@ -14,6 +14,7 @@ from dataclasses import replace
 
 import pandas as pd
 import torch
+from test_editing_methods import EVALUATION, REQUEST
 
 from backlens.editing.base import NoEdit
 from backlens.editing.evaluation import evaluate_case
@@ -26,7 +27,6 @@ from backlens.editing.free_generation import (
 )
 from backlens.editing.generation import greedy_token_ids
 from backlens.stages.editing_tables import free_generation_finding
-from test_editing_methods import EVALUATION, REQUEST
 
 SETTINGS = EVALUATION["free_generation"]
 PROMPTS = ["The mother tongue of Danielle Darrieux is", "He lives in",

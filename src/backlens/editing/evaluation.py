@@ -17,8 +17,8 @@ from backlens.editing.base import Editor
 from backlens.editing.free_generation import FREE_GENERATION_COLUMNS, free_generation_prompts, free_generation_rows
 from backlens.editing.generation import generation_entropy, sample_texts, sample_texts_by_case
 from backlens.editing.requests import EditRequest, continuation, space_sensitive
-from backlens.editing.scoring import AnswerScore, score_answers, score_answers_per_pair
 from backlens.editing.row_edits import RankOneChange, per_row_changes, rank_one_changes
+from backlens.editing.scoring import AnswerScore, score_answers, score_answers_per_pair
 from backlens.editing.weights import restored_after
 
 log = logging.getLogger(__name__)
@@ -305,10 +305,10 @@ def evaluate_editor(
 
 def generate_deferred(editor: Editor, pending: Sequence[tuple[EditRequest, dict, list[RankOneChange], bool]],
                       settings: Mapping) -> None:
-    """Sample the texts of the pending cases that sample (the flag) in one batch, each case's rows with
-    its own rank-one changes (the model's weights are the unedited ones here) and its own seed; then
-    the greedy free-generation continuations of every pending case, in one batch of their own (the
-    sampling batch holds the same cases as before the free generation existed); fill the rows."""
+    """Fill the pending rows: the greedy free-generation continuations of every pending case in one
+    batch, then the sampled texts of those that sample (the flag) in one batch of their own (the same
+    cases as before the free generation existed), each with its own seed. Each batch row runs with
+    its case's rank-one changes (the model's weights are the unedited ones here)."""
     free = [(request, row, changes) for request, row, changes, _ in pending if "gen_efficacy" in row]
     if free:
         with per_row_changes([changes for request, _, changes in free for _ in free_generation_prompts(request)]):
