@@ -9,6 +9,14 @@ per case as the rule computes it, the stream entering the edited block cached (`
 an editor's first case also fills the cache, ``<method>_perplexity_first_s``), beside the whole
 forward (``<method>_perplexity_full_s``), the ratio ``<method>_perplexity_over_full`` and both values
 (``perplexity_values``: they agree to float round-off).
+The efficacy by free generation (issue 26; every case of the rule, greedy, a fixed token budget) is
+left out of ``<method>_eval_s`` (so it stays comparable with the earlier runs and the reference path)
+and timed on its own, once, on the ``--generation-batch`` cases with the unedited weights (its cost
+does not depend on them): ``free_generation_alone_s`` per case, each case's prompts in one batch (the
+rule's path for FT and MEND, whose edits are not rank-one) and ``free_generation_batch_s`` per case,
+the cases in one batch (the rule's path for the shift, ROME and MEMIT, without the per-row hook's
+einsum); the ratios ``shift_free_generation_{alone,batch}_over_eval`` give the time it adds to a
+shift scoring case's evaluation. ``<method>_eval_generating_s`` includes it, as the rule runs it.
 The 4 s goal per generating case is read at the pipeline's own batch: ``--generation-batch``
 cases (default ``GENERATION_CASES_PER_BATCH``, as the rule shares one generation batch) edited by the
 shift and evaluated together (``shift_eval_generating_batch_s``, per case).
@@ -57,6 +65,7 @@ from hydra import compose, initialize_config_dir
 from backlens.bench import goal, write_result
 from backlens.editing.covariance import accumulate_second_moments, load_second_moment
 from backlens.editing.evaluation import GENERATION_CASES_PER_BATCH, CaseLog, evaluate_case, evaluate_editor
+from backlens.editing.free_generation import free_generation_rows
 from backlens.editing.methods import build_editor
 from backlens.editing.perplexity import HeldoutPerplexity, perplexity
 from backlens.editing.weights import restored_after
@@ -130,6 +139,22 @@ def _generating_together(editor, requests, settings, label: str) -> tuple[list[f
     return edits, (total - sum(edits)) / len(rows)
 
 
+def _free_generation_s(loaded, requests, settings) -> tuple[float, float]:
+    """Seconds per case of the efficacy by free generation on ``requests`` (unedited weights, after an
+    untimed warm-up): each case alone, and all of them in one batch."""
+    free = settings["free_generation"]
+    free_generation_rows(loaded.model, loaded.tokenizer, requests[:1], free)
+    started = time.perf_counter()
+    for request in requests:
+        free_generation_rows(loaded.model, loaded.tokenizer, [request], free)
+    _sync(loaded.device)
+    alone = (time.perf_counter() - started) / len(requests)
+    started = time.perf_counter()
+    free_generation_rows(loaded.model, loaded.tokenizer, requests, free)
+    _sync(loaded.device)
+    return alone, (time.perf_counter() - started) / len(requests)
+
+
 def _time_method(editor, requests, settings, heldout, n_generating: int, reference: bool) -> dict[str, list[float]]:
     """Evaluation seconds per case without the edit (whole case minus the edit).
 
@@ -145,7 +170,8 @@ def _time_method(editor, requests, settings, heldout, n_generating: int, referen
         for per_pair in ([True, False] if reference else [False]):
             with restored_after(editor.edited_parameters()):
                 started = time.perf_counter()
-                row = evaluate_case(editor, request, settings, generate=False, perplexity_blocks=None, per_pair=per_pair)
+                row = evaluate_case(editor, request, settings, generate=False, perplexity_blocks=None, per_pair=per_pair,
+                                    free_generation=False)
                 _sync(editor.device)
                 total = time.perf_counter() - started
             times.setdefault("eval_reference" if per_pair else "eval", []).append(total - float(row["edit_seconds"]))
@@ -283,12 +309,16 @@ def main() -> None:
                      "generation_batch": len(batch_requests),
                      "reference": args.reference,
                      "threads": torch.get_num_threads(), "max_new_tokens": int(settings.generation.max_new_tokens),
+                     "free_generation_margin_tokens": int(settings.free_generation.margin_tokens),
                      "perplexity_blocks": [int(corpus.n_heldout_blocks), int(corpus.block_tokens)],
                      "batch_size": int(settings.batch_size), "methods": [], "left_out": {},
                      "overrides": overrides},
         "bare_forward_s": bare_s, "ratios": {}, "goals": [],
     }
     print(f"bare forward of the edit prompt: median {bare_s:.4f} s")
+    result["free_generation_alone_s"], result["free_generation_batch_s"] = _free_generation_s(loaded, batch_requests, settings)
+    print(f"free generation per case: {result['free_generation_alone_s']:.4f} s alone, "
+          f"{result['free_generation_batch_s']:.4f} s with {len(batch_requests)} cases in one batch", flush=True)
     rome_editor = None
     extra_perplexity: dict[str, dict] = {}
     for method, cfg in configs.items():
@@ -329,6 +359,9 @@ def main() -> None:
         ratios[f"{method}_edit_over_bare_forward"] = result[f"{method}_edit_s"] / bare_s
     if "rome_edit_s" in result:
         ratios["rome_edit_over_shift_edit"] = result["rome_edit_s"] / result["shift_edit_s"]
+    if "shift_eval_s" in result:
+        for kind in ("alone", "batch"):
+            ratios[f"shift_free_generation_{kind}_over_eval"] = result[f"free_generation_{kind}_s"] / result["shift_eval_s"]
     extra = {"perplexity_values": extra_perplexity}
     if original is not None:
         extra.update(_beside_original(result, original, rome_editor, requests))

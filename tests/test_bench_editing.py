@@ -40,6 +40,11 @@ def test_editing_latency_smoke_writes_its_json(tmp_path):
             ratio = result["ratios"][f"{method}_{kind}_over_reference"]
             assert ratio == result[f"{method}_{kind}_s"] / result[f"{method}_{kind}_reference_s"]
     assert result["ratios"]["rome_edit_over_shift_edit"] == result["rome_edit_s"] / result["shift_edit_s"]
+    # Efficacy by free generation (issue 26): its time per case alone and in the rule's batch, against
+    # a shift scoring case's evaluation.
+    for kind in ("alone", "batch"):
+        assert result[f"free_generation_{kind}_s"] > 0
+        assert result["ratios"][f"shift_free_generation_{kind}_over_eval"] == result[f"free_generation_{kind}_s"] / result["shift_eval_s"]
     assert result["shift_eval_generating_batch_s"] > 0 and result["settings"]["generation_batch"] == 2
     assert {goal["name"].split(":")[0] for goal in result["goals"]} == {"shift_eval_s", "shift_eval_generating_batch_s"}
     for goal in result["goals"]:

@@ -145,8 +145,9 @@ def test_rank_one_changes_reproduce_the_edit_or_refuse(loaded):
 
 
 def test_cases_generating_in_one_batch_give_each_case_its_own_rows(loaded, tmp_path):
-    """evaluate_editor samples the generating cases' texts together, each row with its case's
-    rank-one changes through a hook; the texts equal those of each case's edited weights alone."""
+    """evaluate_editor samples the generating cases' texts together, and runs every case's greedy
+    free generation (issue 26) together, each row with its case's rank-one changes through a hook;
+    the texts and columns equal those of each case's edited weights alone."""
     evaluation = {**EVALUATION, "generation": {"max_new_tokens": 8, "top_k": 5}}
     requests = [*_requests(), replace(REQUEST, case_id=10, target_new="Paris")]
     for name, editor in _editors(loaded).items():
@@ -162,3 +163,4 @@ def test_cases_generating_in_one_batch_give_each_case_its_own_rows(loaded, tmp_p
                 row.pop(key, None), alone.pop(key, None)
             assert row == alone, (name, request.case_id)
             assert (row["generated_texts"] is not None) == (request.case_id in {7, 8, 9})
+            assert row["gen_continuations"] is not None and row["gen_efficacy"] in (0.0, 1.0)

@@ -110,7 +110,26 @@ def test_evaluate_and_table1_stages_on_tiny_gpt2(tmp_path):
     assert (tmp_path / "tables" / "table1.tex").read_text().startswith("\\begin{tabular}")
     summary = json.loads((tmp_path / "editing" / "shift" / "summary.json").read_text())
     assert summary["generation_sources"] == ["edit_and_paraphrase_prompts"]
-    assert summary["n_cases"] == 3 and "edit_seconds" not in pd.read_parquet(tmp_path / "editing" / "shift" / "cases.parquet")
+    cases_path = tmp_path / "editing" / "shift" / "cases.parquet"
+    cases = pd.read_parquet(cases_path)
+    assert summary["n_cases"] == 3 and "edit_seconds" not in cases
+    # Efficacy by free generation (issue 26): every case, into the summary and Table 1.
+    assert cases["gen_efficacy"].notna().all() and cases["gen_continuations"].notna().all()
+    gen_metrics = ("efficacy", "paraphrase", "efficacy_true", "paraphrase_true", "efficacy_contains", "paraphrase_contains")
+    for column in (f"gen_{m}" for m in gen_metrics):
+        assert summary[f"{column}_mean"] == pytest.approx(cases[column].mean())
+        assert table.set_index("method").loc["shift", f"{column}_mean"] == pytest.approx(100 * cases[column].mean())
+    assert "| Gen. efficacy | Gen. paraphrase | Gen. true target |" in markdown and "Gen. efficacy / paraphrase" in markdown
+    new_columns = [f"gen_{m}_{s}" for m in gen_metrics for s in ("mean", "std", "ci_low", "ci_high")]
+    assert list(table.columns[-len(new_columns):]) == new_columns, "the new columns come last"
+    # Results made before the metric: n/a in Table 1, named in its note, every other number unchanged.
+    stale = cases.drop(columns=[c for c in cases if c.startswith("gen_")])
+    stale.to_parquet(cases_path)
+    editing_tables.run_table1(cfg)
+    stale_table = pd.read_csv(cfg.paths.table1)
+    assert stale_table.drop(columns=new_columns).equals(table.drop(columns=new_columns))
+    assert stale_table.set_index("method")["gen_efficacy_mean"].isna().tolist() == [False, True]
+    assert "n/a: not measured in the results of shift" in (tmp_path / "tables" / "table1.md").read_text()
     timings = json.loads((tmp_path / "editing" / "shift" / "timings.json").read_text())
     assert timings["edit_seconds_mean"] > 0 and sorted(timings["edit_seconds"]) == ["0", "1", "2"]
 

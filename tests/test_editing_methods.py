@@ -38,7 +38,8 @@ REQUEST = EditRequest(
     generation_prompts=("The mother tongue of Danielle Darrieux is",),
     generation_source="edit_and_paraphrase_prompts",
 )
-EVALUATION = {"batch_size": 8, "seed": 0, "generation": {"max_new_tokens": 6, "top_k": 5}}
+EVALUATION = {"batch_size": 8, "seed": 0, "generation": {"max_new_tokens": 6, "top_k": 5},
+              "free_generation": {"margin_tokens": 2}}
 # ROME's GPT-2 XL value-optimisation settings (KL, weight decay and the norm clamp all active)
 # with fixed context templates (sampling them is tested on its own below).
 VALUE_HPARAMS = {

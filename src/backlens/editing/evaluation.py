@@ -14,17 +14,20 @@ import torch
 from tqdm import tqdm
 
 from backlens.editing.base import Editor
+from backlens.editing.free_generation import FREE_GENERATION_COLUMNS, free_generation_prompts, free_generation_rows
 from backlens.editing.generation import generation_entropy, sample_texts, sample_texts_by_case
 from backlens.editing.perplexity import HeldoutPerplexity
 from backlens.editing.requests import EditRequest, continuation, space_sensitive
-from backlens.editing.scoring import AnswerScore, score_answers, score_answers_per_pair
 from backlens.editing.row_edits import RankOneChange, per_row_changes, rank_one_changes
+from backlens.editing.scoring import AnswerScore, score_answers, score_answers_per_pair
 from backlens.editing.weights import restored_after
 
 log = logging.getLogger(__name__)
 
-# Generating cases whose edits are rank-one sample their texts together, this many per batch
-# (one batch holds the default run's 10 generating cases; 2 prompts each).
+# Cases whose edits are rank-one generate together, this many per batch: every case's greedy
+# free-generation continuations, and the sampled texts of those that sample (one batch holds the
+# default run's 10 generating cases; 2 prompts each). Their rows are written once the batch ran, so
+# a killed job redoes at most this many finished cases.
 GENERATION_CASES_PER_BATCH = 10
 
 
@@ -125,16 +128,20 @@ def evaluate_case(
     per_pair: bool = False,
     deferred: list[list[RankOneChange]] | None = None,
     heldout: HeldoutPerplexity | None = None,
+    free_generation: bool = True,
 ) -> dict[str, object]:
     """Edit, measure, restore. ``settings`` is conf/editing's ``evaluation`` block.
 
     ``before``: the unedited model's efficacy when the caller batched it over cases
     (``efficacy_before``). ``per_pair``: the reference scoring path (tests, benchmark).
-    ``deferred``: when given and the edit is rank-one (``rank_one_changes``), the generation is
-    left to the caller (``generate_deferred``): the changes are appended to it and the row's
-    generation fields stay None. ``heldout``: the editor's perplexity over ``perplexity_blocks``
-    with what the edits leave unchanged cached (``evaluate_editor`` keeps one across cases);
-    None: one for this case alone.
+    ``deferred``: when given and the edit is rank-one (``rank_one_changes``), the generation (the
+    free generation, and the sampled texts when ``generate``) is left to the caller
+    (``generate_deferred``): the changes are appended to it and the row's generation fields and
+    free-generation columns stay None.
+    ``free_generation``: the efficacy by free generation (``evaluation.free_generation``; the
+    method sweeps, which never read it, leave it out).
+    ``heldout``: the editor's perplexity over ``perplexity_blocks`` with what the edits leave
+    unchanged cached (``evaluate_editor`` keeps one across cases); None: one for this case alone.
     """
     batch_size = int(settings["batch_size"])
     row = request_facts(editor, request)
@@ -155,10 +162,16 @@ def evaluate_case(
         row.update(case_metrics(editor, request, batch_size=batch_size, per_pair=per_pair))
         row["generation_entropy"] = None
         row["generated_texts"] = None
-        changes = rank_one_changes(snapshot, editor.adapter) if generate and deferred is not None else None
+        wants_generation = generate or free_generation
+        changes = rank_one_changes(snapshot, editor.adapter) if wants_generation and deferred is not None else None
+        if free_generation:
+            row.update(dict.fromkeys(FREE_GENERATION_COLUMNS))
         if changes is not None:
             deferred.append(changes)
-        elif generate:
+            return _finish(row, editor, perplexity_blocks)
+        if free_generation:
+            row.update(free_generation_rows(editor.model, editor.tokenizer, [request], settings["free_generation"])[0])
+        if generate:
             texts = sample_texts(
                 editor.model,
                 editor.tokenizer,
@@ -169,12 +182,18 @@ def evaluate_case(
             )
             row["generation_entropy"] = generation_entropy(texts)
             row["generated_texts"] = json.dumps(texts)
-        row["perplexity"] = None
-        if perplexity_blocks is not None:
-            heldout = heldout or HeldoutPerplexity(editor, perplexity_blocks)
-            if heldout.blocks_BxT is not perplexity_blocks:
-                raise ValueError("evaluate_case: heldout was built on other blocks than perplexity_blocks")
-            row["perplexity"] = heldout(snapshot.changed_parameters())
+        return _finish(row, editor, perplexity_blocks, heldout, snapshot)
+
+
+def _finish(row: dict[str, object], editor: Editor, perplexity_blocks: torch.Tensor | None,
+            heldout: HeldoutPerplexity | None, snapshot) -> dict[str, object]:
+    """Table 7's perplexity of the edited model (inside ``evaluate_case``'s restore): the row's last column."""
+    row["perplexity"] = None
+    if perplexity_blocks is not None:
+        heldout = heldout or HeldoutPerplexity(editor, perplexity_blocks)
+        if heldout.blocks_BxT is not perplexity_blocks:
+            raise ValueError("evaluate_case: heldout was built on other blocks than perplexity_blocks")
+        row["perplexity"] = heldout(snapshot.changed_parameters())
     return row
 
 
@@ -247,30 +266,32 @@ def evaluate_editor(
         log.info("%s: resuming, %d of %d cases already done", label, len(requests) - len(todo), len(requests))
     before = efficacy_before(editor, todo, batch_size=int(settings["batch_size"]))
     heldout = HeldoutPerplexity(editor, perplexity_blocks) if perplexity_blocks is not None else None
-    # Rows whose generation waits for a batch of cases (written in case order once it ran).
-    pending: list[tuple[EditRequest, dict, list[RankOneChange]]] = []
+    # Rows whose generation waits for a batch of cases (written in case order once it ran), with
+    # their edits' changes and whether they also sample texts.
+    pending: list[tuple[EditRequest, dict, list[RankOneChange], bool]] = []
 
     def write_pending() -> None:
         generate_deferred(editor, pending, settings)
-        for request, row, _ in pending:
+        for request, row, _, _ in pending:
             case_log.append(row)
             done[request.case_id] = {**row, "config_fingerprint": case_log.fingerprint}
         pending.clear()
 
     for request in tqdm(todo, desc=f"edit {label}", unit="case"):
         deferred: list[list[RankOneChange]] = []
+        generate = request.case_id in generation_case_ids
         row = evaluate_case(
             editor,
             request,
             settings,
-            generate=request.case_id in generation_case_ids,
+            generate=generate,
             perplexity_blocks=perplexity_blocks if request.case_id in perplexity_case_ids else None,
             before=before[request.case_id],
             deferred=deferred,
             heldout=heldout,
         )
         if deferred:
-            pending.append((request, row, deferred[0]))
+            pending.append((request, row, deferred[0], generate))
             if len(pending) >= GENERATION_CASES_PER_BATCH:
                 write_pending()
             continue
@@ -281,20 +302,30 @@ def evaluate_editor(
     return [done[r.case_id] for r in requests]
 
 
-def generate_deferred(editor: Editor, pending: Sequence[tuple[EditRequest, dict, list[RankOneChange]]],
+def generate_deferred(editor: Editor, pending: Sequence[tuple[EditRequest, dict, list[RankOneChange], bool]],
                       settings: Mapping) -> None:
-    """Sample the texts of every pending case in one batch, each case's rows with its own rank-one
-    changes (the model's weights are the unedited ones here) and its own seed; fill the rows."""
-    if not pending:
+    """Fill the pending rows: the greedy free-generation continuations of every pending case in one
+    batch, then the sampled texts of those that sample (the flag) in one batch of their own (the same
+    cases as before the free generation existed), each with its own seed. Each batch row runs with
+    its case's rank-one changes (the model's weights are the unedited ones here)."""
+    free = [(request, row, changes) for request, row, changes, _ in pending if "gen_efficacy" in row]
+    if free:
+        with per_row_changes([changes for request, _, changes in free for _ in free_generation_prompts(request)]):
+            columns = free_generation_rows(editor.model, editor.tokenizer, [request for request, _, _ in free],
+                                           settings["free_generation"])
+        for (_, row, _), values in zip(free, columns):
+            row.update(values)
+    sampling = [(request, row, changes) for request, row, changes, generate in pending if generate]
+    if not sampling:
         return
-    prompts = [list(request.generation_prompts) for request, _, _ in pending]
-    changes_per_row = [changes for (_, _, changes), case in zip(pending, prompts) for _ in case]
+    prompts = [list(request.generation_prompts) for request, _, _ in sampling]
+    changes_per_row = [changes for (_, _, changes), case in zip(sampling, prompts) for _ in case]
     with per_row_changes(changes_per_row):
         texts_per_case = sample_texts_by_case(
             editor.model, editor.tokenizer, prompts,
             max_new_tokens=int(settings["generation"]["max_new_tokens"]), top_k=int(settings["generation"]["top_k"]),
-            seeds=[int(settings["seed"]) + request.case_id for request, _, _ in pending],
+            seeds=[int(settings["seed"]) + request.case_id for request, _, _ in sampling],
         )
-    for (_, row, _), texts in zip(pending, texts_per_case):
+    for (_, row, _), texts in zip(sampling, texts_per_case):
         row["generation_entropy"] = generation_entropy(texts)
         row["generated_texts"] = json.dumps(texts)

@@ -1,10 +1,11 @@
-"""Batched, seeded top-k sampling (ROME's fluency protocol) and n-gram entropy."""
+"""Batched, seeded top-k sampling (ROME's fluency protocol), greedy decoding, and n-gram entropy."""
 
 from __future__ import annotations
 
 import math
 import re
 from collections import Counter
+from collections.abc import Callable
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -67,7 +68,6 @@ def sample_texts_by_case(
     return [texts[rows] for rows, _ in draws]
 
 
-@torch.no_grad()
 def _sample(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -77,8 +77,46 @@ def _sample(
     max_new_tokens: int,
     top_k: int,
 ) -> torch.Tensor:
-    """Top-k sampling of every prompt, left-padded with a KV cache; the rows of each ``draws`` entry
-    sample from its generator, in one multinomial call per step (the order of the draws).
+    """Top-k sampling of every prompt; the rows of each ``draws`` entry sample from its generator,
+    in one multinomial call per step (the order of the draws)."""
+
+    def choose(logits_BxV: torch.Tensor) -> torch.Tensor:
+        top_values, top_indices = logits_BxV.topk(top_k, dim=-1)
+        next_ids = torch.empty((len(prompts), 1), dtype=torch.long)
+        for rows, generator in draws:
+            choice = torch.multinomial(torch.softmax(top_values[rows], dim=-1), 1, generator=generator)
+            next_ids[rows] = top_indices[rows].gather(1, choice)
+        return next_ids
+
+    return _decode(model, tokenizer, prompts, choose, max_new_tokens=max_new_tokens)
+
+
+def greedy_token_ids(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: list[str],
+    *,
+    max_new_tokens: int,
+) -> torch.Tensor:
+    """(B, max_new_tokens) greedy continuations (argmax at every step, the lowest id on a tie; no
+    sampling, so no seed) of every prompt, in one left-padded batch with a KV cache."""
+    return _decode(model, tokenizer, prompts, lambda logits_BxV: logits_BxV.argmax(dim=-1, keepdim=True),
+                   max_new_tokens=max_new_tokens, last_logits_only=True)
+
+
+@torch.no_grad()
+def _decode(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: list[str],
+    choose: Callable[[torch.Tensor], torch.Tensor],
+    *,
+    max_new_tokens: int,
+    last_logits_only: bool = False,
+) -> torch.Tensor:
+    """Continue every prompt, left-padded with a KV cache; ``choose`` maps the (B, V) float32 CPU
+    logits of a step to the (B, 1) next ids. ``last_logits_only``: unembed only the last position
+    (sampling keeps the full unembedding so its texts stay those of the code before it).
 
     The attention mask always spans the full sequence so far: a one-column mask on a cached
     step would silently mask the cached positions (see NOTES, transformers 5 pitfall).
@@ -93,25 +131,23 @@ def _sample(
         mask[row, width - len(sequence) :] = 1
     ids, mask = ids.to(device), mask.to(device)
     positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
+    keep = {"logits_to_keep": 1} if last_logits_only else {}
     generated: list[torch.Tensor] = []
     past = None
     step_ids, step_positions = ids, positions
     for _ in range(max_new_tokens):
         output = model(
-            input_ids=step_ids, attention_mask=mask, position_ids=step_positions, past_key_values=past, use_cache=True
+            input_ids=step_ids, attention_mask=mask, position_ids=step_positions, past_key_values=past, use_cache=True,
+            **keep,
         )
         past = output.past_key_values
-        logits_BxV = output.logits[:, -1].float().cpu()
-        top_values, top_indices = logits_BxV.topk(top_k, dim=-1)
-        next_ids = torch.empty((len(prompts), 1), dtype=torch.long)
-        for rows, generator in draws:
-            choice = torch.multinomial(torch.softmax(top_values[rows], dim=-1), 1, generator=generator)
-            next_ids[rows] = top_indices[rows].gather(1, choice)
-        next_ids = next_ids.to(device)
+        next_ids = choose(output.logits[:, -1].float().cpu()).to(device)
         generated.append(next_ids)
         step_ids = next_ids
         step_positions = step_positions[:, -1:] + 1
         mask = torch.cat([mask, torch.ones_like(next_ids)], dim=1)
+    if not generated:
+        return torch.empty((len(prompts), 0), dtype=torch.long)
     return torch.cat(generated, dim=1).cpu()
 
 

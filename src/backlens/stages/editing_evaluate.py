@@ -23,6 +23,9 @@ log = logging.getLogger(__name__)
 SUMMARY_COLUMNS = [
     "efficacy", "paraphrase", "neighborhood", "efficacy_success", "paraphrase_success",
     "neighborhood_success", "generation_entropy", "perplexity",
+    # Efficacy by free generation (issue 26, editing.free_generation).
+    "gen_efficacy", "gen_paraphrase", "gen_efficacy_true", "gen_paraphrase_true", "gen_efficacy_contains",
+    "gen_paraphrase_contains",
 ]
 
 
@@ -71,7 +74,8 @@ def summarise(cases: pd.DataFrame, hparams: dict, cfg: DictConfig, dataset: dict
         "n_perplexity_cases": int(cases["perplexity"].notna().sum()),
     }
     for column in SUMMARY_COLUMNS:
-        values = cases[column].dropna().astype(float)
+        # A cases table made before a column existed (gen_*: before issue 26) gives None, not an error.
+        values = cases[column].dropna().astype(float) if column in cases else pd.Series(dtype=float)
         summary[f"{column}_mean"] = float(values.mean()) if len(values) else None
         summary[f"{column}_std"] = float(values.std(ddof=0)) if len(values) else None
     return summary

@@ -57,7 +57,7 @@ def run(cfg: DictConfig) -> None:
     for setting in settings:
         editor, hparams = build_editor(loaded, cfg.method, extra={**user_method_overrides(cfg, method), **setting})
         for request in requests:
-            row = evaluate_case(editor, request, evaluation, generate=False, perplexity_blocks=None)
+            row = evaluate_case(editor, request, evaluation, generate=False, perplexity_blocks=None, free_generation=False)
             rows.append({"model": cfg.model.name, "method": method, **setting, "case_id": request.case_id,
                          "skipped": row["skipped"], "edit_seconds": row["edit_seconds"],
                          "efficacy_before": row["efficacy_before"], **{k: row[k] for k in METRICS}})

@@ -26,6 +26,20 @@ TABLE1_METRICS = [
     ("paraphrase_success", 100.0, "paraphrase_success"),
     ("neighborhood_success", 100.0, "neighborhood_success"),
 ]
+# Efficacy by free generation (issue 26; backlens.editing.free_generation): the greedy continuation
+# begins with target_new (gen_*_true: with target_true; gen_*_contains: target_new anywhere in it, as
+# whole words; CSV only). Last in the CSV, so the earlier columns keep their places.
+GENERATION_METRICS = [
+    ("gen_efficacy", 100.0, "gen_efficacy"),
+    ("gen_paraphrase", 100.0, "gen_paraphrase"),
+    ("gen_efficacy_true", 100.0, "gen_efficacy_true"),
+    ("gen_paraphrase_true", 100.0, "gen_paraphrase_true"),
+    ("gen_efficacy_contains", 100.0, "gen_efficacy_contains"),
+    ("gen_paraphrase_contains", 100.0, "gen_paraphrase_contains"),
+]
+# Table 1's columns after the paper's and ROME's (header, column stem, digits).
+GENERATION_COLUMNS = [("Gen. efficacy", "gen_efficacy", 1), ("Gen. paraphrase", "gen_paraphrase", 1),
+                      ("Gen. true target", "gen_efficacy_true", 1)]
 PAPER_COLUMNS = ["efficacy", "paraphrase", "neighborhood", "ngram_entropy"]
 
 
@@ -64,6 +78,19 @@ def paper_row(cfg: DictConfig, key: str, table: str) -> dict | None:
     return dict(zip(PAPER_COLUMNS, values)) if table == "table1" else {"perplexity": float(values)}
 
 
+def metric_cells(cases: pd.DataFrame, metrics: list[tuple[str, float, str]], boot: DictConfig) -> dict[str, float]:
+    """Mean, std and bootstrap interval of each (column, scale, source) over the cases; a cases table
+    made before a metric existed (gen_*) gives NaN (n/a in the table), not an error."""
+    cells = {}
+    for column, scale, source in metrics:
+        values = (cases[source].dropna().astype(float) if source in cases else pd.Series(dtype=float)) * scale
+        cells[f"{column}_mean"] = float(values.mean()) if len(values) else float("nan")
+        cells[f"{column}_std"] = float(values.std(ddof=0)) if len(values) else float("nan")
+        cells[f"{column}_ci_low"], cells[f"{column}_ci_high"] = bootstrap_interval(
+            values.to_numpy(), int(boot.n_resamples), int(boot.seed), float(boot.level))
+    return cells
+
+
 def table1_frame(cfg: DictConfig) -> pd.DataFrame:
     boot = cfg.editing.bootstrap
     rows = []
@@ -74,17 +101,13 @@ def table1_frame(cfg: DictConfig) -> pd.DataFrame:
                "n_already_predicted_before_edit": int(cases["already_predicted"].sum()),
                "n_multi_token_target_new": int((cases["n_target_new_tokens"] > 1).sum()),
                "generation_source": ",".join(sorted(cases["generation_source"].unique()))}
-        for column, scale, source in TABLE1_METRICS:
-            values = cases[source].dropna().astype(float) * scale
-            row[f"{column}_mean"] = float(values.mean()) if len(values) else float("nan")
-            row[f"{column}_std"] = float(values.std(ddof=0)) if len(values) else float("nan")
-            row[f"{column}_ci_low"], row[f"{column}_ci_high"] = bootstrap_interval(
-                values.to_numpy(), int(boot.n_resamples), int(boot.seed), float(boot.level))
+        row.update(metric_cells(cases, TABLE1_METRICS, boot))
         parts = [row["efficacy_success_mean"], row["paraphrase_success_mean"], row["neighborhood_success_mean"]]
         row["score"] = float(len(parts) / sum(1 / p for p in parts)) if all(p > 0 for p in parts) else 0.0
         paper = paper_row(cfg, str(summary["paper_row"]), "table1") or {}
         for column in PAPER_COLUMNS:
             row[f"paper_{column}"] = paper.get(column, float("nan"))
+        row.update(metric_cells(cases, GENERATION_METRICS, boot))
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -130,7 +153,7 @@ def run_table1(cfg: DictConfig) -> None:
     frame = table1_frame(cfg)
     columns = [("Efficacy", "efficacy", 1), ("Paraphrase", "paraphrase", 1), ("Neighborhood", "neighborhood", 1),
                ("N-gram entropy", "ngram_entropy", 1), ("ES", "efficacy_success", 1), ("PS", "paraphrase_success", 1),
-               ("NS", "neighborhood_success", 1), ("Score", "score", 1)]
+               ("NS", "neighborhood_success", 1), ("Score", "score", 1), *GENERATION_COLUMNS]
     markdown, latex = render(frame, columns, PAPER_COLUMNS, cfg.paper.table1.model)
     first = frame.iloc[0]
     note = (
@@ -143,7 +166,8 @@ def run_table1(cfg: DictConfig) -> None:
         f"n-gram entropy (x100) over the first {first['n_generation_cases']} cases, generated from: {first['generation_source']}. "
         "Seconds per edit: edit_timings.md. Skipped (shift, already predicted): "
         + (", ".join(f"{r.method}={r.n_skipped_already_predicted}" for r in frame.itertuples() if r.n_skipped_already_predicted) or "none")
-        + f"; multi-token target_new: {first['n_multi_token_target_new']} of {first['n_cases']}.\n"
+        + f"; multi-token target_new: {first['n_multi_token_target_new']} of {first['n_cases']}. "
+        + generation_note(frame, cfg) + "\n"
         + not_run_line(cfg)
     )
     table1 = Path(cfg.paths.table1)
@@ -151,6 +175,29 @@ def run_table1(cfg: DictConfig) -> None:
     write_text(markdown + note, table1.with_suffix(".md"))
     write_text(latex, table1.with_suffix(".tex"))
     log.info("Table 1:\n%s", markdown)
+
+
+def generation_note(frame: pd.DataFrame, cfg: DictConfig) -> str:
+    """What the Gen. columns are, and which rows lack them (results made before the metric)."""
+    missing = [str(m) for m, v in zip(frame["method"], frame["gen_efficacy_mean"]) if pd.isna(v)]
+    return ("Gen. efficacy / paraphrase (%): efficacy by free generation, no teacher forcing: the greedy "
+            "continuation of the rewrite / paraphrase prompts (the longer target's tokens + "
+            f"{int(cfg.editing.evaluation.free_generation.margin_tokens)} tokens) begins with target_new; "
+            "Gen. true target: the rewrite prompt's continuation begins with target_true (editing/README.md, Metrics)"
+            + (f"; n/a: not measured in the results of {', '.join(missing)} (made before the metric: rerun edit_evaluate)"
+               if missing else "") + ".")
+
+
+def free_generation_finding(table1: pd.DataFrame) -> tuple[str, str, str]:
+    """The scorecard's "beyond the paper" row (question, ours, figure): each Table 1 row's efficacy by
+    free generation beside its teacher-forced efficacy and ES."""
+    question = ("Does the edited model say target_new when it continues the rewrite prompt greedily? (efficacy "
+                "by free generation, issue 26; \"The Mirage of Model Editing\": teacher forcing overstates efficacy)")
+    if "gen_efficacy_mean" not in table1 or table1["gen_efficacy_mean"].isna().all():
+        return question, "not measured in this Table 1 (made before the metric): rerun edit_evaluate", "-"
+    rows = [f"{r.label} {r.gen_efficacy_mean:.0f} / {r.efficacy_mean:.0f} / {r.efficacy_success_mean:.0f}"
+            for r in table1.itertuples() if not pd.isna(r.gen_efficacy_mean)]
+    return question, ("generated / teacher-forced efficacy / ES (%, tables/table1.md): " + "; ".join(rows)), "-"
 
 
 def run_table7(cfg: DictConfig) -> None:

@@ -22,6 +22,7 @@ from backlens.analysis.aggregate import layer_runs
 from backlens.analysis.beyond_summary import attention_findings, ft_trace_findings
 from backlens.figures.neurons import signed_update_ranks
 from backlens.io import atomic_path, write_text
+from backlens.stages.editing_tables import free_generation_finding
 
 HOLDS, PARTLY, DOES_NOT = "holds", "partly", "does not"
 # A claim whose evidence the run does not have (e.g. MEMIT's row on a model MEMIT refuses): no verdict.
@@ -355,7 +356,12 @@ def beyond_findings(paths: DictConfig, prompts: pd.DataFrame) -> list[tuple[str,
         rows += attention_findings({**tables, "prompts": prompts})
     if paths.get("ft_trace"):
         rows += ft_trace_findings(pd.read_parquet(paths.ft_trace))
-    return rows or [("Backward Lens on attention, FT trace", "not in this copy: their tables were not given", "-")]
+    rows = rows or [("Backward Lens on attention, FT trace", "not in this copy: their tables were not given", "-")]
+    # Table 1 is a claim table (the rule always passes it); a hand-run without it leaves the row out.
+    table1 = paths.get("table1")
+    if table1 and Path(table1).exists():
+        rows.append(free_generation_finding(pd.read_csv(table1)))
+    return rows
 
 
 def findings_markdown(rows: list[tuple[str, str, str]]) -> str:
@@ -365,7 +371,8 @@ def findings_markdown(rows: list[tuple[str, str, str]]) -> str:
               for question, ours, figure in rows]
     return "\n".join([
         "**Beyond the paper** (our own findings, not claims of the paper: no verdict; issue 16's analyses, "
-        "reports in `docs/attention.md` and `docs/ft_trace.md`):",
+        "reports in `docs/attention.md` and `docs/ft_trace.md`; issue 26's efficacy by free generation, "
+        "`docs/tables/table1.md`):",
         "",
         *lines,
     ])
