@@ -168,7 +168,7 @@ def evaluate_case(
             row.update(dict.fromkeys(FREE_GENERATION_COLUMNS))
         if changes is not None:
             deferred.append(changes)
-            return _finish(row, editor, perplexity_blocks)
+            return _finish(row, editor, perplexity_blocks, heldout, snapshot)
         if free_generation:
             row.update(free_generation_rows(editor.model, editor.tokenizer, [request], settings["free_generation"])[0])
         if generate:
