@@ -21,7 +21,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable
-from functools import lru_cache
+from functools import cache
 from importlib.metadata import version
 from pathlib import Path
 from typing import TypeVar
@@ -40,7 +40,7 @@ STAMP = "backlens-entry.json"  # written last: its presence marks a complete ent
 T = TypeVar("T")
 
 
-@lru_cache(maxsize=None)
+@cache
 def _sha256(path: str, size: int, mtime_ns: int) -> str:
     # Memoised per (path, size, mtime): the tokenizer and the model of one load hash the file once.
     with open(path, "rb") as handle:
@@ -98,6 +98,8 @@ def _write(folder: Path, stamp: dict, save: Callable[[Path], None]) -> None:
         return
     try:
         save(staging)
+        for file in staging.iterdir():
+            os.chmod(file, 0o666 & ~umask)
         (staging / STAMP).write_text(json.dumps(stamp, sort_keys=True))
         os.replace(staging, folder)
     except OSError as error:
