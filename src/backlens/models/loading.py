@@ -241,7 +241,8 @@ def quiet_loading(quiet: bool = True) -> Iterator[None]:
 
 def load_model(cfg: Mapping, device: str = "cpu", dtype: str = "float32", *, quiet: bool = False) -> LoadedModel:
     """Load the model a ``conf/model/*.yaml`` describes, in eval mode, on ``device``; ``quiet``
-    hides the loaders' progress bars (GGUF de-quantisation, weight loading) and info logs."""
+    hides the loaders' progress bars (GGUF de-quantisation, weight loading) and info logs. A GGUF
+    model is de-quantized once and read back from the cache folder after (``models/gguf_cache.py``)."""
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)
     with quiet_loading(quiet):
