@@ -181,5 +181,6 @@ def test_the_cache_folder(tmp_path, monkeypatch):
     assert cache_folder() == tmp_path / ".cache" / "backlens"
 
 
-def test_the_tests_cache_is_not_the_users():
-    assert Path.home() not in cache_folder().parents
+def test_the_tests_cache_is_a_folder_of_the_session(tmp_path_factory):
+    """conftest points BACKLENS_CACHE into this session's temporary folder, never ~/.cache."""
+    assert tmp_path_factory.getbasetemp() in cache_folder().parents
