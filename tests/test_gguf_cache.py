@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import subprocess
 import sys
 import types
 from pathlib import Path
@@ -184,3 +186,34 @@ def test_the_cache_folder(tmp_path, monkeypatch):
 def test_the_tests_cache_is_a_folder_of_the_session(tmp_path_factory):
     """conftest points BACKLENS_CACHE into this session's temporary folder, never ~/.cache."""
     assert tmp_path_factory.getbasetemp() in cache_folder().parents
+
+
+DIGEST = """
+import hashlib, sys
+from pathlib import Path
+import torch
+from backlens.models import gguf_cache
+model = gguf_cache.load_model(Path(sys.argv[1]), torch.float32)
+digest = hashlib.sha256()
+for name, tensor in sorted(model.state_dict().items()):
+    digest.update(name.encode() + tensor.contiguous().view(torch.uint8).numpy().tobytes())
+print(digest.hexdigest(), model.config._name_or_path)
+"""
+
+
+def test_jobs_that_start_at_once_all_load_the_same_weights(tiny_gguf, cache):
+    """Four processes fill the same empty entry at once (as Snakemake jobs do): all succeed with
+    the same bytes, one entry remains and no temporary folder; a fifth reads that entry."""
+    env = {**os.environ, "BACKLENS_CACHE": str(cache)}
+
+    def spawn():
+        return subprocess.Popen([sys.executable, "-c", DIGEST, str(tiny_gguf)], env=env, text=True,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+    outputs = [job.communicate(timeout=300) for job in [spawn() for _ in range(4)]]
+    assert all("Traceback" not in err and "cache entry" not in err for _, err in outputs), outputs  # no warning of ours
+    digests = {out.split()[0] for out, _ in outputs}
+    assert len(digests) == 1
+    assert [p.name for p in (cache / "gguf").iterdir()] == [_entry(cache, "model-float32").name]
+    out, _ = spawn().communicate(timeout=300)
+    assert out.split() == [*digests, str(_entry(cache, "model-float32"))]
