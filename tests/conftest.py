@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,21 @@ def _run_from_project_root():
     os.chdir(PROJECT_ROOT)
     yield
     os.chdir(previous)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _hermetic_cache(tmp_path_factory):
+    """De-quantized models are cached in a folder of this session, never in the user's ~/.cache;
+    subprocesses inherit it through the environment."""
+    folder = tmp_path_factory.mktemp("backlens-cache")
+    previous = os.environ.get("BACKLENS_CACHE")
+    os.environ["BACKLENS_CACHE"] = str(folder)
+    yield folder
+    if previous is None:
+        os.environ.pop("BACKLENS_CACHE", None)
+    else:
+        os.environ["BACKLENS_CACHE"] = previous
+    shutil.rmtree(folder, ignore_errors=True)  # ~0.5 GB once SmolLM2 has been loaded
 
 
 def compose_config(*overrides: str):

@@ -27,6 +27,7 @@ from transformers import (
 )
 
 from backlens.errors import UserError
+from backlens.models import gguf_cache
 from backlens.models.adapters import ArchitectureAdapter, adapter_for
 
 log = logging.getLogger(__name__)
@@ -118,6 +119,7 @@ class _Location:
     name_or_path: str
     kwargs: dict
     description: str
+    gguf: Path | None = None  # a GGUF file: loaded through the de-quantized cache (models/gguf_cache.py)
 
 
 def _hub_location(name: str, hub_id: str) -> _Location:
@@ -134,7 +136,7 @@ def _hub_location(name: str, hub_id: str) -> _Location:
 
 
 def _gguf_location(folder: Path, gguf_file: str, package: str) -> _Location:
-    return _Location(str(folder), {"gguf_file": gguf_file}, f"package {package}: {gguf_file}")
+    return _Location(str(folder), {"gguf_file": gguf_file}, f"package {package}: {gguf_file}", folder / gguf_file)
 
 
 def _locate(cfg: Mapping) -> _Location:
@@ -169,7 +171,7 @@ def _tokenizer_from_spec(spec: Mapping) -> PreTrainedTokenizerBase:
             raise ModelUnavailableError(f"tokenizer folder {path} does not exist; set model.tokenizer.path")
         return AutoTokenizer.from_pretrained(str(path))
     folder = package_folder(spec["package"])
-    return AutoTokenizer.from_pretrained(str(folder), gguf_file=_gguf_in_folder(folder, spec["gguf_file"]))
+    return gguf_cache.load_tokenizer(folder / _gguf_in_folder(folder, spec["gguf_file"]))
 
 
 def _prepare_tokenizer(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
@@ -185,6 +187,8 @@ def load_tokenizer(cfg: Mapping) -> PreTrainedTokenizerBase:
     if cfg["source"] == "random" and not cfg.get("path"):
         return _prepare_tokenizer(_tokenizer_from_spec(cfg["tokenizer"]))
     location = _locate(cfg)
+    if location.gguf is not None:
+        return _prepare_tokenizer(gguf_cache.load_tokenizer(location.gguf))
     return _prepare_tokenizer(AutoTokenizer.from_pretrained(location.name_or_path, **location.kwargs))
 
 
@@ -237,7 +241,8 @@ def quiet_loading(quiet: bool = True) -> Iterator[None]:
 
 def load_model(cfg: Mapping, device: str = "cpu", dtype: str = "float32", *, quiet: bool = False) -> LoadedModel:
     """Load the model a ``conf/model/*.yaml`` describes, in eval mode, on ``device``; ``quiet``
-    hides the loaders' progress bars (GGUF de-quantisation, weight loading) and info logs."""
+    hides the loaders' progress bars (GGUF de-quantisation, weight loading) and info logs. A GGUF
+    model is de-quantized once and read back from the cache folder after (``models/gguf_cache.py``)."""
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)
     with quiet_loading(quiet):
@@ -247,7 +252,10 @@ def load_model(cfg: Mapping, device: str = "cpu", dtype: str = "float32", *, qui
             description = f"random init ({cfg['architecture']}, seed {cfg.get('seed', 0)})"
         else:
             location = _locate(cfg)
-            model = AutoModelForCausalLM.from_pretrained(location.name_or_path, dtype=torch_dtype, **location.kwargs)
+            if location.gguf is not None:
+                model = gguf_cache.load_model(location.gguf, torch_dtype)
+            else:
+                model = AutoModelForCausalLM.from_pretrained(location.name_or_path, dtype=torch_dtype, **location.kwargs)
             description = location.description
     model = model.to(torch_device).eval()
     log.info("loaded %s from %s on %s (%s)", cfg["name"], description, torch_device, torch_dtype)
