@@ -1,7 +1,8 @@
 """ROME/MEMIT's value optimisation, reduced to what its loss reads (issue 23), against the
-whole-model path it replaced (tests/reference_value_optimisation.py, the code before).
+whole-model path it replaced (tests/reference_value_optimisation.py, the code before), and
+against itself on whole rows (``from_subject=False``, the path before the per-row suffixes).
 
-Both compute the same loss and take the same Adam steps; they differ only in summation order (the
+Against the whole-model path: both compute the same loss and take the same Adam steps; they differ only in summation order (the
 layers above the edit site run from a cached residual through ``run_layers`` under a causal mask
 instead of the padded model forward; the unembedding runs on the read positions only). Bounds:
 - first step (delta = 0, before any Adam step): the loss is a chain of float32 reductions over
@@ -63,8 +64,12 @@ def test_first_step_loss_equals_the_whole_model_path(tiny_model):
 # Each step from the edit position on (the default) against the same optimisation on whole rows
 # (``from_subject=False``): the same terms, but the rows' suffixes attend to cached prefix
 # keys/values left-padded behind a mask, and the linear maps run on fewer rows (another blocking
-# of their float32 sums). The first step is that round-off alone (vocab_chain); after the Adam
-# steps it is amplified as in the test above, whose bounds apply (measured: see FROM_SUBJECT_*).
+# of their float32 sums). The first step is that round-off alone (vocab_chain); Adam amplifies it
+# in later steps. Measured (6 steps, the five families, three sites; float32 models; float64
+# models agree exactly): first loss equal, losses within 2.9e-7 relative, delta within 1.2e-5
+# relative (tiny NeoX, ROME's site). Bounds about 30x and 8x those.
+FROM_SUBJECT_LOSS_RELATIVE = 1e-5
+FROM_SUBJECT_DELTA_RELATIVE = 1e-4
 @pytest.mark.parametrize("at,layer,nll_layer", SITES, ids=["rome", "memit", "memit-loss-layer"])
 def test_value_optimisation_from_the_edit_position_equals_whole_rows(tiny_model, at, layer, nll_layer):
     editor = NoEdit(tiny_model, HPARAMS)
@@ -74,10 +79,10 @@ def test_value_optimisation_from_the_edit_position_equals_whole_rows(tiny_model,
     assert float(rows.delta.norm()) > 0
     rtol, atol = float32_tolerance(torch.tensor(rows.losses[:1]), **vocab_chain(tiny_model))
     torch.testing.assert_close(torch.tensor(new.losses[:1]), torch.tensor(rows.losses[:1]), rtol=rtol, atol=atol)
-    torch.testing.assert_close(torch.tensor(new.losses), torch.tensor(rows.losses), rtol=MAX_LOSS_RELATIVE, atol=0)
+    torch.testing.assert_close(torch.tensor(new.losses), torch.tensor(rows.losses), rtol=FROM_SUBJECT_LOSS_RELATIVE, atol=0)
     d_ff = tiny_model.adapter.ff2_site(layer).in_features
     assert_close_float32(new.initial, rows.initial, reduction=d_ff, chain=layer + 1)
-    assert float((new.delta - rows.delta).norm() / rows.delta.norm()) <= MAX_DELTA_RELATIVE
+    assert float((new.delta - rows.delta).norm() / rows.delta.norm()) <= FROM_SUBJECT_DELTA_RELATIVE
 
 
 def test_cached_prefixes_are_left_padded_and_keep_each_rows_positions(tiny_llama):
@@ -102,7 +107,7 @@ def test_cached_prefixes_are_left_padded_and_keep_each_rows_positions(tiny_llama
         assert_close_float32(suffix[row, :n].detach(), whole[row, start : start + n].detach(), reduction=width, chain=last + 1)
     shifted = _ValueForward(editor, ids, mask, 1, None, starts)
     first, n_suffix = shifted.suffix["first"], shifted.suffix["positions"].shape[1]
-    shifted.suffix["positions"] = torch.arange(first, first + n_suffix)[None].expand(len(starts), -1)
+    shifted.suffix["positions"] = torch.arange(first, first + n_suffix, device=ids.device)[None].expand(len(starts), -1)
     moved, _ = shifted(0)
     row = starts.index(min(starts))
     n = int(mask[row].sum()) - starts[row]
