@@ -163,10 +163,8 @@ class ArchitectureAdapter(ABC):
         ``padding_mask``: (B, first_position + S), 1 at real tokens, as the model's ``attention_mask``
         (left-padded rows need it; positions stay 0, 1, .. as in the model's forward without
         position_ids). ``grad``: keep the autograd graph (ROME/MEMIT's value optimisation runs the
-        layers above the edit site this way); otherwise no graph is built. ``position_ids``: (B, S)
-        each row's own positions for the rotary tables, where rows are shifted against the slots
-        (a row whose cached prefix is left-padded to ``first_position``); the masks stay in slot
-        terms, which a per-row shift keeps causal and within the same sliding window.
+        layers above the edit site this way); otherwise no graph is built. ``position_ids``: (B, S) per-row
+        rotary positions for rows shifted against the slots (a left-padded cached prefix); masks stay in slots.
         """
         if not 0 <= start <= end <= self.n_layers:
             raise ValueError(f"run_layers: need 0 <= start <= end <= {self.n_layers}, got start={start}, end={end}")
