@@ -20,6 +20,7 @@ from backlens.editing.generation import sample_token_ids
 from backlens.editing.requests import EditRequest, continuation, subject_token_index
 from backlens.editing.training import trainable_only
 from backlens.models.hooks import record_module_io, replace_outputs
+from backlens.tracing.runs import KeyValuePrefix, KeyValueRecorder
 
 # ROME's get_context_templates: ["{}"] + 10 texts of 5 tokens and 10 of 10 tokens (the model's
 # start token included), sampled from the start token. MEMIT's: 5 texts of 10 tokens, one after
@@ -75,6 +76,20 @@ def _lookup_batch(editor: Editor, located: Sequence[tuple[str, int]], subject: s
 
 
 @torch.no_grad()
+def _forward_through(editor: Editor, ids_BxT: torch.Tensor, mask_BxT: torch.Tensor, layer: int) -> None:
+    """Run blocks 0 .. ``layer`` for the hooks that record there: nothing above ``layer`` (nor the
+    unembedding) changes what they see. Right-padded rows need no padding mask in a layer range
+    (``run_layers``); a family without one (Gemma 1/2) runs the whole model."""
+    try:
+        embedded = editor.adapter.residual_input(editor.adapter.token_embeddings(ids_BxT))
+        editor.adapter.attention_types()  # raises before any block runs where ranges are unsupported
+    except NotImplementedError:
+        editor.model(input_ids=ids_BxT, attention_mask=mask_BxT)
+        return
+    editor.adapter.run_layers(embedded, 0, layer + 1)
+
+
+@torch.no_grad()
 def ff2_keys(editor: Editor, layer: int, located: Sequence[tuple[str, int]], subject: str,
              fact_token: str = "subject_last") -> torch.Tensor:
     """(N, d_ff) FF2 inputs at the subject's fact token of each (text, subject start) pair (one
@@ -82,7 +97,7 @@ def ff2_keys(editor: Editor, layer: int, located: Sequence[tuple[str, int]], sub
     site = editor.adapter.ff2_site(layer)
     ids, mask, lookup = _lookup_batch(editor, located, subject, fact_token)
     with record_module_io({"ff2": site.module}, outputs=False) as record:
-        editor.model(input_ids=ids, attention_mask=mask)
+        _forward_through(editor, ids, mask, layer)
     return torch.stack([record.inputs["ff2"][row, index] for row, index in enumerate(lookup)])
 
 
@@ -95,7 +110,7 @@ def ff2_inputs_outputs(editor: Editor, layer: int, located: Sequence[tuple[str, 
     site = editor.adapter.ff2_site(layer)
     ids, mask, lookup = _lookup_batch(editor, located, subject, fact_token)
     with record_module_io({"ff2": site.module}) as record:
-        editor.model(input_ids=ids, attention_mask=mask)
+        _forward_through(editor, ids, mask, layer)
     rows = range(len(lookup))
     return (torch.stack([record.inputs["ff2"][row, lookup[row]] for row in rows]),
             torch.stack([record.outputs["ff2"][row, lookup[row]] for row in rows]))
@@ -122,7 +137,7 @@ def outputs_at_subject(
     modules = {"ff2": site.module, "mlp": editor.adapter.mlp(layer), "block": editor.adapter.blocks[layer]}
     ids, mask, lookup = _lookup_batch(editor, [(request.prompt, request.subject_start)], request.subject, fact_token)
     with record_module_io(modules) as record:
-        editor.model(input_ids=ids, attention_mask=mask)
+        _forward_through(editor, ids, mask, layer)
     index = lookup[0]
     return {
         "key": record.inputs["ff2"][0, index],
@@ -159,31 +174,88 @@ class TargetResult:
 class _ValueForward:
     """The value optimisation's forward pass, reduced to what its loss reads.
 
-    The layers below ``layer`` do not change between steps (only delta, added at ``layer``, does),
-    so the residual entering ``layer`` is computed once and each step runs the layers from there
-    (``adapter.run_layers``). The hidden states are then taken only at the positions the loss
-    reads (the target tokens, the KL prompt's subject) before the final norm and unembedding,
-    instead of unembedding and normalising every position of every template. A family whose
-    blocks cannot run as a layer range (Gemma 1/2: ``GatedMLPAdapter.attention_types`` raises)
-    runs the whole model each step.
+    Only delta changes between steps, and it enters at ``layer`` at each row's edit position, so
+    under the causal mask nothing before that position changes in any layer. ``starts``: per row,
+    the first position the step depends on or reads (the edit position, or an earlier read). Once,
+    without a graph: the residual entering ``layer`` and, from there to the last layer, every
+    layer's keys/values with delta = 0 (``adapter.run_layers``). Each step then runs the layers
+    from ``layer`` on only the positions from each row's start, attending to the cached keys/values
+    of the positions before it: the cached prefixes left-padded to the longest (masked), the rows'
+    suffixes right-padded, each row keeping its own positions for the rotary tables. The edited
+    module (ROME's MLP, MEMIT's block) runs inside that range, so a family that normalises the MLP
+    output before the residual (Gemma 3) is handled as any other. ``starts=None``: each step runs
+    the whole rows from the cached residual (the path before; tests and benchmarks compare the
+    two). A family whose blocks cannot run as a layer range (Gemma 1/2: ``attention_types``
+    raises) runs the whole model each step.
+
+    ``shift_B``: row b's position p is step position p - shift_B[b]. The hidden states are taken
+    only where the loss reads them, before the final norm and unembedding.
     """
 
-    def __init__(self, editor: Editor, ids_BxT: torch.Tensor, mask_BxT: torch.Tensor, layer: int, read_layer: int | None):
+    def __init__(self, editor: Editor, ids_BxT: torch.Tensor, mask_BxT: torch.Tensor, layer: int, read_layer: int | None,
+                 starts: Sequence[int] | None):
         self.adapter, self.model = editor.adapter, editor.model
         self.ids_BxT, self.mask_BxT = ids_BxT, mask_BxT
         self.layer, self.read_layer = layer, read_layer
         self.last = editor.adapter.n_layers - 1
+        self.shift_B = torch.zeros(ids_BxT.shape[0], dtype=torch.long, device=ids_BxT.device)
         self.entering_BxTxD: torch.Tensor | None = None
+        self.suffix: dict[str, object] | None = None
         try:
             with torch.no_grad():
                 embedded = self.adapter.residual_input(self.adapter.token_embeddings(ids_BxT))
                 self.entering_BxTxD = self.adapter.run_layers(embedded, 0, layer)
         except NotImplementedError:
-            self.entering_BxTxD = None
+            return
+        if starts is not None:
+            self._cache_prefixes(torch.tensor(list(starts), device=ids_BxT.device))
+
+    @torch.no_grad()
+    def _cache_prefixes(self, starts_B: torch.Tensor) -> None:
+        _, n_positions, width = self.entering_BxTxD.shape
+        n_prefix = int(starts_B.max())
+        # Causal: the keys/values of positions before n_prefix depend on nothing after them.
+        recorder = KeyValueRecorder()
+        if n_prefix > 0:
+            self.adapter.run_layers(self.entering_BxTxD[:, :n_prefix], self.layer, self.last + 1, key_values=recorder)
+        lengths_B = self.mask_BxT.sum(1)
+        n_suffix = int((lengths_B - starts_B).max())
+        # Prefix slot j of row b holds position j - (n_prefix - start_b); earlier slots are padding.
+        prefix_BxP = torch.arange(n_prefix, device=starts_B.device)[None] - (n_prefix - starts_B)[:, None]
+        prefix_valid_BxP = prefix_BxP >= 0
+        gather_BxP = prefix_BxP.clamp(min=0)
+
+        def aligned(states_BxHxTxE: torch.Tensor) -> torch.Tensor:
+            index = gather_BxP[:, None, :, None].expand(-1, states_BxHxTxE.shape[1], -1, states_BxHxTxE.shape[3])
+            return states_BxHxTxE.gather(2, index)
+
+        keys = {layer: aligned(k) for layer, k in recorder.keys.items()}
+        values = {layer: aligned(v) for layer, v in recorder.values.items()}
+        positions_BxS = starts_B[:, None] + torch.arange(n_suffix, device=starts_B.device)[None]
+        # Suffix slots past a row's end repeat its last position's state: later than every real
+        # slot of the row, so no real position attends to them.
+        gather_BxS = positions_BxS.clamp(max=n_positions - 1)
+        self.shift_B = starts_B
+        self.suffix = {
+            "hidden": self.entering_BxTxD.gather(1, gather_BxS[..., None].expand(-1, -1, width)),
+            "keys": keys, "values": values,
+            "padding": torch.cat([prefix_valid_BxP, torch.ones_like(positions_BxS, dtype=torch.bool)], 1).long(),
+            "positions": positions_BxS, "first": n_prefix,
+        }
+
+    def _run(self, hidden: torch.Tensor, start: int, end: int, rows: slice) -> torch.Tensor:
+        suffix = self.suffix
+        if suffix is None or suffix["first"] == 0:  # whole rows, or every row starts at position 0
+            return self.adapter.run_layers(hidden, start, end, grad=True)
+        prefix = KeyValuePrefix({layer: k[rows] for layer, k in suffix["keys"].items()},
+                                {layer: v[rows] for layer, v in suffix["values"].items()})
+        return self.adapter.run_layers(hidden, start, end, first_position=suffix["first"], key_values=prefix,
+                                       padding_mask=suffix["padding"][rows], grad=True,
+                                       position_ids=suffix["positions"][rows])
 
     def __call__(self, kl_row: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(hidden states the NLL reads: the ``read_layer`` block's output, else the last block's;
-        the last block's output of row ``kl_row``), both (rows, T, d)."""
+        the last block's output of row ``kl_row``), both (rows, step positions, d)."""
         if self.entering_BxTxD is None:
             blocks = {"last": self.adapter.blocks[self.last]}
             if self.read_layer is not None:
@@ -192,18 +264,20 @@ class _ValueForward:
                 self.model(input_ids=self.ids_BxT, attention_mask=self.mask_BxT)
             last = record.outputs["last"]
             return record.outputs.get("read", last), last[kl_row : kl_row + 1]
+        hidden = self.entering_BxTxD if self.suffix is None else self.suffix["hidden"]
+        everyone = slice(None)
         if self.read_layer is None:
-            last = self.adapter.run_layers(self.entering_BxTxD, self.layer, self.last + 1, grad=True)
+            last = self._run(hidden, self.layer, self.last + 1, everyone)
             return last, last[kl_row : kl_row + 1]
         # MEMIT's v_loss_layer: only the KL prompt goes on past the layer the NLL is read from.
-        read = self.adapter.run_layers(self.entering_BxTxD, self.layer, self.read_layer + 1, grad=True)
-        last = self.adapter.run_layers(read[kl_row : kl_row + 1], self.read_layer + 1, self.last + 1, grad=True)
+        read = self._run(hidden, self.layer, self.read_layer + 1, everyone)
+        last = self._run(read[kl_row : kl_row + 1], self.read_layer + 1, self.last + 1, slice(kl_row, kl_row + 1))
         return read, last
 
 
 def optimise_target(
     editor: Editor, request: EditRequest, templates: list[str], layer: int, at: str, hparams: Mapping,
-    nll_layer: int | None = None,
+    nll_layer: int | None = None, from_subject: bool = True,
 ) -> TargetResult:
     """The vector added to layer ``layer``'s output ``at`` ("mlp": ROME's compute_v; "block": MEMIT's
     compute_z) at the subject in every template and in "{subject} is a", optimised so that the
@@ -217,8 +291,9 @@ def optimise_target(
     clamp_norm_factor * |initial|. ``nll_layer``: the NLL is read through the final norm and
     unembedding from this block's output (MEMIT's v_loss_layer); None or the last layer means
     the model's logits (ROME's compute_v ignores v_loss_layer). Each step computes only what the
-    loss reads (``_ValueForward``); tests/test_value_optimisation.py pins it to the whole-model
-    path within float32 round-off.
+    loss reads (``_ValueForward``): from the edited layer on, and with ``from_subject`` (the
+    default) only each row's positions from the edit position on; tests/test_value_optimisation.py
+    pins both to the whole-model path within float32 round-off.
     """
     if at not in ("mlp", "block"):
         raise ValueError(f"optimise_target: at={at!r}; use 'mlp' (ROME) or 'block' (MEMIT)")
@@ -244,7 +319,6 @@ def optimise_target(
               for text, start in located]
     lookup.append(subject_token_index(editor.tokenizer, kl_text, 0, request.subject, fact_token))  # subject first
     edit_rows = torch.arange(len(lookup), device=editor.device)
-    edit_positions = torch.tensor(lookup, device=editor.device)
     module = editor.adapter.mlp(layer) if at == "mlp" else editor.adapter.blocks[layer]
     last_layer = editor.adapter.n_layers - 1
     read_layer = None if nll_layer is None or int(nll_layer) >= last_layer else int(nll_layer)
@@ -254,11 +328,18 @@ def optimise_target(
     def add_delta(output_BxTxD: torch.Tensor) -> torch.Tensor:
         nonlocal initial
         if initial is None:
-            initial = output_BxTxD[0, lookup[0]].detach().clone()
+            initial = output_BxTxD[0, edit_positions[0]].detach().clone()
         added = delta.to(output_BxTxD.dtype).expand(len(lookup), -1)
         return output_BxTxD.index_put((edit_rows, edit_positions), added, accumulate=True)
 
-    forward = _ValueForward(editor, ids, mask, layer, read_layer)
+    # Each row's first position the steps depend on or read: its edit position (a target token is
+    # read at the prompt's last position or later, so never earlier for a fact token in the prompt).
+    first_read = [len(item.prompt_ids) - 1 for item in items] + [lookup[-1]]
+    starts = [min(edit, read) for edit, read in zip(lookup, first_read)] if from_subject else None
+    forward = _ValueForward(editor, ids, mask, layer, read_layer, starts)
+    edit_positions = torch.tensor(lookup, device=editor.device) - forward.shift_B
+    label_positions_N = label_positions_N - forward.shift_B[label_rows_N]
+    kl_position = lookup[-1] - int(forward.shift_B[n_rewrite])
     optimizer = torch.optim.Adam([delta], lr=float(hparams["v_lr"]))
     n_steps = int(hparams["v_num_grad_steps"])
     original_kl_logp = None
@@ -269,7 +350,7 @@ def optimise_target(
             optimizer.zero_grad()
             with replace_outputs({module: add_delta}):
                 nll_hidden_BxTxD, kl_hidden_1xTxD = forward(n_rewrite)
-            kl_logits = editor.adapter.logit_lens(kl_hidden_1xTxD[0, lookup[-1]])
+            kl_logits = editor.adapter.logit_lens(kl_hidden_1xTxD[0, kl_position])
             kl_logp = torch.log_softmax(kl_logits.float(), dim=-1)[None]
             if original_kl_logp is None:
                 original_kl_logp = kl_logp.detach().clone()

@@ -153,6 +153,7 @@ class ArchitectureAdapter(ABC):
         key_values: KeyValueSource | None = None,
         padding_mask: torch.Tensor | None = None,
         grad: bool = False,
+        position_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Run blocks ``start .. end - 1`` on the residual stream of positions first_position.. (B, S, d).
 
@@ -162,7 +163,8 @@ class ArchitectureAdapter(ABC):
         ``padding_mask``: (B, first_position + S), 1 at real tokens, as the model's ``attention_mask``
         (left-padded rows need it; positions stay 0, 1, .. as in the model's forward without
         position_ids). ``grad``: keep the autograd graph (ROME/MEMIT's value optimisation runs the
-        layers above the edit site this way); otherwise no graph is built.
+        layers above the edit site this way); otherwise no graph is built. ``position_ids``: (B, S) per-row
+        rotary positions for rows shifted against the slots (a left-padded cached prefix); masks stay in slots.
         """
         if not 0 <= start <= end <= self.n_layers:
             raise ValueError(f"run_layers: need 0 <= start <= end <= {self.n_layers}, got start={start}, end={end}")
@@ -172,14 +174,14 @@ class ArchitectureAdapter(ABC):
             )
         types = self.attention_types()
         n_new = hidden_BxSxd.shape[1]
-        position_ids = torch.arange(first_position, first_position + n_new, device=hidden_BxSxd.device)[None]
+        slot_ids = torch.arange(first_position, first_position + n_new, device=hidden_BxSxd.device)[None]
         # Masks and rotary tables once per attention type in the range, as the model's forward does.
         per_type = {
             kind: {
                 "attention_mask": attention_mask(
-                    kind, self.model.config, hidden_BxSxd, position_ids, first_position, padding_mask
+                    kind, self.model.config, hidden_BxSxd, slot_ids, first_position, padding_mask
                 ),
-                **self._block_kwargs(hidden_BxSxd, position_ids, kind),
+                **self._block_kwargs(hidden_BxSxd, slot_ids if position_ids is None else position_ids, kind),
             }
             for kind in sorted(set(types[start:end]))
         }
