@@ -24,8 +24,8 @@ REQUIRED_TIMINGS = {
                            "value_optimisation_new_cpu_s", "value_optimisation_old_cpu_s",
                            "value_optimisation_rows_cpu_s"},
 }
-# Smoke-tested in a file of its own (tests/test_bench_editing.py).
-TESTED_ELSEWHERE = {"editing_latency"}
+# Smoke-tested in files of their own (tests/test_bench_editing.py, tests/test_bench_start_time.py).
+TESTED_ELSEWHERE = {"editing_latency", "start_time"}
 
 
 def test_every_benchmark_has_a_smoke_test():
