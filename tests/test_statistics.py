@@ -18,7 +18,8 @@ CORPUS = {"source": "model_samples", "top_k": 5, "seed": 3, "block_tokens": 8, "
 def test_one_pass_over_all_layers_equals_a_pass_per_layer(tiny_llama, tmp_path):
     layers = list(range(tiny_llama.adapter.n_layers))
     together = accumulate_second_moments(tiny_llama, layers, CORPUS, tmp_path / "all.partial")
-    assert together["n_tokens"] == 2 * 2 * 8  # ceil(3 / 2) batches of 2 blocks of 8 tokens
+    # 3 blocks of 8 tokens: the second batch of 2 is cut to its first block (held-out blocks start at 3).
+    assert together["n_tokens"] == 3 * 8
     for layer in layers:
         alone = accumulate_second_moments(tiny_llama, [layer], CORPUS, tmp_path / f"{layer}.partial")
         # The same forward on the same batches: hooks on more layers change no arithmetic.
@@ -42,3 +43,13 @@ def test_wikitext_unreachable_is_not_reported_as_a_missing_module(tiny_gpt2, mon
     with pytest.raises(WikiTextUnavailableError, match=r"WikiText is not reachable .*ConnectionError") as raised:
         wikitext_blocks(tiny_gpt2.tokenizer, 1, 8)
     assert "not installed" not in str(raised.value)
+
+
+def test_the_small_setting_reads_whole_batches_and_a_partial_last_batch_is_cut():
+    """blocks_for rounds the small setting up to whole corpus batches; a count that is not a multiple
+    of the batch size reads only its blocks (held-out blocks start at n_blocks, after them)."""
+    from backlens.editing.covariance import blocks_for
+
+    corpus = {"n_blocks": 240, "block_tokens": 128, "batch_size": 16, "n_tokens_per_d_ff": 10}
+    assert blocks_for(corpus, 1536) == 128  # 15,360 tokens = 120 blocks -> 8 batches of 16
+    assert blocks_for({**corpus, "n_tokens_per_d_ff": None}, 1536) == 240

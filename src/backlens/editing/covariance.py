@@ -127,7 +127,8 @@ def accumulate_second_moments(
 ) -> dict[str, object]:
     """Sum of k k^T (float64) over every corpus token for each layer's FF2 input; resumes from ``checkpoint``."""
     checkpoint = Path(checkpoint)
-    n_batches = -(-int(corpus["n_blocks"]) // int(corpus["batch_size"]))
+    n_blocks, size = int(corpus["n_blocks"]), int(corpus["batch_size"])
+    n_batches = -(-n_blocks // size)
     state = torch.load(checkpoint) if checkpoint.exists() else None
     if state is not None and (state["layers"] != list(layers) or state["corpus"] != corpus_description(corpus)):
         log.warning("checkpoint %s is for other layers or corpus; starting over", checkpoint)
@@ -149,7 +150,8 @@ def accumulate_second_moments(
     progress = tqdm(range(state["batches_done"], n_batches), desc="FF2 second moments", unit="batch",
                     initial=state["batches_done"], total=n_batches)
     for batch_index in progress:
-        ids = corpus_batch(loaded, corpus, batch_index).to(loaded.device)
+        # A last partial batch keeps only its first blocks: the held-out blocks start at n_blocks.
+        ids = corpus_batch(loaded, corpus, batch_index)[: n_blocks - batch_index * size].to(loaded.device)
         with record_module_io(modules, outputs=False) as record:
             loaded.model(input_ids=ids)
         for layer in layers:
@@ -172,11 +174,14 @@ def accumulate_second_moments(
 def blocks_for(corpus: Mapping, d_ff: int) -> int:
     """The number of statistics blocks: ``n_blocks``, or with ``n_tokens_per_d_ff`` set (the small
     setting; Gupta et al. 2025 find a small fraction of ROME's 100,000 samples enough) as many
-    blocks as hold that many tokens per FF2 input dimension."""
+    blocks as hold that many tokens per FF2 input dimension, rounded up to whole corpus batches:
+    the statistics read whole batches, and the held-out blocks start at ``n_blocks``, so a count
+    that is not a multiple of the batch size would let the two overlap."""
     per_d_ff = corpus.get("n_tokens_per_d_ff")
     if per_d_ff is None:
         return int(corpus["n_blocks"])
-    return -(-int(float(per_d_ff) * d_ff) // int(corpus["block_tokens"]))
+    per_batch = int(corpus["block_tokens"]) * int(corpus["batch_size"])
+    return -(-int(float(per_d_ff) * d_ff) // per_batch) * int(corpus["batch_size"])
 
 
 def load_second_moment(path: str | Path, layer: int, expected_corpus: str | None = None) -> torch.Tensor:
