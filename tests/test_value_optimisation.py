@@ -44,12 +44,18 @@ def test_value_optimisation_equals_the_whole_model_path(tiny_model, at, layer, n
     editor = NoEdit(tiny_model, HPARAMS)
     new = optimise_target(editor, REQUEST, TEMPLATES, layer, at, HPARAMS, nll_layer=nll_layer)
     old = reference_optimise_target(editor, REQUEST, TEMPLATES, layer, at, HPARAMS, nll_layer=nll_layer)
-    assert new.steps == old.steps > 1
-    torch.testing.assert_close(torch.tensor(new.losses), torch.tensor(old.losses), rtol=MAX_LOSS_RELATIVE, atol=0)
-    # The layers below the edit site: the model's padded forward against run_layers, same terms.
-    d_ff = tiny_model.adapter.ff2_site(layer).in_features
-    assert_close_float32(new.initial, old.initial, reduction=d_ff, chain=layer + 1)
-    assert float((new.delta - old.delta).norm() / old.delta.norm()) <= MAX_DELTA_RELATIVE
+    assert_same_optimisation(tiny_model, new, old, layer, loss_relative=MAX_LOSS_RELATIVE,
+                             delta_relative=MAX_DELTA_RELATIVE)
+
+
+def assert_same_optimisation(model, new, other, layer, *, loss_relative, delta_relative):
+    """Same number of steps, losses and delta within the given relative bounds, and the values
+    below the edit site (the model's padded forward against run_layers, same terms) within float32."""
+    assert new.steps == other.steps > 1
+    torch.testing.assert_close(torch.tensor(new.losses), torch.tensor(other.losses), rtol=loss_relative, atol=0)
+    d_ff = model.adapter.ff2_site(layer).in_features
+    assert_close_float32(new.initial, other.initial, reduction=d_ff, chain=layer + 1)
+    assert float((new.delta - other.delta).norm() / other.delta.norm()) <= delta_relative
 
 
 def test_first_step_loss_equals_the_whole_model_path(tiny_model):
@@ -70,19 +76,18 @@ def test_first_step_loss_equals_the_whole_model_path(tiny_model):
 # relative (tiny NeoX, ROME's site). Bounds about 30x and 8x those.
 FROM_SUBJECT_LOSS_RELATIVE = 1e-5
 FROM_SUBJECT_DELTA_RELATIVE = 1e-4
+
+
 @pytest.mark.parametrize("at,layer,nll_layer", SITES, ids=["rome", "memit", "memit-loss-layer"])
 def test_value_optimisation_from_the_edit_position_equals_whole_rows(tiny_model, at, layer, nll_layer):
     editor = NoEdit(tiny_model, HPARAMS)
     new = optimise_target(editor, REQUEST, TEMPLATES, layer, at, HPARAMS, nll_layer=nll_layer)
     rows = optimise_target(editor, REQUEST, TEMPLATES, layer, at, HPARAMS, nll_layer=nll_layer, from_subject=False)
-    assert new.steps == rows.steps > 1
     assert float(rows.delta.norm()) > 0
     rtol, atol = float32_tolerance(torch.tensor(rows.losses[:1]), **vocab_chain(tiny_model))
     torch.testing.assert_close(torch.tensor(new.losses[:1]), torch.tensor(rows.losses[:1]), rtol=rtol, atol=atol)
-    torch.testing.assert_close(torch.tensor(new.losses), torch.tensor(rows.losses), rtol=FROM_SUBJECT_LOSS_RELATIVE, atol=0)
-    d_ff = tiny_model.adapter.ff2_site(layer).in_features
-    assert_close_float32(new.initial, rows.initial, reduction=d_ff, chain=layer + 1)
-    assert float((new.delta - rows.delta).norm() / rows.delta.norm()) <= FROM_SUBJECT_DELTA_RELATIVE
+    assert_same_optimisation(tiny_model, new, rows, layer, loss_relative=FROM_SUBJECT_LOSS_RELATIVE,
+                             delta_relative=FROM_SUBJECT_DELTA_RELATIVE)
 
 
 def test_cached_prefixes_are_left_padded_and_keep_each_rows_positions(tiny_llama):
