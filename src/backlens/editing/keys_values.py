@@ -80,13 +80,10 @@ def _forward_through(editor: Editor, ids_BxT: torch.Tensor, mask_BxT: torch.Tens
     """Run blocks 0 .. ``layer`` for the hooks that record there: nothing above ``layer`` (nor the
     unembedding) changes what they see. Right-padded rows need no padding mask in a layer range
     (``run_layers``); a family without one (Gemma 1/2) runs the whole model."""
-    try:
-        embedded = editor.adapter.residual_input(editor.adapter.token_embeddings(ids_BxT))
-        editor.adapter.attention_types()  # raises before any block runs where ranges are unsupported
-    except NotImplementedError:
+    if editor.adapter.supports_layer_ranges:
+        editor.adapter.residual_entering(ids_BxT, layer + 1)
+    else:
         editor.model(input_ids=ids_BxT, attention_mask=mask_BxT)
-        return
-    editor.adapter.run_layers(embedded, 0, layer + 1)
 
 
 @torch.no_grad()
@@ -202,9 +199,7 @@ class _ValueForward:
         self.entering_BxTxD: torch.Tensor | None = None
         self.suffix: dict[str, object] | None = None
         try:
-            with torch.no_grad():
-                embedded = self.adapter.residual_input(self.adapter.token_embeddings(ids_BxT))
-                self.entering_BxTxD = self.adapter.run_layers(embedded, 0, layer)
+            self.entering_BxTxD = self.adapter.residual_entering(ids_BxT, layer)
         except NotImplementedError:
             return
         if starts is not None:

@@ -90,9 +90,6 @@ class HeldoutPerplexity:
         """The residual stream entering block ``layer``, computed on first use: the blocks below it
         and the embeddings must be the unedited model's then (``__call__`` asks for no other)."""
         if layer not in self._entering:
-            adapter = self.editor.adapter
-            self._entering[layer] = [
-                adapter.run_layers(adapter.residual_input(adapter.token_embeddings(ids)), 0, layer)
-                for ids in _batches(self.editor, self.blocks_BxT, self.batch_size)
-            ]
+            self._entering[layer] = [self.editor.adapter.residual_entering(ids, layer)
+                                     for ids in _batches(self.editor, self.blocks_BxT, self.batch_size)]
         return self._entering[layer]

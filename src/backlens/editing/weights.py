@@ -27,7 +27,7 @@ class WeightSnapshot:
 
     def changed_parameters(self) -> list[nn.Parameter]:
         """The snapshot's parameters that differ from their saved copy."""
-        return [p for p, saved in self._saved if not torch.equal(p.detach(), saved)]
+        return [self._saved[i][0] for i in self.changed()]
 
     def changed(self) -> list[int]:
         """Positions of the snapshot's parameters that differ from their saved copy."""

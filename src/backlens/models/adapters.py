@@ -137,6 +137,21 @@ class ArchitectureAdapter(ABC):
         config's ``sliding_window`` most recent positions), as the model's forward picks its masks."""
         return ("full_attention",) * self.n_layers
 
+    @property
+    def supports_layer_ranges(self) -> bool:
+        """Whether ``run_layers`` can run this model's blocks (``attention_types`` raises where not: Gemma 1/2)."""
+        try:
+            self.attention_types()
+        except NotImplementedError:
+            return False
+        return True
+
+    @torch.no_grad()
+    def residual_entering(self, input_ids_BxT: torch.Tensor, layer: int) -> torch.Tensor:
+        """(B, T, d) residual stream entering block ``layer`` (blocks 0 .. layer - 1 through ``run_layers``,
+        no graph). Left-padded rows need ``run_layers``' padding mask; right-padded ones do not."""
+        return self.run_layers(self.residual_input(self.token_embeddings(input_ids_BxT)), 0, layer)
+
     def _block_kwargs(
         self, hidden_BxSxd: torch.Tensor, position_ids_1xS: torch.Tensor, attention_type: str
     ) -> dict[str, object]:
@@ -203,11 +218,7 @@ class ArchitectureAdapter(ABC):
         unembedding) or the family has no layer-range forward; ``n_layers`` for no parameters."""
         owner = {id(own): layer for layer, block in enumerate(self.blocks) for own in block.parameters()}
         layers = [owner.get(id(parameter)) for parameter in parameters]
-        if None in layers:
-            return None
-        try:
-            self.attention_types()
-        except NotImplementedError:
+        if None in layers or not self.supports_layer_ranges:
             return None
         return min(layers, default=self.n_layers)
 

@@ -136,7 +136,8 @@ def _hub_location(name: str, hub_id: str) -> _Location:
 
 
 def _gguf_location(folder: Path, gguf_file: str, package: str) -> _Location:
-    return _Location(str(folder), {"gguf_file": gguf_file}, f"package {package}: {gguf_file}", folder / gguf_file)
+    # Loaded through the cache from the file (gguf), so no from_pretrained kwargs.
+    return _Location(str(folder), {}, f"package {package}: {gguf_file}", folder / gguf_file)
 
 
 def _locate(cfg: Mapping) -> _Location:

@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from backlens.artifacts import shard_meta_path
 from backlens.data.sources import identity_from_config
 from backlens.editing.evaluation import CaseLog, evaluate_editor
+from backlens.editing.free_generation import FREE_GENERATION_METRICS
 from backlens.io import write_json, write_table
 from backlens.stages import sharding
 from backlens.stages.editing_common import evaluation_requests, load_editor
@@ -24,8 +25,7 @@ SUMMARY_COLUMNS = [
     "efficacy", "paraphrase", "neighborhood", "efficacy_success", "paraphrase_success",
     "neighborhood_success", "generation_entropy", "perplexity",
     # Efficacy by free generation (issue 26, editing.free_generation).
-    "gen_efficacy", "gen_paraphrase", "gen_efficacy_true", "gen_paraphrase_true", "gen_efficacy_contains",
-    "gen_paraphrase_contains",
+    *FREE_GENERATION_METRICS,
 ]
 
 

@@ -11,6 +11,7 @@ import pandas as pd
 from omegaconf import DictConfig
 
 from backlens.artifacts import artifact
+from backlens.editing.free_generation import FREE_GENERATION_METRICS
 from backlens.io import write_table, write_text
 from backlens.stages.editing_common import methods_run, refusal_note
 
@@ -29,14 +30,7 @@ TABLE1_METRICS = [
 # Efficacy by free generation (issue 26; backlens.editing.free_generation): the greedy continuation
 # begins with target_new (gen_*_true: with target_true; gen_*_contains: target_new anywhere in it, as
 # whole words; CSV only). Last in the CSV, so the earlier columns keep their places.
-GENERATION_METRICS = [
-    ("gen_efficacy", 100.0, "gen_efficacy"),
-    ("gen_paraphrase", 100.0, "gen_paraphrase"),
-    ("gen_efficacy_true", 100.0, "gen_efficacy_true"),
-    ("gen_paraphrase_true", 100.0, "gen_paraphrase_true"),
-    ("gen_efficacy_contains", 100.0, "gen_efficacy_contains"),
-    ("gen_paraphrase_contains", 100.0, "gen_paraphrase_contains"),
-]
+GENERATION_METRICS = [(name, 100.0, name) for name in FREE_GENERATION_METRICS]
 # Table 1's columns after the paper's and ROME's (header, column stem, digits).
 GENERATION_COLUMNS = [("Gen. efficacy", "gen_efficacy", 1), ("Gen. paraphrase", "gen_paraphrase", 1),
                       ("Gen. true target", "gen_efficacy_true", 1)]

@@ -14,7 +14,8 @@ from omegaconf import DictConfig
 
 from backlens.artifacts import artifact
 from backlens.io import write_table, write_text
-from backlens.stages.editing_common import methods_run, refusal_note
+from backlens.stages.editing_common import methods_run
+from backlens.stages.editing_tables import not_run_line
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +39,7 @@ def run(cfg: DictConfig) -> None:
     markdown += (f"\n{cfg.model.name}: mean ± std over the {frame['n_cases'].iloc[0]} Table 1 cases of the wall-clock time of "
                  "one edit (weights restored in between); set-up: building the editor (mean over shard jobs). "
                  "Depends on the machine and on the jobs sharing it.\n")
-    not_run = refusal_note(cfg, cfg.editing.table1_methods)
-    markdown += f"\n{not_run}\n" if not_run else ""
+    markdown += not_run_line(cfg)
     out = Path(cfg.paths.edit_timings)
     write_table(frame, out)
     write_text(markdown, out.with_suffix(".md"))
