@@ -70,6 +70,38 @@ def test_an_empty_null_space_is_a_config_error():
         null_space_projection(mom2, float(torch.linalg.eigvalsh(mom2)[0]) / 2, layer=3)
 
 
+@pytest.mark.parametrize("energy", [0.01, 0.05, 0.2, 0.5])
+def test_energy_null_space_holds_at_most_that_share_of_the_trace_and_is_the_threshold_space_at_its_bound(energy):
+    mom2, _ = spectrum_moment(40)
+    eigenvalues = torch.linalg.eigvalsh(mom2.double())
+    space = null_space_projection(mom2, energy=energy)
+    trace = float(eigenvalues.sum())
+    # The smallest dim eigenvalues hold at most `energy` of the trace; one more would exceed it.
+    assert float(eigenvalues[: space.dim].sum()) <= energy * trace
+    assert float(eigenvalues[: space.dim + 1].sum()) > energy * trace
+    # P's own energy share, trace(P C) / trace(C), is the same sum.
+    share = float((space.projection_InxIn @ mom2.double()).trace()) / trace
+    assert abs(share - float(eigenvalues[: space.dim].sum()) / trace) <= 1e-12
+    # Its reported threshold is the first eigenvalue outside it, so the absolute form gives the same P.
+    same = null_space_projection(mom2, space.threshold)
+    assert same.dim == space.dim
+    torch.testing.assert_close(same.projection_InxIn, space.projection_InxIn, rtol=0, atol=0)
+
+
+def test_the_null_space_takes_exactly_one_of_threshold_and_energy(tiny_gpt2):
+    mom2, threshold = spectrum_moment(8)
+    for threshold_arg, energy in ((None, None), (threshold, 0.1)):
+        with pytest.raises(ConfigError, match="exactly one of nullspace_threshold"):
+            null_space_projection(mom2, threshold_arg, energy=energy)
+    with pytest.raises(ConfigError, match="smallest eigenvalue alone holds"):
+        null_space_projection(mom2, energy=1e-9)
+    layer = tiny_gpt2.adapter.n_layers - 1
+    hparams = {"layer": layer, "eta": 1.0, "direction": "centered", "key": "activation", "nullspace_projection": True,
+               "nullspace_threshold": threshold, "nullspace_energy": 0.1}
+    with pytest.raises(ConfigError, match="set exactly one of nullspace_threshold"):
+        ForwardPassShift(tiny_gpt2, hparams, second_moment=random_second_moment(tiny_gpt2.adapter.ff2_site(layer).in_features))
+
+
 def rome_editor(loaded, mom2, threshold, **extra):
     return RankOneModelEditing(loaded, {**HPARAMS, "layer": 1, "nullspace_threshold": threshold, **extra},
                                second_moment=mom2, templates=TEMPLATES)

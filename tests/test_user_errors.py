@@ -89,7 +89,7 @@ def test_a_method_typo_is_one_line_listing_the_known_keys(tmp_path):
     require_shared("assets", "gpt2_tokenizer")
     path = write(tmp_path, "cf.json", EASYEDIT)
     line = sample_prompts(tmp_path, path, "n_prompts=1", "++methods.shift.etta=0.1")
-    assert line == "error: methods.shift.etta: shift has no hyper-parameter 'etta'; known: direction, eta, key, layer, layer_fraction, nullspace_projection, nullspace_threshold, skip_if_predicted, stats_path"
+    assert line == "error: methods.shift.etta: shift has no hyper-parameter 'etta'; known: direction, eta, key, layer, layer_fraction, nullspace_energy, nullspace_projection, nullspace_threshold, skip_if_predicted, stats_path"
 
 
 # --- Through the workflow: DAG-time checks, and a job's error shown on the console -------------

@@ -78,9 +78,9 @@ def method_hparams(method_cfg: Mapping, model_name: str, n_layers: int | None = 
 # projection), so they can be overridden on a method whose config does not list them (the
 # configs of the methods without them, and their results' fingerprints, stay as they were).
 OPTIONAL_HPARAMS = {
-    "rome": {"update_key", "nullspace_projection", "nullspace_threshold"},
-    "memit": {"nullspace_projection", "nullspace_threshold", "L2"},
-    "shift": {"nullspace_projection", "nullspace_threshold", "stats_path"},
+    "rome": {"update_key", "nullspace_projection", "nullspace_threshold", "nullspace_energy"},
+    "memit": {"nullspace_projection", "nullspace_threshold", "nullspace_energy", "L2"},
+    "shift": {"nullspace_projection", "nullspace_threshold", "nullspace_energy", "stats_path"},
 }
 
 

@@ -7,6 +7,12 @@ singular vectors U_hat whose singular values are below ``nullspace_threshold`` (
 hparams files), P = U_hat U_hat^T. An update whose input direction lies in P's range leaves every
 key of the preserved span (the large-eigenvalue directions) unchanged.
 
+``nullspace_energy`` (ours, instead of the threshold): the null space is the smallest eigenvectors
+whose eigenvalues sum to at most that fraction of the trace (the share of the expected key energy
+E|k|^2 left unprotected). AlphaEdit's absolute 2e-2 depends on the activations' scale: on SmolLM2-135M's
+layer-24 FF2 input (SiLU-gated, 1536 wide) only 5 of 1536 eigenvalues lie below it (smallest 0.017,
+median 0.11), so every projected update would be confined to 5 directions.
+
 Here: ``torch.linalg.eigh`` of the float64 matrix instead of the SVD of the float32 one; for a
 symmetric positive semi-definite matrix the singular vectors are the eigenvectors and the singular
 values the eigenvalues (round-off negatives have |lambda| below any threshold in both), so the
@@ -54,19 +60,31 @@ class NullSpace:
         return float(key @ self.projection_InxIn @ key / (key @ key))
 
 
-def null_space_projection(mom2_InxIn: torch.Tensor, threshold: float, *, layer: int | None = None) -> NullSpace:
-    """P onto the eigenvectors of the second moment whose eigenvalues are below ``threshold``.
-    An empty null space is an error: P = 0 would make every projected update zero (AlphaEdit would
-    then silently edit nothing)."""
+def null_space_projection(mom2_InxIn: torch.Tensor, threshold: float | None = None, *, energy: float | None = None,
+                          layer: int | None = None) -> NullSpace:
+    """P onto the eigenvectors of the second moment whose eigenvalues are below ``threshold``, or
+    (``energy``) the smallest ones whose eigenvalues sum to at most that fraction of the trace; the
+    NullSpace's ``threshold`` is then the eigenvalue at which the null space ends. An empty null
+    space is an error: P = 0 would make every projected update zero (AlphaEdit would then silently
+    edit nothing)."""
+    if (threshold is None) == (energy is None):
+        raise ConfigError("the null space needs exactly one of nullspace_threshold (AlphaEdit's, absolute) and nullspace_energy")
     eigenvalues, eigenvectors = torch.linalg.eigh(mom2_InxIn.double())
-    small = eigenvalues < float(threshold)
+    if energy is not None:
+        share_below = torch.cumsum(eigenvalues, 0) / eigenvalues.sum()
+        small = share_below <= float(energy)
+        dim = int(small.sum())
+        threshold = float(eigenvalues[min(dim, len(eigenvalues) - 1)])
+        setting = f"nullspace_energy={energy}: the smallest eigenvalue alone holds {float(share_below[0]):.3g} of the trace"
+    else:
+        small = eigenvalues < float(threshold)
+        setting = f"nullspace_threshold={threshold}: no eigenvalue is below it"
     dim = int(small.sum())
     if dim == 0:
         where = f" of layer {layer}" if layer is not None else ""
         raise ConfigError(
-            f"nullspace_threshold={threshold}: no eigenvalue of the FF2 second moment{where} is below it "
-            f"(smallest {float(eigenvalues[0]):.3g}, median {float(eigenvalues.median()):.3g}), so the null space is "
-            "empty and every projected update would be zero; raise the threshold"
+            f"{setting} (FF2 second moment{where}: smallest {float(eigenvalues[0]):.3g}, median "
+            f"{float(eigenvalues.median()):.3g}), so the null space is empty and every projected update would be zero; raise it"
         )
     basis = eigenvectors[:, small]
     return NullSpace(basis @ basis.T, dim, float(threshold), eigenvalues)
@@ -82,9 +100,12 @@ def null_space_from_hparams(hparams: Mapping, mom2_InxIn: torch.Tensor, layer: i
     """The method's NullSpace at ``layer`` (on ``device``), or None when the projection is off."""
     if not projection_enabled(hparams):
         return None
-    if "nullspace_threshold" not in hparams:
-        raise ConfigError("nullspace_projection is on but nullspace_threshold is not set (AlphaEdit: 2e-2)")
-    space = null_space_projection(mom2_InxIn, float(hparams["nullspace_threshold"]), layer=layer)
+    threshold, energy = hparams.get("nullspace_threshold"), hparams.get("nullspace_energy")
+    if (threshold is None) == (energy is None):
+        raise ConfigError("nullspace_projection is on: set exactly one of nullspace_threshold (AlphaEdit's absolute "
+                          f"eigenvalue bound, 2e-2) and nullspace_energy (a share of the trace); got {threshold=}, {energy=}")
+    space = null_space_projection(mom2_InxIn, None if threshold is None else float(threshold),
+                                  energy=None if energy is None else float(energy), layer=layer)
     return NullSpace(space.projection_InxIn.to(device), space.dim, space.threshold, space.eigenvalues)
 
 
