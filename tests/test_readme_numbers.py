@@ -238,3 +238,39 @@ def test_run_time_quoted_consistently():
     limits = re.search(r"CPU budget \(the default run took (\d+ min \d+ s) when last timed", text)
     assert timed and limits, "README.md: the run-time sentences were reworded; update this test"
     assert limits[1] == timed[1]
+
+
+def _half_up(value: float) -> int:
+    """Rounded as prose rounds (1430.5 -> 1431; Python's round() gives the even 1430)."""
+    return math.floor(value + 0.5)
+
+
+def _pipeline_section() -> str:
+    text = (DOCS / "performance.md").read_text()
+    return text.split("## pipeline", 1)[1].split("\n## ", 1)[0]
+
+
+# README phrase before "CPU / wall s" -> the pipeline section's rule.
+PIPELINE_RULES = {
+    "the tracing shards": "trace_shard", "MEND's training": "edit_mend_train",
+    "ROME's two evaluation shards": "edit_evaluate_rome", "shift sweep": "edit_shift_sweep",
+    "MEMIT's shards": "edit_evaluate_memit", "FT-L (MLP 0)'s": "edit_evaluate_ft_mlp0", "FT-L's": "edit_evaluate_ft",
+    "the FF2 statistics": "edit_covariance",
+}
+
+
+def test_readme_run_time_is_the_performance_pipeline_section():
+    """The "One command" paragraph's commit, total seconds and per-rule CPU / wall seconds are
+    docs/performance.md's pipeline section (python -m backlens.bench pipeline)."""
+    readme, section = _readme(), _pipeline_section()
+    commit = re.search(r"run_commit=(\w+)", section).group(1)
+    wall = float(re.search(r"\| pipeline_wall \| ([\d.]+) \|", section).group(1))
+    assert re.search(rf"Last measured end to end at commit {commit} ", readme)
+    total = re.search(r"(\d+) min (\d+) s in all \(([\d,]+) s;", readme)
+    assert total and int(total.group(3).replace(",", "")) == _half_up(wall) == 60 * int(total.group(1)) + int(total.group(2))
+    for phrase, rule in PIPELINE_RULES.items():
+        cpu = float(re.search(rf"\| {rule} \| \d+ \| ([\d.]+) \|", section).group(1))
+        job_wall = float(re.search(rf"\| {rule}_jobs_wall \| ([\d.]+) \|", section).group(1))
+        found = re.search(rf"{re.escape(phrase)} ([\d,]+) / ([\d,]+) s", readme)
+        assert found, f"README has no '{phrase} CPU / wall s'"
+        assert (int(found.group(1).replace(",", "")), int(found.group(2).replace(",", ""))) == (_half_up(cpu), _half_up(job_wall)), phrase
