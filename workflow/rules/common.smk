@@ -331,14 +331,22 @@ def shared_mend(wc):
     return artifact_paths(["editing_mend"], run=shared_run(wc, MEND_KEYS)) if wc.method == "mend" else {}
 
 
-def table1_results(*names):
+def table1_method_list(cfg, beyond=False):
+    """Table 1's methods (editing.table1_methods), and with ``beyond`` the rows beyond the paper after
+    them (editing.sequential.table1_methods), without repeats."""
+    names = [*cfg.editing.table1_methods, *(cfg.editing.sequential.table1_methods if beyond else [])]
+    return list(dict.fromkeys(str(name) for name in names))
+
+
+def table1_results(*names, beyond=False):
     """Input function: the artefacts ``names`` (editing_cases, ...) of every Table 1 method of the
-    run (its composed config: editing.table1_methods may be overridden) that its model's editors do
-    not refuse (editing.refused_methods), keyed <kind>_<method>."""
+    run (its composed config: editing.table1_methods may be overridden; ``beyond``: with the rows
+    beyond the paper) that its model's editors do not refuse (editing.refused_methods), keyed
+    <kind>_<method>."""
 
     def inputs(wc):
         cfg = run_config(wc.run)
-        methods = methods_run(cfg, cfg.editing.table1_methods)
+        methods = methods_run(cfg, table1_method_list(cfg, beyond))
         return {
             f"{name.removeprefix('editing_')}_{method}": artifact(name, run=wc.run, method=method)
             for method in methods
