@@ -127,6 +127,13 @@ def test_the_sequential_group_resolves_every_series_and_its_docs(project_copy):
     for batch in (1, 10, 100):
         assert f"batch{batch}" in text
     assert "docs/sequential.md" in text and "docs/gallery/sequential.png" in text
+    # Table 1 beyond the paper: each new row evaluated on Table 1's cases, the table after the paper's rows.
+    for method in ("r_rome", "alphaedit", "shift_centered_nullspace", "shift_whitened_nullspace"):
+        assert f"editing/{method}/shards/0-25.parquet" in text, method
+    assert "tables/table1_beyond.md" in text and "docs/tables/table1_beyond.md" in text
+    commands = dry_run_jobs("-p", "--config", "outputs=sequential", cwd=project_copy)
+    assert ("editing.table1_methods=[none,ft_mlp0,ft,mend,rome,memit,shift,shift_centered,shift_whitened,r_rome,alphaedit,"
+            "shift_centered_nullspace,shift_whitened_nullspace]") in commands
 
 
 def test_the_small_statistics_group_compares_the_small_run_with_the_default(project_copy):
