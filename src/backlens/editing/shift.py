@@ -50,8 +50,9 @@ def whitened_key(activation_In: torch.Tensor, inverse_mom2_InxIn: torch.Tensor) 
 
 class ForwardPassShift(Editor):
     """hparams: ``layer`` (FF2 to edit), ``eta`` (step size), ``skip_if_predicted``, ``direction``
-    (embedding | centered), ``key`` (activation | whitened), ``nullspace_projection`` /
-    ``nullspace_threshold`` and, for the whitened key or the projection, ``stats_path``.
+    (embedding | centered), ``key`` (activation | whitened), ``nullspace_projection`` with
+    ``nullspace_energy`` (our variants) or ``nullspace_threshold`` and, for the whitened key or the
+    projection, ``stats_path``.
 
     a_n is FF2's input (the d_ff activation) at the last prompt token, t the first token of
     target_new. ``second_moment`` (d_ff, d_ff) replaces the statistics file when given.
