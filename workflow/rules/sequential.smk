@@ -171,18 +171,3 @@ rule edit_table1_beyond:
     shell:
         STAGE_SHELL
 
-
-rule docs_table1_beyond:
-    """docs/tables/table1_beyond.md: the default run's Table 1 with the rows beyond the paper."""
-    input:
-        headline(with_suffix(artifact("table1_beyond"), ".md"), "sequential"),
-    output:
-        "docs/tables/table1_beyond.md",
-    conda:
-        CONDA_ENV
-    log:
-        job_log("docs_table1_beyond", folder="headline"),
-    benchmark:
-        job_benchmark("docs_table1_beyond", folder="headline")
-    shell:
-        "cp {input} {output} > {log} 2>&1"

@@ -68,13 +68,13 @@ def null_space_projection(mom2_InxIn: torch.Tensor, threshold: float | None = No
     space is an error: P = 0 would make every projected update zero (AlphaEdit would then silently
     edit nothing)."""
     if (threshold is None) == (energy is None):
-        raise ConfigError("the null space needs exactly one of nullspace_threshold (AlphaEdit's, absolute) and nullspace_energy")
+        raise ConfigError("set exactly one of nullspace_threshold (AlphaEdit's absolute eigenvalue bound, 2e-2) and "
+                          f"nullspace_energy (a share of the trace); got {threshold=}, {energy=}")
     eigenvalues, eigenvectors = torch.linalg.eigh(mom2_InxIn.double())
     if energy is not None:
         share_below = torch.cumsum(eigenvalues, 0) / eigenvalues.sum()
         small = share_below <= float(energy)
-        dim = int(small.sum())
-        threshold = float(eigenvalues[min(dim, len(eigenvalues) - 1)])
+        threshold = float(eigenvalues[min(int(small.sum()), len(eigenvalues) - 1)])
         setting = f"nullspace_energy={energy}: the smallest eigenvalue alone holds {float(share_below[0]):.3g} of the trace"
     else:
         small = eigenvalues < float(threshold)
@@ -101,9 +101,6 @@ def null_space_from_hparams(hparams: Mapping, mom2_InxIn: torch.Tensor, layer: i
     if not projection_enabled(hparams):
         return None
     threshold, energy = hparams.get("nullspace_threshold"), hparams.get("nullspace_energy")
-    if (threshold is None) == (energy is None):
-        raise ConfigError("nullspace_projection is on: set exactly one of nullspace_threshold (AlphaEdit's absolute "
-                          f"eigenvalue bound, 2e-2) and nullspace_energy (a share of the trace); got {threshold=}, {energy=}")
     space = null_space_projection(mom2_InxIn, None if threshold is None else float(threshold),
                                   energy=None if energy is None else float(energy), layer=layer)
     return NullSpace(space.projection_InxIn.to(device), space.dim, space.threshold, space.eigenvalues)
