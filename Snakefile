@@ -1,5 +1,5 @@
-# Backward Lens replication pipeline. Snakemake owns paths, wildcards and sweeps; every rule
-# calls one thin Hydra script (scripts/) with its output paths as overrides.
+# Backward Lens replication pipeline. Snakemake owns paths, wildcards and sweeps; every rule that
+# computes runs one stage (python -m backlens.stage <name>) with its output paths as Hydra overrides.
 from snakemake.utils import min_version, validate
 
 min_version("9.0")
@@ -15,6 +15,7 @@ validate(config, "workflow/schemas/config.schema.yaml")
 
 
 include: "workflow/rules/common.smk"
+include: "workflow/rules/stage.smk"
 include: "workflow/rules/prompts.smk"
 include: "workflow/rules/analysis.smk"
 include: "workflow/rules/beyond.smk"

@@ -18,10 +18,12 @@ def test_unreachable_hub_gives_one_clear_error(monkeypatch):
     assert "'gpt2-xl'" in message and "unreachable" in message and "model.path=" in message
 
 
-def test_script_prints_one_line_not_a_traceback(tmp_path):
-    env = {"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+def test_stage_prints_one_line_not_a_traceback(tmp_path):
+    env = {"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "HOME": str(tmp_path),
+           # This checkout's package, whichever checkout the interpreter has installed.
+           "PYTHONPATH": str(PROJECT_ROOT / "src")}
     completed = subprocess.run(
-        [sys.executable, "scripts/sample_prompts.py", "model=llama2-7b", f"paths.results={tmp_path}",
+        [sys.executable, "-m", "backlens.stage", "sample_prompts", "model=llama2-7b", f"paths.results={tmp_path}",
          f"hydra.run.dir={tmp_path}/hydra"],
         cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=120,
     )

@@ -15,9 +15,9 @@ from conftest import FIXTURES, PROJECT_ROOT, SHARED, require_shared
 EASYEDIT = json.loads((FIXTURES / "counterfact_easyedit_form.json").read_text())
 
 
-def run_script(script: str, *overrides: str, tmp_path, env_extra=None):
+def run_stage(stage: str, *overrides: str, tmp_path, env_extra=None):
     env = {**os.environ, "BACKLENS_SHARED": str(SHARED), "BACKLENS_DATA_DIR": str(SHARED / "data"), **(env_extra or {})}
-    command = [sys.executable, f"scripts/{script}.py", f"hydra.run.dir={tmp_path / 'hydra'}", *overrides]
+    command = [sys.executable, "-m", "backlens.stage", stage, f"hydra.run.dir={tmp_path / 'hydra'}", *overrides]
     return subprocess.run(command, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=300)
 
 
@@ -38,7 +38,7 @@ def write(tmp_path, name, content) -> str:
 def sample_prompts(tmp_path, dataset, *overrides):
     require_shared("assets", "gpt2_tokenizer")
     out = tmp_path / "prompts.parquet"
-    result = run_script(
+    result = run_stage(
         "sample_prompts", "model=tiny-gpt2", f"dataset.path={dataset}", f"paths.prompts={out}",
         f"paths.prompts_meta={tmp_path / 'prompts.meta.json'}", *overrides, tmp_path=tmp_path,
     )
@@ -76,7 +76,7 @@ def test_an_empty_known_facts_file_is_one_line(tmp_path):
     require_shared("assets", "gpt2_tokenizer")
     path = write(tmp_path, "known.json", [])
     out = tmp_path / "screening.parquet"
-    result = run_script(
+    result = run_stage(
         "trace_screen", "model=tiny-gpt2", f"known_facts.path={path}", f"paths.tracing_screening={out}",
         f"paths.tracing_screening_meta={tmp_path / 'screening.json'}", tmp_path=tmp_path,
     )

@@ -22,7 +22,7 @@ def snakemake(*args, cwd=PROJECT_ROOT, timeout=600, env_extra=None):
 @pytest.fixture()
 def project_copy(tmp_path):
     """The workflow files in a scratch directory, so a test run writes nothing into the checkout."""
-    for name in ("Snakefile", "workflow", "conf", "scripts", "profiles", "environment.yml", "README.md", "docs"):
+    for name in ("Snakefile", "workflow", "conf", "profiles", "environment.yml", "README.md", "docs"):
         source = PROJECT_ROOT / name
         (shutil.copytree if source.is_dir() else shutil.copy)(source, tmp_path / name)
     return tmp_path
@@ -99,7 +99,7 @@ def test_the_paper_experiment_resolves_offline_also_with_the_slurm_profile(proje
     assert "results/gpt2-xl__experiment=paper/tables/table1.md" in text
     assert "figures/gpt2__experiment=paper/fig4.pdf" in text
     assert "figures/compare/gpt2,gpt2-medium,gpt2-large,gpt2-xl__experiment=paper/fig6.pdf" in text
-    assert " device=cuda " in text and "__device=cuda" not in text  # passed to the scripts, not in the names
+    assert " device=cuda " in text and "__device=cuda" not in text  # passed to the stages, not in the names
 
 
 def test_the_paper_experiment_fails_at_once_without_the_hub(project_copy):

@@ -30,7 +30,7 @@ from backlens.runs import Run, split_overrides
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 SNAKEMAKE = str(Path(sys.executable).parent / "snakemake")
-PROJECT_FILES = ("Snakefile", "workflow", "conf", "scripts", "profiles", "environment.yml")
+PROJECT_FILES = ("Snakefile", "workflow", "conf", "profiles", "environment.yml")
 
 # The smoke experiment on the tiny GPT-2, small enough for 2 cores (n_prompts=8 as smoke sets it).
 # A random model answers no fact correctly: trace the first facts regardless.
@@ -149,15 +149,25 @@ def sacct_jobs(job_ids: list[str]) -> pd.DataFrame:
     return table
 
 
+# A rule's first line: `rule <name>:`, or `use rule stage as <name> with:` for the stage rules.
+RULE_HEAD = re.compile(r"^(?:rule|use rule \w+ as) (\w+)(?: with)?:", flags=re.MULTILINE)
+
+
+def rule_bodies() -> dict[str, str]:
+    """Every rule of workflow/rules/: its name -> the text of its block."""
+    rules = {}
+    for path in sorted((PROJECT_ROOT / "workflow/rules").glob("*.smk")):
+        text = path.read_text()
+        heads = list(RULE_HEAD.finditer(text))
+        for head, following in zip(heads, [*heads[1:], None]):
+            rules[head.group(1)] = text[head.end():following.start() if following else len(text)]
+    return rules
+
+
 def gpu_rules() -> set[str]:
     """Rules that declare `gpu=1` in their resources (those that run a model)."""
-    rules = set()
-    for path in sorted((PROJECT_ROOT / "workflow/rules").glob("*.smk")):
-        for block in re.split(r"^rule ", path.read_text(), flags=re.MULTILINE)[1:]:
-            name, body = block.split(":", 1)
-            if re.search(r"^\s+resources:\s*\n(?:\s+\w+=.*\n)*?\s+gpu=", body, flags=re.MULTILINE):
-                rules.add(name.strip())
-    return rules
+    return {name for name, body in rule_bodies().items()
+            if re.search(r"^\s+resources:\s*\n(?:\s+\w+=.*\n)*?\s+gpu=", body, flags=re.MULTILINE)}
 
 
 def check_submissions(project: Path, text: str, expected: dict[str, int]) -> pd.DataFrame:

@@ -3,18 +3,15 @@ partition, and names only rules that exist. A rule sent to the CPU partition wit
 rejected by sbatch on a site whose CPU nodes have no GPUs (as the test cluster's QOS does);
 a CPU rule sent to the GPU partition waits for a GPU it does not use."""
 
-import re
-
 import yaml
 
-from cluster_run import PROJECT_ROOT, gpu_rules
+from cluster_run import PROJECT_ROOT, gpu_rules, rule_bodies
 
 PROFILE = yaml.safe_load((PROJECT_ROOT / "profiles/slurm/config.yaml").read_text())
 
 
 def rule_names():
-    return {name for path in (PROJECT_ROOT / "workflow/rules").glob("*.smk")
-            for name in re.findall(r"^rule (\w+):", path.read_text(), flags=re.MULTILINE)}
+    return set(rule_bodies())
 
 
 def test_the_gpu_partition_gets_exactly_the_model_rules():

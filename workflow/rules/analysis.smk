@@ -11,15 +11,13 @@ register_comparison("fig3", artifact("comparison", stem="fig3"))
 register_comparison("fig6", artifact("comparison", stem="fig6"))
 
 
-rule backward_lens_shard:
+use rule stage as backward_lens_shard with:
     """Capture inputs and VJPs of every MLP matrix for prompts [start, stop) in one forward+backward pass per batch."""
     input:
         prompts=artifact("prompts"),
     output:
         **{name: artifact("analysis_shard_table", shard="{start}-{stop}", table=name) for name in ANALYSIS_TABLES},
         meta=artifact("analysis_shard_meta", shard="{start}-{stop}"),
-    conda:
-        CONDA_ENV
     resources:
         gpu=1,
     log:
@@ -31,19 +29,15 @@ rule backward_lens_shard:
             "backward_lens", wc, f"analysis.shard=[{wc.start},{wc.stop}]", prompts=input.prompts,
             analysis_meta=output.meta, **{k: v for k, v in output.items() if k != "meta"},
         ),
-    shell:
-        STAGE_SHELL
 
 
-rule backward_lens:
+use rule stage as backward_lens with:
     """Join the shards into five tables: ranks, VJP norms, target ranks, neuron updates, VJP similarity."""
     input:
         analysis_shards,
     output:
         **artifact_paths(ANALYSIS_TABLES),
         meta=artifact("analysis_meta"),
-    conda:
-        CONDA_ENV
     log:
         job_log("backward_lens"),
     benchmark:
@@ -53,18 +47,14 @@ rule backward_lens:
             "backward_lens_merge", wc, analysis_shards=list(input), analysis_meta=output.meta,
             **{k: v for k, v in output.items() if k != "meta"},
         ),
-    shell:
-        STAGE_SHELL
 
 
-rule lemma_check:
+use rule stage as lemma_check with:
     """Lemma 4.1 reconstruction vs autograd per prompt (every prompt by default), layer and matrix; rank cross-check."""
     input:
         prompts=artifact("prompts"),
     output:
         lemma_check=artifact("lemma_check"),
-    conda:
-        CONDA_ENV
     resources:
         gpu=1,
     log:
@@ -75,32 +65,24 @@ rule lemma_check:
         command=lambda wc, input, output: hydra_call(
             "lemma_check", wc, prompts=input.prompts, lemma_check=output.lemma_check
         ),
-    shell:
-        STAGE_SHELL
 
 
-rule embedding_anisotropy:
+use rule stage as embedding_anisotropy with:
     """Rank of t in LL(e_t) and LL(e_t - mean embedding) for a seeded sample of tokens (issue 17's diagnostic)."""
     output:
         **artifact_paths(["embedding_anisotropy"]),
-    conda:
-        CONDA_ENV
     log:
         job_log("embedding_anisotropy"),
     benchmark:
         job_benchmark("embedding_anisotropy")
     params:
         command=lambda wc, output: hydra_call("embedding_anisotropy", wc, **output),
-    shell:
-        STAGE_SHELL
 
 
-rule logit_lens_examples:
+use rule stage as logit_lens_examples with:
     """Logit-lens tables of FF1 inputs and FF2 VJPs for the configured edits (Fig 4)."""
     output:
         **artifact_paths(["logit_lens_cells", "logit_lens_tokens"]),
-    conda:
-        CONDA_ENV
     resources:
         gpu=1,
     log:
@@ -109,11 +91,9 @@ rule logit_lens_examples:
         job_benchmark("logit_lens_examples")
     params:
         command=lambda wc, output: hydra_call("logit_lens_examples", wc, **output),
-    shell:
-        STAGE_SHELL
 
 
-rule figure:
+use rule stage as figure with:
     """Draw one registered figure from its tables."""
     input:
         unpack(lambda wc: artifact_paths(FIGURE_TABLES[wc.figure])),
@@ -124,8 +104,6 @@ rule figure:
         ),
     wildcard_constraints:
         figure="|".join(FIGURE_TABLES),
-    conda:
-        CONDA_ENV
     log:
         job_log("figures/{figure}"),
     benchmark:
@@ -133,23 +111,17 @@ rule figure:
     params:
         command=lambda wc, input, output: hydra_call("render_figure", wc, f"figure={wc.figure}", figure=output.pdf, **input),
         caption=lambda wc: caption_for(wc.figure),
-    shell:
-        STAGE_SHELL
 
 
-rule analysis_report:
+use rule stage as analysis_report with:
     """results/{run}/analysis.md: measured numbers beside the paper's claims."""
     input:
         **artifact_paths(["prompts", "lemma_check", "gradient_ranks", "vjp_norms", "target_ranks", "embedding_anisotropy"]),
     output:
         report=artifact("analysis_report"),
-    conda:
-        CONDA_ENV
     log:
         job_log("analysis_report"),
     benchmark:
         job_benchmark("analysis_report")
     params:
         command=lambda wc, input, output: hydra_call("analysis_report", wc, analysis_report=output.report, **input),
-    shell:
-        STAGE_SHELL

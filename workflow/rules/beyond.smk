@@ -20,15 +20,13 @@ register_outputs(
 )
 
 
-rule attention:
+use rule stage as attention with:
     """W_Q, W_K, W_V, W_O captured in the MLP's forward+backward pass: ranks, VJP norms, target ranks, Lemma 4.1."""
     input:
         prompts=artifact("prompts"),
     output:
         **artifact_paths(ATTENTION_TABLES),
         meta=artifact("attention_meta"),
-    conda:
-        CONDA_ENV
     resources:
         gpu=1,
     log:
@@ -40,37 +38,29 @@ rule attention:
             "attention", wc, prompts=input.prompts, attention_meta=output.meta,
             **{k: v for k, v in output.items() if k != "meta"},
         ),
-    shell:
-        STAGE_SHELL
 
 
-rule attention_report:
+use rule stage as attention_report with:
     """results/{run}/attention.md: the attention tables in numbers (our findings, not the paper's)."""
     input:
         **artifact_paths(["prompts", *ATTENTION_TABLES]),
     output:
         report=artifact("attention_report"),
-    conda:
-        CONDA_ENV
     log:
         job_log("attention_report"),
     benchmark:
         job_benchmark("attention_report")
     params:
         command=lambda wc, input, output: hydra_call("attention_report", wc, attention_report=output.report, **input),
-    shell:
-        STAGE_SHELL
 
 
-rule ft_trace:
+use rule stage as ft_trace with:
     """K gradient-descent (or Adam) steps on one FF2 weight per case and layer, one row per step."""
     input:
         prompts=artifact("prompts"),
     output:
         **artifact_paths(["ft_trace"]),
         meta=artifact("ft_trace_meta"),
-    conda:
-        CONDA_ENV
     resources:
         gpu=1,
     log:
@@ -81,29 +71,23 @@ rule ft_trace:
         command=lambda wc, input, output: hydra_call(
             "ft_trace", wc, prompts=input.prompts, ft_trace=output.ft_trace, ft_trace_meta=output.meta
         ),
-    shell:
-        STAGE_SHELL
 
 
-rule ft_trace_report:
+use rule stage as ft_trace_report with:
     """results/{run}/ft_trace.md: the trace in numbers, with one fact's steps as an example."""
     input:
         **artifact_paths(["ft_trace"]),
     output:
         report=artifact("ft_trace_report"),
-    conda:
-        CONDA_ENV
     log:
         job_log("ft_trace_report"),
     benchmark:
         job_benchmark("ft_trace_report")
     params:
         command=lambda wc, input, output: hydra_call("ft_trace_report", wc, ft_trace_report=output.report, **input),
-    shell:
-        STAGE_SHELL
 
 
-rule beyond_figure:
+use rule stage as beyond_figure with:
     """Draw one issue-16 figure from its tables (the registry's BEYOND_FIGURES)."""
     input:
         unpack(lambda wc: artifact_paths(BEYOND_FIGURE_TABLES[wc.figure])),
@@ -114,8 +98,6 @@ rule beyond_figure:
         ),
     wildcard_constraints:
         figure="|".join(BEYOND_FIGURE_TABLES),
-    conda:
-        CONDA_ENV
     log:
         job_log("figures/{figure}"),
     benchmark:
@@ -123,5 +105,3 @@ rule beyond_figure:
     params:
         command=lambda wc, input, output: hydra_call("render_figure", wc, f"figure={wc.figure}", figure=output.pdf, **input),
         caption=lambda wc: caption_for(wc.figure),
-    shell:
-        STAGE_SHELL

@@ -1,7 +1,8 @@
 # Helpers shared by the rules: runs (result directories named after their overrides), how a rule
-# calls its Hydra script, output groups, experiments and the default target.
+# calls its stage, output groups, experiments and the default target.
 import functools
 import json
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -80,15 +81,6 @@ def check_models(models):
         sys.exit("\n".join(problems))
 
 
-# Every stage rule's shell: the job's output goes to its log (the resolved config, progress); on a
-# failure the one-line error (run_stage prints "error: ...") is also shown on the console, with the
-# log's tail for anything else, so the user does not have to open a 300-line log to read it.
-STAGE_SHELL = (
-    "{params.command} num_threads={threads} > {log} 2>&1 "
-    "|| {{ grep -h '^error: ' {log} >&2 || tail -n 20 {log} >&2; exit 1; }}"
-)
-
-
 # Every rule's log: and benchmark: (the job's name, under logs/{run}/ or another folder of logs/).
 def job_log(name, folder="{run}"):
     return f"logs/{folder}/{name}.log"
@@ -103,10 +95,22 @@ def hydra_override(override):
     return f"++{override}" if override.startswith("methods.") else override
 
 
-def hydra_call(script, wildcards, *settings, **paths):
-    """Shell command running scripts/<script>.py for the run in ``wildcards.run``: its model and
-    overrides, extra ``settings`` (e.g. "method=rome") and ``paths.<key>=<value>`` for each path
-    (a list of paths becomes a Hydra list)."""
+# The one entry point of every stage (src/backlens/stage.py): `STAGE <name> <overrides>`.
+STAGE = f"{PYTHON} -m backlens.stage"
+# It composes conf/ of $BACKLENS_ROOT (else of the package's checkout): the jobs read the conf/ the
+# DAG is composed from (run_config), also when the workflow runs in a copy of the checkout.
+os.environ.setdefault("BACKLENS_ROOT", str(Path.cwd()))
+
+
+def stage_command(stage, words):
+    """Shell command running stage ``stage`` with the Hydra overrides ``words`` (each shell-quoted)."""
+    return f"{STAGE} {stage} " + " ".join(shlex.quote(w) for w in words)
+
+
+def hydra_call(stage, wildcards, *settings, **paths):
+    """Shell command running ``stage`` for the run in ``wildcards.run``: its model and overrides,
+    extra ``settings`` (e.g. "method=rome") and ``paths.<key>=<value>`` for each path (a list of
+    paths becomes a Hydra list)."""
     run = parse_run(wildcards.run)
     # Run names may hold = , [ ]: Hydra reads them only as quoted strings.
     words = [f"model={run.model}", f'run_name="{run.name}"']
@@ -114,10 +118,10 @@ def hydra_call(script, wildcards, *settings, **paths):
         words.append(f"paths.{key}={json.dumps(list(value))}" if isinstance(value, (list, tuple)) else f'paths.{key}="{value}"')
     words += [hydra_override(o) for o in (*run.overrides, *PLACEMENT_OVERRIDES)]
     words += list(settings)
-    # Parallel jobs of one script (methods, shards) keep their Hydra run directories apart.
-    job = "_".join([script, *(str(value) for key, value in wildcards.items() if key != "run")])
+    # Parallel jobs of one stage (methods, shards) keep their Hydra run directories apart.
+    job = "_".join([stage, *(str(value) for key, value in wildcards.items() if key != "run")])
     words.append(f'hydra.run.dir="logs/hydra/{run.name}/{job}"')
-    return f"{PYTHON} scripts/{script}.py " + " ".join(shlex.quote(w) for w in words)
+    return stage_command(stage, words)
 
 
 def with_suffix(path, suffix):
@@ -126,7 +130,7 @@ def with_suffix(path, suffix):
 
 
 def png_of(pdf):
-    """The PNG the figure scripts write beside a figure's PDF (backlens.figures.common.save_figure)."""
+    """The PNG the figure stages write beside a figure's PDF (backlens.figures.common.save_figure)."""
     return with_suffix(pdf, ".png")
 
 
@@ -405,12 +409,12 @@ def headline(pattern, name):
     return inputs
 
 
-def docs_command(script, output_key, inputs, output):
-    """A Hydra call of scripts/<script>.py with ++paths.<key>= for every input and the output
-    (these keys are not in conf/config.yaml's paths: the docs rules alone set them)."""
+def docs_command(stage, output_key, inputs, output):
+    """A call of ``stage`` with ++paths.<key>= for every input and the output (these keys are not
+    in conf/config.yaml's paths: the docs rules alone set them)."""
     words = [f"++paths.{key}={value}" for key, value in inputs.items()]
-    words += [f"++paths.{output_key}={output}", f"hydra.run.dir=logs/hydra/headline/{script}"]
-    return f"{PYTHON} scripts/{script}.py " + " ".join(shlex.quote(w) for w in words)
+    words += [f"++paths.{output_key}={output}", f"hydra.run.dir=logs/hydra/headline/{stage}"]
+    return stage_command(stage, words)
 
 
 def docs_comparison_png(wc):
@@ -420,9 +424,9 @@ def docs_comparison_png(wc):
     return png_of(artifact("comparison", sweep=sweep, stem=CROSS_MODEL_GALLERY[wc.name]))
 
 
-def docs_runs_command(script, inputs, output):
-    """A Hydra call of scripts/<script>.py over several runs: ++<script>.tables.<key>=[one path per run]
-    for every input, and ++paths.<script>= the output."""
-    words = [f"++{script}.tables.{key}={json.dumps(list(paths))}" for key, paths in inputs.items()]
-    words += [f"++paths.{script}={output}", f"hydra.run.dir=logs/hydra/headline/{script}"]
-    return f"{PYTHON} scripts/{script}.py " + " ".join(shlex.quote(w) for w in words)
+def docs_runs_command(stage, inputs, output):
+    """A call of ``stage`` over several runs: ++<stage>.tables.<key>=[one path per run] for every
+    input, and ++paths.<stage>= the output."""
+    words = [f"++{stage}.tables.{key}={json.dumps(list(paths))}" for key, paths in inputs.items()]
+    words += [f"++paths.{stage}={output}", f"hydra.run.dir=logs/hydra/headline/{stage}"]
+    return stage_command(stage, words)

@@ -8,7 +8,7 @@ COMPARISON_TABLES = {
 }
 
 
-rule compare_runs:
+use rule stage as compare_runs with:
     """One figure over the runs of a sweep: one line (or point) per run, labelled by what differs."""
     input:
         unpack(comparison_inputs),
@@ -19,18 +19,14 @@ rule compare_runs:
         ),
     wildcard_constraints:
         kind="|".join(COMPARISON_TABLES),
-    conda:
-        CONDA_ENV
     log:
         job_log("{kind}", folder="compare/{sweep}"),
     benchmark:
         job_benchmark("{kind}", folder="compare/{sweep}")
     params:
         command=lambda wc, input, output: (
-            f"{PYTHON} scripts/compare_runs.py compare.kind={wc.kind} "
+            f"{STAGE} compare_runs compare.kind={wc.kind} "
             + shlex.quote(f'paths.figure="{output.pdf}"') + " "
             + " ".join(f"++compare.tables.{table}={quoted_list(paths)}" for table, paths in input.items())
         ),
         caption=lambda wc: caption_for(f"compare_{wc.kind}"),
-    shell:
-        STAGE_SHELL

@@ -32,12 +32,10 @@ wildcard_constraints:
     stop=r"\d+",
 
 
-rule edit_covariance:
+use rule stage as edit_covariance with:
     """Second moments of the FF2 inputs (ROME/MEMIT layers) and held-out perplexity blocks; resumable."""
     output:
         **artifact_paths(["editing_stats", "editing_heldout"]),
-    conda:
-        CONDA_ENV
     resources:
         gpu=1,
     log:
@@ -46,18 +44,14 @@ rule edit_covariance:
         job_benchmark("edit_covariance")
     params:
         command=lambda wc, output: hydra_call("edit_covariance", wc, **output),
-    shell:
-        STAGE_SHELL
 
 
-rule edit_mend_train:
+use rule stage as edit_mend_train with:
     """MEND editor networks trained on CounterFact cases outside the evaluation range; resumable."""
     input:
         data_inputs("dataset"),
     output:
         editing_mend=artifact("editing_mend"),
-    conda:
-        CONDA_ENV
     resources:
         gpu=1,
     log:
@@ -66,11 +60,9 @@ rule edit_mend_train:
         job_benchmark("edit_mend_train")
     params:
         command=lambda wc, output: hydra_call("edit_mend_train", wc, "method=mend", **output),
-    shell:
-        STAGE_SHELL
 
 
-rule edit_evaluate_shard:
+use rule stage as edit_evaluate_shard with:
     """One method on positions [start, stop) of the evaluation range; resumable through its .jsonl."""
     input:
         data_inputs("dataset"),
@@ -79,8 +71,6 @@ rule edit_evaluate_shard:
     output:
         editing_cases=artifact("editing_shard", shard="{start}-{stop}"),
         meta=str(shard_meta_path(artifact("editing_shard", shard="{start}-{stop}"))),
-    conda:
-        CONDA_ENV
     resources:
         gpu=1,
     log:
@@ -92,18 +82,14 @@ rule edit_evaluate_shard:
             "edit_evaluate", wc, f"method={wc.method}", f"editing.shard=[{wc.start},{wc.stop}]",
             **input, editing_cases=output.editing_cases,
         ),
-    shell:
-        STAGE_SHELL
 
 
-rule edit_merge:
+use rule stage as edit_merge with:
     """Join a method's shards into one row per case and its summary (mean +- std, per-edit time)."""
     input:
         editing_shards,
     output:
         **artifact_paths(["editing_cases", "editing_summary", "editing_timings"]),
-    conda:
-        CONDA_ENV
     log:
         job_log("edit_merge_{method}"),
     benchmark:
@@ -112,11 +98,9 @@ rule edit_merge:
         command=lambda wc, input, output: hydra_call(
             "edit_merge", wc, f"method={wc.method}", editing_shards=list(input), **output
         ),
-    shell:
-        STAGE_SHELL
 
 
-rule edit_table:
+use rule stage as edit_table with:
     """Table 1 (accuracies, entropy, probabilities) or Table 7 (perplexity) as CSV, Markdown and LaTeX."""
     input:
         unpack(table1_results("editing_cases", "editing_summary")),
@@ -124,8 +108,6 @@ rule edit_table:
         csv=report(TABLE_CSV, caption="../report/caption.rst", category="{run}", subcategory="Editing"),
         md=with_suffix(TABLE_CSV, ".md"),
         tex=with_suffix(TABLE_CSV, ".tex"),
-    conda:
-        CONDA_ENV
     log:
         job_log("edit_{table}"),
     benchmark:
@@ -133,8 +115,6 @@ rule edit_table:
     params:
         command=lambda wc, output: hydra_call(f"edit_{wc.table}", wc, **{wc.table: output.csv}),
         caption=lambda wc: caption_for(wc.table),
-    shell:
-        STAGE_SHELL
 
 
 rule edit_timings:
@@ -176,15 +156,13 @@ rule headline_table:
         "(cp {input.csv} {output.csv} && cp {input.md} {output.md} && cp {input.tex} {output.tex}) > {log} 2>&1"
 
 
-rule edit_shift_sweep:
+use rule stage as edit_shift_sweep with:
     """Every shift variant (editing.sweep.methods) over layers x eta on cases outside the evaluation range, with each one's chosen setting."""
     input:
         data_inputs("dataset"),
         unpack(shared_statistics),
     output:
         **artifact_paths(["editing_sweep", "editing_sweep_choice"]),
-    conda:
-        CONDA_ENV
     resources:
         gpu=1,
     log:
@@ -193,19 +171,15 @@ rule edit_shift_sweep:
         job_benchmark("edit_shift_sweep")
     params:
         command=lambda wc, input, output: hydra_call("edit_shift_sweep", wc, **input, **output),
-    shell:
-        STAGE_SHELL
 
 
-rule edit_method_sweep:
+use rule stage as edit_method_sweep with:
     """A baseline (FT, MEMIT) over editing.method_sweeps.<method>.grid on cases outside the evaluation range."""
     input:
         data_inputs("dataset"),
         unpack(shared_statistics),
     output:
         **artifact_paths(["editing_method_sweep", "editing_method_sweep_choice"], method="{swept}"),
-    conda:
-        CONDA_ENV
     resources:
         gpu=1,
     log:
@@ -214,11 +188,9 @@ rule edit_method_sweep:
         job_benchmark("edit_method_sweep_{swept}")
     params:
         command=lambda wc, input, output: hydra_call("edit_method_sweep", wc, f"method={wc.swept}", **input, **output),
-    shell:
-        STAGE_SHELL
 
 
-rule edit_fig26:
+use rule stage as edit_fig26 with:
     """Fig 26: each shift variant's efficacy, paraphrase and NS across layer and eta."""
     input:
         **artifact_paths(["editing_sweep", "editing_sweep_choice"]),
@@ -227,8 +199,6 @@ rule edit_fig26:
         png=report(png_of(artifact("fig26")), caption="../report/caption.rst", category="{run}", subcategory="Editing"),
         frontier_pdf=str(frontier_path(artifact("fig26"))),
         frontier_png=png_of(frontier_path(artifact("fig26"))),
-    conda:
-        CONDA_ENV
     log:
         job_log("edit_fig26"),
     benchmark:
@@ -236,38 +206,30 @@ rule edit_fig26:
     params:
         command=lambda wc, input, output: hydra_call("edit_fig26", wc, **input, fig26=output.pdf),
         caption=caption_for("fig26"),
-    shell:
-        STAGE_SHELL
 
 
-rule counterfact_corpus:
+use rule stage as counterfact_corpus with:
     """Human-written text (true CounterFact statements outside the benchmark's cases) for a corpus comparison."""
     input:
-        # The script runs with the default config (no run): any model's config names the same file.
+        # The stage runs with the default config (no run): any model's config names the same file.
         lambda wc: data_file(MODEL_CONFIGS[0], "dataset"),
     output:
         **artifact_paths(["counterfact_corpus"]),
-    conda:
-        CONDA_ENV
     log:
         job_log("counterfact_corpus", folder="corpus"),
     benchmark:
         job_benchmark("counterfact_corpus", folder="corpus")
     params:
-        command=lambda wc, output: f"{PYTHON} scripts/counterfact_corpus.py paths.counterfact_corpus={output.counterfact_corpus}",
-    shell:
-        STAGE_SHELL
+        command=lambda wc, output: stage_command("counterfact_corpus", [f"paths.counterfact_corpus={output.counterfact_corpus}"]),
 
 
-rule edit_small_statistics:
+use rule stage as edit_small_statistics with:
     """The small FF2-statistics setting against the default on the same cases (editing.small_statistics)."""
     input:
         unpack(small_statistics_inputs),
     output:
         table=artifact("small_statistics"),
         markdown=with_suffix(artifact("small_statistics"), ".md"),
-    conda:
-        CONDA_ENV
     log:
         job_log("edit_small_statistics"),
     benchmark:
@@ -275,8 +237,6 @@ rule edit_small_statistics:
     params:
         command=lambda wc, input, output: hydra_call("edit_small_statistics", wc, small_statistics=output.table,
                                                      **{key: list(value) for key, value in input.items()}),
-    shell:
-        STAGE_SHELL
 
 
 rule docs_small_statistics:

@@ -23,15 +23,13 @@ wildcard_constraints:
     batch=r"\d+",
 
 
-rule edit_sequential:
+use rule stage as edit_sequential with:
     """One method's edits one after another without restoring, measured at checkpoints; resumable."""
     input:
         data_inputs("dataset"),
         unpack(shared_statistics),
     output:
         **artifact_paths(SEQUENTIAL_SERIES_FILES, series="single"),
-    conda:
-        CONDA_ENV
     resources:
         gpu=1,
     log:
@@ -40,19 +38,15 @@ rule edit_sequential:
         job_benchmark("edit_sequential_{method}")
     params:
         command=lambda wc, input, output: hydra_call("edit_sequential", wc, f"method={wc.method}", **input, **output),
-    shell:
-        STAGE_SHELL
 
 
-rule edit_batch:
+use rule stage as edit_batch with:
     """The first {batch} cases of the sequential range as one update (MEMIT, AlphaEdit); its z* resumable."""
     input:
         data_inputs("dataset"),
         unpack(shared_statistics),
     output:
         **artifact_paths(SEQUENTIAL_SERIES_FILES, series="batch{batch}"),
-    conda:
-        CONDA_ENV
     resources:
         gpu=1,
     log:
@@ -63,11 +57,9 @@ rule edit_batch:
         command=lambda wc, input, output: hydra_call(
             "edit_sequential", wc, f"method={wc.method}", f"editing.sequential.batch={wc.batch}", **input, **output
         ),
-    shell:
-        STAGE_SHELL
 
 
-rule edit_sequential_table:
+use rule stage as edit_sequential_table with:
     """Every series' checkpoints in one table (parquet and CSV), their timings apart."""
     input:
         sequential_series,
@@ -75,8 +67,6 @@ rule edit_sequential_table:
         table=artifact("sequential_table"),
         csv=with_suffix(artifact("sequential_table"), ".csv"),
         timings=artifact("sequential_timings_table"),
-    conda:
-        CONDA_ENV
     log:
         job_log("edit_sequential_table"),
     benchmark:
@@ -86,11 +76,9 @@ rule edit_sequential_table:
             "edit_sequential_table", wc, sequential_inputs=list(input), sequential_table=output.table,
             sequential_timings_table=output.timings,
         ),
-    shell:
-        STAGE_SHELL
 
 
-rule sequential_figure:
+use rule stage as sequential_figure with:
     """Retention, NS and perplexity against the number of edits, one line per method."""
     input:
         sequential_table=artifact("sequential_table"),
@@ -100,8 +88,6 @@ rule sequential_figure:
             png_of(artifact("figure", stem="sequential")), caption="../report/caption.rst", category="{run}",
             subcategory="Beyond the paper",
         ),
-    conda:
-        CONDA_ENV
     log:
         job_log("figures/sequential"),
     benchmark:
@@ -109,27 +95,21 @@ rule sequential_figure:
     params:
         command=lambda wc, input, output: hydra_call("render_figure", wc, "figure=sequential", figure=output.pdf, **input),
         caption=caption_for("sequential"),
-    shell:
-        STAGE_SHELL
 
 
-rule sequential_report:
+use rule stage as sequential_report with:
     """results/{run}/sequential.md: the sequential and batch runs in numbers, from the joined table."""
     input:
         sequential_table=artifact("sequential_table"),
         sequential_timings_table=artifact("sequential_timings_table"),
     output:
         report=artifact("sequential_report"),
-    conda:
-        CONDA_ENV
     log:
         job_log("sequential_report"),
     benchmark:
         job_benchmark("sequential_report")
     params:
         command=lambda wc, input, output: hydra_call("sequential_report", wc, sequential_report=output.report, **input),
-    shell:
-        STAGE_SHELL
 
 
 rule docs_sequential:
@@ -148,7 +128,7 @@ rule docs_sequential:
         "cp {input} {output} > {log} 2>&1"
 
 
-rule edit_table1_beyond:
+use rule stage as edit_table1_beyond with:
     """Table 1 with the rows beyond the paper (editing.sequential.table1_methods: r-ROME, AlphaEdit, the
     null-space shifts) after the paper's rows: the edit_table1 stage on the longer method list."""
     input:
@@ -157,8 +137,6 @@ rule edit_table1_beyond:
         csv=artifact("table1_beyond"),
         md=with_suffix(artifact("table1_beyond"), ".md"),
         tex=with_suffix(artifact("table1_beyond"), ".tex"),
-    conda:
-        CONDA_ENV
     log:
         job_log("edit_table1_beyond"),
     benchmark:
@@ -168,6 +146,4 @@ rule edit_table1_beyond:
             "edit_table1", wc, "editing.table1_methods=[" + ",".join(table1_method_list(run_config(wc.run), True)) + "]",
             table1=output.csv,
         ),
-    shell:
-        STAGE_SHELL
 

@@ -18,14 +18,12 @@ TRACING_FIGURES = {
 register_outputs("tracing", *[artifact(key) for key in TRACING_FIGURES])
 
 
-rule trace_screen:
+use rule stage as trace_screen with:
     """Screen known_1000 (is the answer the model's greedy next token?) and choose the facts to trace."""
     input:
         data_inputs("known_facts"),
     output:
         **artifact_paths(["tracing_screening", "tracing_screening_meta", "tracing_screening_timings"]),
-    conda:
-        CONDA_ENV
     resources:
         gpu=1,
     log:
@@ -34,11 +32,9 @@ rule trace_screen:
         job_benchmark("trace_screen")
     params:
         command=lambda wc, output: hydra_call("trace_screen", wc, **output),
-    shell:
-        STAGE_SHELL
 
 
-rule trace_shard:
+use rule stage as trace_shard with:
     """Trace positions [start, stop) of the chosen facts: per fact, token and (token, layer, kind) cell."""
     input:
         data_inputs("known_facts"),
@@ -49,8 +45,6 @@ rule trace_shard:
     wildcard_constraints:
         start=r"\d+",
         stop=r"\d+",
-    conda:
-        CONDA_ENV
     resources:
         gpu=1,
     log:
@@ -61,11 +55,9 @@ rule trace_shard:
         command=lambda wc, input, output: hydra_call(
             "trace_shard", wc, f"tracing.shard=[{wc.start},{wc.stop}]", **input, tracing_shard=output.tracing_shard
         ),
-    shell:
-        STAGE_SHELL
 
 
-rule trace_merge:
+use rule stage as trace_merge with:
     """Join the shards in order; segment averages over facts with 95% bands; the summary."""
     input:
         **artifact_paths(["tracing_screening_meta", "tracing_screening_timings"]),
@@ -73,8 +65,6 @@ rule trace_merge:
         shard_tables=lambda wc: tracing_shard_files(wc, "tokens", "effects", "meta"),
     output:
         **artifact_paths(TRACING_TABLES),
-    conda:
-        CONDA_ENV
     log:
         job_log("trace_merge"),
     benchmark:
@@ -85,11 +75,9 @@ rule trace_merge:
             tracing_screening_timings=input.tracing_screening_timings,
             tracing_shards=list(input.tracing_shards), **output
         ),
-    shell:
-        STAGE_SHELL
 
 
-rule tracing_figures:
+use rule stage as tracing_figures with:
     """Per-fact heatmaps, average heatmaps, average lines with 95% bands, severed vs unsevered."""
     input:
         **artifact_paths(["tracing_facts", "tracing_tokens", "tracing_effects", "tracing_average_effects", "tracing_summary"]),
@@ -100,8 +88,6 @@ rule tracing_figures:
                                  subcategory="Causal tracing", labels={"figure": name})
             for key, name in TRACING_FIGURES.items()
         },
-    conda:
-        CONDA_ENV
     log:
         job_log("tracing_figures"),
     benchmark:
@@ -111,5 +97,3 @@ rule tracing_figures:
             "trace_figures", wc, **input, **{key: value for key, value in output.items() if not key.endswith("_png")}
         ),
         captions={name: caption_for(name) for name in TRACING_FIGURES.values()},
-    shell:
-        STAGE_SHELL
