@@ -15,7 +15,7 @@ a figure's name.
   ``paths.results=...`` or ``paths.tracing=...`` still moves every file under it), ``{run}`` from
   ``run_name`` and ``{method}`` from ``method.name``. Importing this module registers the resolver,
   and the package ``backlens`` imports it, so importing any ``backlens.<module>`` before Hydra
-  composes (every script, benchmark, the workflow's common.smk, the tests) is enough.
+  composes (every stage, benchmark, the workflow's common.smk, the tests) is enough.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Shared behaviour of the thin ``scripts/*.py`` entry points."""
+"""Shared behaviour of every stage run through ``python -m backlens.stage`` (src/backlens/stage.py)."""
 
 from __future__ import annotations
 

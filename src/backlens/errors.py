@@ -1,6 +1,6 @@
 """Errors whose message already names what is wrong and the fix (file, case, field or config key).
 
-Every entry point (the stage scripts through ``backlens.cli.run_stage``, the workflow at DAG time)
+Every entry point (the stages through ``backlens.cli.run_stage``, the workflow at DAG time)
 prints such an error as one line, ``error: <message>``, and exits non-zero without a traceback.
 """
 

@@ -3,7 +3,7 @@
 A *run* is a model config plus Hydra overrides. Its directory name is readable and reversible:
 ``smollm2-135m`` for the defaults, ``smollm2-135m__dtype=float64__methods.shift.eta=0.1`` with
 overrides (sorted, so the same overrides in another order give the same directory). Snakemake
-passes the name through the ``{run}`` wildcard and the scripts get the overrides back from it, so
+passes the name through the ``{run}`` wildcard and the stages get the overrides back from it, so
 runs with different overrides never overwrite each other and any result path can be asked for
 directly.
 

@@ -163,5 +163,5 @@ SEQUENTIAL_FIGURES: dict[str, FigureSpec] = {
     ),
 }
 
-# Every figure scripts/render_figure.py can draw.
+# Every figure the render_figure stage can draw.
 ALL_FIGURES: dict[str, FigureSpec] = {**FIGURES, **BEYOND_FIGURES, **SEQUENTIAL_FIGURES}
