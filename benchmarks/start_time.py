@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 from backlens.bench import goal, write_result
+from backlens.conf import DEFAULT_MODEL
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 PROMPT, TARGET = "Obama grew up in", " Paris"
@@ -49,7 +50,7 @@ def start(model: str, cache: str) -> tuple[float, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--model", default=DEFAULT_MODEL)
     parser.add_argument("--warm", type=int, default=2, help="warm starts timed, the fastest kept")
     parser.add_argument("--out", default=None, help="write the benchmark JSON here")
     parser.add_argument("--smoke", action="store_true", help=f"tiny random model (only its tokenizer cached): {SMOKE}")

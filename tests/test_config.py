@@ -6,7 +6,10 @@ import pytest
 
 from conftest import PROJECT_ROOT, compose_config
 
-MODEL_NAMES = sorted(p.stem for p in (PROJECT_ROOT / "conf" / "model").glob("*.yaml"))
+from backlens.conf import DEFAULT_MODEL, GROUPS
+from backlens.project import config_dir
+
+MODEL_NAMES = sorted(p.stem for p in config_dir("model").glob("*.yaml"))
 DATASET_NAMES = sorted(p.stem for p in (PROJECT_ROOT / "conf" / "dataset").glob("*.yaml"))
 EXPERIMENT_NAMES = sorted(p.stem for p in (PROJECT_ROOT / "conf" / "experiment").glob("*.yaml"))
 
@@ -14,6 +17,22 @@ EXPERIMENT_NAMES = sorted(p.stem for p in (PROJECT_ROOT / "conf" / "experiment")
 def test_expected_models_are_configured():
     expected = {"smollm2-135m", "gemma3-270m", "gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl", "llama2-7b"}
     assert expected | {"tiny-gpt2", "tiny-llama"} <= set(MODEL_NAMES)
+
+
+def test_default_model_is_the_root_configs_default():
+    """backlens.conf.DEFAULT_MODEL (API, console command) and conf/config.yaml's defaults list agree."""
+    assert compose_config().model.name == DEFAULT_MODEL
+
+
+@pytest.mark.parametrize("group", GROUPS)
+def test_packaged_groups_have_one_copy_and_compose(group):
+    """The groups the library reads live in the package only; Hydra finds them through the root
+    config's search path (pkg://backlens.conf)."""
+    assert not (PROJECT_ROOT / "conf" / group).exists(), f"conf/{group}/ duplicates src/backlens/conf/{group}/"
+    names = sorted(p.stem for p in config_dir(group).glob("*.yaml"))
+    assert names
+    for name in names:
+        assert group in compose_config(f"{group}={name}")
 
 
 @pytest.mark.parametrize("model", MODEL_NAMES)

@@ -65,7 +65,7 @@ def test_the_reason_comes_from_the_editor_and_a_name_that_refuses_nothing_is_an_
     assert refusal_reason("rome") is None and refusal_reason("shift") is None
     with pytest.raises(ConfigError, match=r"editing.refused_methods.tiny-gemma3: the rome editor refuses no model"):
         check_refused_methods({"tiny-gemma3": ["memit", "rome"]})
-    with pytest.raises(ConfigError, match=r"no method config conf/method/memt.yaml"):
+    with pytest.raises(ConfigError, match=r"no method config backlens/conf/method/memt.yaml"):
         check_refused_methods({"tiny-gemma3": ["memt"]})
 
 

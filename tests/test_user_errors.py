@@ -101,7 +101,7 @@ from test_workflow import project_copy, snakemake  # noqa: E402,F401  (fixture a
     [
         ("model=tiny-gpt3", "error: unknown model 'tiny-gpt3'; known: "),
         ("methods.shift.etta=0.1", "error: methods.shift.etta: shift has no hyper-parameter 'etta'; known: direction, eta,"),
-        ("methods.shfit.eta=0.1", "error: methods.shfit: no method config conf/method/shfit.yaml; known methods: "),
+        ("methods.shfit.eta=0.1", "error: methods.shfit: no method config backlens/conf/method/shfit.yaml; known methods: "),
         ("n_prompts=abc", "error: n_prompts='abc' is not an integer"),
         ("n_promts=5", "error: overrides 'n_promts=5': Could not override 'n_promts'."),
     ],

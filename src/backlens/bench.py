@@ -22,6 +22,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from backlens.conf import DEFAULT_MODEL
+
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 REQUIRED_KEYS = ("benchmark", "model", "device", "smoke", "settings", "ratios", "goals")
 
@@ -243,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
     pipeline.add_argument("--wall-s", type=float, required=True, help="the run's measured wall time")
     pipeline.add_argument("--commit", required=True, help="the commit the run was made from")
     pipeline.add_argument("--cores", type=int, required=True, help="snakemake --cores of the run")
-    pipeline.add_argument("--model", default="smollm2-135m")
+    pipeline.add_argument("--model", default=DEFAULT_MODEL)
     pipeline.add_argument("--goal-s", type=float, default=None)
     args = parser.parse_args(argv)
     if args.command == "pipeline":

@@ -15,12 +15,13 @@ from backlens.figures.compare import CROSS_MODEL_GALLERY
 from backlens.stages.editing_common import methods_run
 from backlens.stages.scorecard import CLAIM_TABLES
 from backlens.figures.registry import FIGURES
+from backlens.project import config_dir
 from backlens.runs import Run, expand_sweep, override_key, parse_run, runs_of_label, split_overrides, sweep_label
 
 PYTHON = sys.executable
 # With --sdm conda every rule runs in the pinned environment; otherwise in the current one.
 CONDA_ENV = "../../environment.yml"
-MODEL_CONFIGS = sorted(p.stem for p in Path("conf/model").glob("*.yaml"))
+MODEL_CONFIGS = sorted(p.stem for p in config_dir("model").glob("*.yaml"))
 EXPERIMENT = yaml.safe_load(Path(f"workflow/experiments/{config['experiment']}.yaml").read_text())
 # Overrides of the user (--config overrides=...) and of the experiment, split into those that name
 # the result directory and those that only say where it runs (device).
@@ -40,7 +41,8 @@ def check_model_names():
         named.update(m for models in mapping.values() for m in models)
     unknown = sorted(named - set(MODEL_CONFIGS))
     if unknown:
-        fail(f"unknown model {unknown[0]!r}; known: {', '.join(MODEL_CONFIGS)} (a new model needs conf/model/<name>.yaml)")
+        fail(f"unknown model {unknown[0]!r}; known: {', '.join(MODEL_CONFIGS)} "
+             "(a new model needs src/backlens/conf/model/<name>.yaml)")
 
 
 check_model_names()

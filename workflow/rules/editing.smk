@@ -3,7 +3,7 @@
 # Table 1 / Table 7, the forward pass shift sweep (Fig 26) and the baselines' sweeps.
 from backlens.figures.editing import frontier_path
 
-EDIT_METHODS = sorted(p.stem for p in Path("conf/method").glob("*.yaml"))
+EDIT_METHODS = sorted(p.stem for p in config_dir("method").glob("*.yaml"))
 # Table 1 / Table 7 / edit_timings (results/{run}/tables/<table>.csv, .md and .tex beside it).
 TABLE_CSV = f"{artifact('tables')}/{{table}}.csv"
 

@@ -34,7 +34,7 @@ from omegaconf import OmegaConf
 
 from backlens.api.lens import target_token
 from backlens.api.models import DEFAULT_MODEL, load
-from backlens.project import project_root
+from backlens.project import files_root, in_checkout
 from backlens.artifacts import artifact
 from backlens.data.segments import place_subject
 from backlens.editing.base import Editor, FactoredUpdate
@@ -67,8 +67,9 @@ class EditResult:
 
 
 def stats_file(model_name: str) -> Path:
-    """The pipeline's FF2 statistics for a model (rule edit_covariance)."""
-    return project_root() / artifact("editing_stats", run=model_name)
+    """The pipeline's FF2 statistics for a model (rule edit_covariance); outside a checkout, the same
+    relative path under the cache folder (backlens.project.files_root)."""
+    return files_root() / artifact("editing_stats", run=model_name)
 
 
 def method_config(method: str, model_name: str) -> dict:
@@ -85,11 +86,14 @@ def needs_statistics(kind: str, hparams: Mapping) -> bool:
 
 
 def _missing_statistics(method: str, model_name: str, path: Path) -> MissingStatisticsError:
-    root = project_root()
-    shown = path.relative_to(root) if path.is_relative_to(root) else path
+    root = files_root()
+    shown = path.relative_to(root) if path.is_relative_to(root) and in_checkout() else path
+    # Outside a checkout there is no workflow to run: the pipeline's file is made in one and copied here.
+    how = (f"`snakemake --cores 2 {shown}`" if in_checkout() else
+           f"`snakemake --cores 2 {artifact('editing_stats', run=model_name)}` in a checkout, copied to {path}")
     return MissingStatisticsError(
         f"{method} needs the FF2 statistics {shown}, which do not exist; make them with "
-        f"`snakemake --cores 2 {shown}` (rule edit_covariance) or pass covariance=<tensor>"
+        f"{how} (rule edit_covariance) or pass covariance=<tensor>"
     )
 
 

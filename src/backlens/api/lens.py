@@ -133,7 +133,7 @@ def target_token(tokenizer, prompt: str, target: str) -> int:
 class BackwardLens:
     """Gradients of the paper's loss (-log p(target | prompt) at the last token) through the vocabulary.
 
-    ``model``: a config name of conf/model/ (``smollm2-135m``, ``tiny-gpt2``, ...), a local folder,
+    ``model``: a model config name (backlens/conf/model/: ``smollm2-135m``, ``tiny-gpt2``, ...), a local folder,
     a Hugging Face id, or an already loaded ``LoadedModel``.
     """
 

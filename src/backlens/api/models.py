@@ -1,4 +1,4 @@
-"""Which model a name stands for: a config in conf/model/, a local folder, or a Hugging Face id."""
+"""Which model a name stands for: a model config (``backlens/conf/model/``), a local folder, or a Hugging Face id."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from backlens.errors import UserError
-from backlens.project import project_root
+from backlens.conf import DEFAULT_MODEL
+from backlens.project import config_dir, in_checkout, project_root
 from backlens.models.loading import LoadedModel, ModelUnavailableError, load_model
 
-DEFAULT_MODEL = "smollm2-135m"
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
 
@@ -20,20 +20,21 @@ class UnknownModelError(UserError, ValueError):
 
 
 def config_names() -> list[str]:
-    folder = project_root() / "conf" / "model"
+    folder = config_dir("model")
     return sorted(p.stem for p in folder.glob("*.yaml")) if folder.is_dir() else []
 
 
 def _absolute(path: str | None) -> str | None:
-    """Config paths are relative to the project root (where the pipeline runs)."""
+    """Config paths are relative to the project root (where the pipeline runs); outside a checkout,
+    to the working directory (an installed backlens has no root to be relative to)."""
     if not path or Path(path).is_absolute():
         return path
-    return str(project_root() / path)
+    return str((project_root() if in_checkout() else Path.cwd()) / path)
 
 
 def model_config(spec: str) -> dict:
     """The ``conf/model/*.yaml``-style mapping for ``spec``: a config name, a local folder or a hub id."""
-    config_file = project_root() / "conf" / "model" / f"{spec}.yaml"
+    config_file = config_dir("model") / f"{spec}.yaml"
     if re.fullmatch(r"[\w.-]+", spec) and config_file.exists():
         cfg = OmegaConf.to_container(OmegaConf.load(config_file), resolve=True)
         cfg["path"] = _absolute(cfg.get("path"))
@@ -48,7 +49,7 @@ def model_config(spec: str) -> dict:
     if HUB_ID.fullmatch(spec) and not spec.startswith((".", "/")):
         return {"name": spec, "source": "hub", "hub_id": spec, "path": None}
     raise UnknownModelError(
-        f"unknown model {spec!r}: not a config in conf/model ({', '.join(config_names()) or 'none found'}), "
+        f"unknown model {spec!r}: not a model config ({', '.join(config_names()) or 'none found'}), "
         "not a local folder and not a Hugging Face id (owner/name)"
     )
 

@@ -17,7 +17,7 @@ from omegaconf import OmegaConf
 
 from backlens.api.lens import target_token
 from backlens.api.models import DEFAULT_MODEL, load
-from backlens.project import project_root
+from backlens.project import config_dir
 from backlens.data.known_facts import KnownFact
 from backlens.data.segments import SUBJECT_SLOT, place_subject, segment_prompt
 from backlens.models.adapters import ArchitectureAdapter
@@ -43,7 +43,7 @@ def window_layers(tracing: Mapping, n_layers: int) -> int:
 
 
 def trace_settings(cfg, std: float, n_layers: int) -> TraceSettings:
-    """TraceSettings from a config with a ``tracing`` group (conf/tracing/default.yaml)."""
+    """TraceSettings from a config with a ``tracing`` group (backlens/conf/tracing/default.yaml)."""
     tracing = cfg.tracing
     return TraceSettings(
         kinds=tuple(tracing.kinds),
@@ -91,8 +91,8 @@ def trace_prepared(adapter: ArchitectureAdapter, prompt: TracedPrompt, settings:
 
 
 def default_tracing() -> dict:
-    """conf/tracing/default.yaml as a dict."""
-    return OmegaConf.to_container(OmegaConf.load(project_root() / "conf" / "tracing" / "default.yaml"))
+    """The tracing group's default.yaml (shipped in the package) as a dict."""
+    return OmegaConf.to_container(OmegaConf.load(config_dir("tracing") / "default.yaml"))
 
 
 @torch.no_grad()
@@ -107,7 +107,7 @@ def trace(model: str | LoadedModel = DEFAULT_MODEL, prompt: str = "", subject: s
     """Causal trace of ``prompt`` (``{}`` marks the subject's slot) with its ``subject`` noised.
 
     ``target``: the answer whose probability is traced (default: the model's greedy next token, as
-    ROME traces the model's own answer). Defaults from conf/tracing/default.yaml; ``severed`` adds
+    ROME traces the model's own answer). Defaults from backlens/conf/tracing/default.yaml; ``severed`` adds
     ROME's severed-path kinds at the last subject token. Tables carry the model in their first column.
     """
     loaded = getattr(model, "loaded", None) or load(model)

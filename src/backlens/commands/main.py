@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from backlens.commands import edit as edit_command
 from backlens.commands import explain as explain_command
 from backlens.commands import trace as trace_command
+from backlens.conf import DEFAULT_MODEL
 from backlens.errors import UserError
 
 DESCRIPTION = """\
@@ -30,7 +31,7 @@ examples:
       --prompt "The Eiffel Tower is in the city of"
   backlens trace "The Space Needle is in the city of" --subject "The Space Needle" --png needle.png
 
-models (--model): a config name of conf/model/ (default smollm2-135m, tiny-gpt2, gpt2-xl, ...),
+models (--model): a model config name (backlens/conf/model/: smollm2-135m, tiny-gpt2, gpt2-xl, ...),
 a local folder with a Hugging Face model, or a Hugging Face id (owner/name; needs the network
 or the local cache).
 """
@@ -42,7 +43,7 @@ USER_FAILURES = (UserError, ValueError, OSError, KeyError, RuntimeError)
 def common_options() -> argparse.ArgumentParser:
     shared = argparse.ArgumentParser(add_help=False)
     group = shared.add_argument_group("model")
-    group.add_argument("--model", default="smollm2-135m", help="config name, local folder or Hugging Face id "
+    group.add_argument("--model", default=DEFAULT_MODEL, help="config name, local folder or Hugging Face id "
                        "(default: %(default)s)")
     group.add_argument("--device", default="cpu", help="cpu, cuda or auto (default: %(default)s)")
     group.add_argument("--dtype", default="float32", help="float32, bfloat16, ... (default: %(default)s)")

@@ -1,4 +1,4 @@
-"""Method registry and per-model hyper-parameters (conf/method/<name>.yaml)."""
+"""Method registry and per-model hyper-parameters (backlens/conf/method/<name>.yaml, shipped in the package)."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ EDITORS: dict[str, type[Editor]] = {
 
 
 def load_method_config(method_name: str, key: str = "method") -> DictConfig:
-    """conf/method/<method_name>.yaml of the project root, unresolved (its ``${paths...}`` interpolations
+    """backlens/conf/method/<method_name>.yaml, unresolved (its ``${paths...}`` interpolations
     are the caller's to resolve); an unknown name is a ConfigError naming ``key`` and the known methods.
 
     A variant names the method it extends in a Hydra defaults list (``defaults: [rome, _self_]``, as
@@ -39,7 +39,8 @@ def load_method_config(method_name: str, key: str = "method") -> DictConfig:
     path = folder / f"{method_name}.yaml"
     if not path.exists():
         known = sorted(p.stem for p in folder.glob("*.yaml"))
-        raise ConfigError(f"{key}: no method config conf/method/{method_name}.yaml; known methods: {', '.join(known)}")
+        raise ConfigError(f"{key}: no method config backlens/conf/method/{method_name}.yaml; "
+                          f"known methods: {', '.join(known)}")
     own = OmegaConf.load(path)
     defaults = list(own.pop("defaults", None) or [])
     if not defaults:

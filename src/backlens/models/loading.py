@@ -184,7 +184,7 @@ def _prepare_tokenizer(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenize
 
 
 def load_tokenizer(cfg: Mapping) -> PreTrainedTokenizerBase:
-    """The tokenizer of the model a ``conf/model/*.yaml`` describes, without loading weights."""
+    """The tokenizer of the model a ``backlens/conf/model/*.yaml`` config describes, without loading weights."""
     if cfg["source"] == "random" and not cfg.get("path"):
         return _prepare_tokenizer(_tokenizer_from_spec(cfg["tokenizer"]))
     location = _locate(cfg)
@@ -241,7 +241,7 @@ def quiet_loading(quiet: bool = True) -> Iterator[None]:
 
 
 def load_model(cfg: Mapping, device: str = "cpu", dtype: str = "float32", *, quiet: bool = False) -> LoadedModel:
-    """Load the model a ``conf/model/*.yaml`` describes, in eval mode, on ``device``; ``quiet``
+    """Load the model a ``backlens/conf/model/*.yaml`` config describes, in eval mode, on ``device``; ``quiet``
     hides the loaders' progress bars (GGUF de-quantisation, weight loading) and info logs. A GGUF
     model is de-quantized once and read back from the cache folder after (``models/gguf_cache.py``)."""
     torch_device = resolve_device(device)
