@@ -10,12 +10,12 @@ from pathlib import Path
 import pandas as pd
 from omegaconf import DictConfig
 
+from backlens import sharding
 from backlens.api.lens import GRADIENT_TABLES, BackwardLens, LensPrompt, LensSettings, LensTables
 from backlens.artifacts import artifact
 from backlens.data.prompt_table import prompts_from_table
 from backlens.io import write_json, write_table
 from backlens.models.loading import LoadedModel, load_model
-from backlens.stages import sharding
 
 log = logging.getLogger(__name__)
 

@@ -20,6 +20,7 @@ import torch
 from omegaconf import DictConfig
 from tqdm import tqdm
 
+from backlens import sharding
 from backlens.api.tracing import trace_prepared, trace_settings
 from backlens.artifacts import shard_files
 from backlens.data.known_facts import load_known_facts_from_config
@@ -31,7 +32,6 @@ from backlens.tracing.facts import TracedPrompt, prepare_fact, screen_facts
 from backlens.tracing.runs import noise_std
 from backlens.tracing.tables import concat_or_empty
 from backlens.tracing.trace import model_flops
-from backlens.stages import sharding
 
 log = logging.getLogger(__name__)
 

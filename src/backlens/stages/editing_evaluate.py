@@ -11,12 +11,12 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from backlens import sharding
 from backlens.artifacts import shard_meta_path
 from backlens.data.sources import identity_from_config
 from backlens.editing.evaluation import CaseLog, evaluate_editor
 from backlens.editing.free_generation import FREE_GENERATION_METRICS
 from backlens.io import write_json, write_table
-from backlens.stages import sharding
 from backlens.stages.editing_common import evaluation_requests, load_editor
 
 log = logging.getLogger(__name__)
