@@ -38,19 +38,11 @@ from backlens.project import project_root
 from backlens.artifacts import artifact
 from backlens.data.segments import place_subject
 from backlens.editing.base import Editor, FactoredUpdate
-from backlens.editing.methods import build_editor, check_method_overrides, load_method_config, method_hparams
-from backlens.editing.null_space import projection_enabled
+# MissingStatisticsError: re-exported, the error a user of ``edit`` / ``editor`` catches.
+from backlens.editing.methods import MissingStatisticsError, build_editor, load_method_config  # noqa: F401
 from backlens.editing.requests import EditRequest
 from backlens.editing.weights import restored_after
-from backlens.errors import UserError
 from backlens.models.loading import LoadedModel
-
-STATS_KEY = "stats_path"
-
-
-class MissingStatisticsError(UserError, FileNotFoundError):
-    """A method needs the pipeline's FF2 statistics file, which has not been made yet."""
-
 
 @dataclass
 class EditResult:
@@ -78,21 +70,6 @@ def method_config(method: str, model_name: str) -> dict:
     return OmegaConf.to_container(scope, resolve=True)["method"]
 
 
-def needs_statistics(kind: str, hparams: Mapping) -> bool:
-    return (kind == "rome" and bool(hparams.get("mom2_adjustment", True))) or kind == "memit" or (
-        kind == "shift" and hparams.get("key") == "whitened") or (
-        kind in ("rome", "shift") and projection_enabled(hparams))
-
-
-def _missing_statistics(method: str, model_name: str, path: Path) -> MissingStatisticsError:
-    root = project_root()
-    shown = path.relative_to(root) if path.is_relative_to(root) else path
-    return MissingStatisticsError(
-        f"{method} needs the FF2 statistics {shown}, which do not exist; make them with "
-        f"`snakemake --cores 2 {shown}` (rule edit_covariance) or pass covariance=<tensor>"
-    )
-
-
 def _request(loaded: LoadedModel, prompt_template: str, subject: str, target_new: str, target_true: str) -> EditRequest:
     prompt, subject_start = place_subject(prompt_template, subject)
     target_token(loaded.tokenizer, prompt, target_new)  # one clear error for an empty target
@@ -113,12 +90,6 @@ class EditorHandle:
                  covariance: torch.Tensor | Mapping[int, torch.Tensor] | None = None, templates: Sequence | None = None):
         self.loaded = loaded
         self.method = str(method_cfg["name"])
-        overrides = dict(overrides or {})
-        check_method_overrides(self.method, overrides, method_cfg)
-        params = {**method_hparams(method_cfg, loaded.name, loaded.adapter.n_layers), **overrides}
-        stats = Path(str(params.get(STATS_KEY)))
-        if covariance is None and needs_statistics(str(method_cfg["kind"]), params) and not stats.exists():
-            raise _missing_statistics(self.method, loaded.name, stats)
         self.editor, self.hparams = build_editor(loaded, method_cfg, overrides, covariance=covariance,
                                                  templates=templates)
 

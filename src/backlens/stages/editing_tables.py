@@ -12,8 +12,8 @@ from omegaconf import DictConfig
 
 from backlens.artifacts import artifact
 from backlens.editing.free_generation import FREE_GENERATION_METRICS
+from backlens.editing.run_config import methods_run, not_run_line
 from backlens.io import write_table, write_text
-from backlens.stages.editing_common import methods_run, refusal_note
 
 log = logging.getLogger(__name__)
 
@@ -135,12 +135,6 @@ def render(frame: pd.DataFrame, columns: list[tuple[str, str, int]], paper: list
     latex += "".join(" & ".join(c.replace("±", "$\\pm$").replace("_", "\\_") for c in cells) + " \\\\\n" for cells in body)
     latex += "\\bottomrule\n\\end{tabular}\n"
     return markdown, latex
-
-
-def not_run_line(cfg: DictConfig) -> str:
-    """The Table 1 methods this model's run leaves out and why, a paragraph after the table's note ("" if none)."""
-    note = refusal_note(cfg, cfg.editing.table1_methods)
-    return f"\n{note}\n" if note else ""
 
 
 def run_table1(cfg: DictConfig) -> None:
