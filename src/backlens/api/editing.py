@@ -82,8 +82,9 @@ class EditorHandle:
     templates and inverted C, MEMIT's scaled statistics, MEND's trained networks. ``edit`` applies
     one edit for a ``with`` block and restores the weights bit for bit on exit.
 
-    ``method_cfg``: a conf/method/<name>.yaml mapping with its paths resolved (``method_config``;
-    the stages pass their composed ``cfg.method``); ``overrides`` its hyper-parameters.
+    ``method_cfg``: a conf/method/<name>.yaml mapping with its paths resolved (``method_config``, or
+    a composed ``cfg.method``); ``overrides`` its hyper-parameters. The editor comes from
+    ``editing.methods.build_editor``, the factory the pipeline's stages use too.
     """
 
     def __init__(self, loaded: LoadedModel, method_cfg: Mapping, overrides: Mapping | None = None, *,

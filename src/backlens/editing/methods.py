@@ -165,6 +165,7 @@ def needs_statistics(kind: str, hparams: Mapping) -> bool:
 
 
 def missing_statistics(method: str, path: Path) -> MissingStatisticsError:
+    """The error naming the absent statistics file and the rule (or argument) that gives it."""
     root = project_root()
     shown = path.relative_to(root) if path.is_relative_to(root) else path
     return MissingStatisticsError(
