@@ -29,11 +29,12 @@ from hydra import compose, initialize_config_dir
 
 from backlens.analysis.capture import last_position_loss, pad_batch
 from backlens.analysis.logit_lens import lens_is_odd
+from backlens.api.sampled_prompts import PromptBatchSource
 from backlens.bench import goal, write_result
 from backlens.data.counterfact import load_counterfact_from_config
 from backlens.data.prompt_table import prompt_table, sample_records
 from backlens.models.loading import load_model
-from backlens.stages.backward_lens import PromptBatchSource, build_tables
+from backlens.stages.backward_lens import build_tables
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SMOKE = {"model": "tiny-gpt2", "prompts": 6, "naive_prompts": 2, "batch_size": 3}

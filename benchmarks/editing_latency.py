@@ -68,9 +68,9 @@ from backlens.editing.evaluation import GENERATION_CASES_PER_BATCH, CaseLog, eva
 from backlens.editing.free_generation import free_generation_rows
 from backlens.editing.methods import build_editor
 from backlens.editing.perplexity import HeldoutPerplexity, perplexity
+from backlens.editing.run_config import evaluation_requests, user_method_overrides
 from backlens.editing.weights import restored_after
 from backlens.models.loading import load_model
-from backlens.stages.editing_common import evaluation_requests, user_method_overrides
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))

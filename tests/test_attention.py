@@ -10,7 +10,7 @@ from backlens.analysis.capture import capture_gradient_factors
 from backlens.analysis.ranks import gradient_rank
 from backlens.models.adapters import PROJECTIONS
 from backlens.models.hooks import record_module_io
-from backlens.stages.attention import autograd_attention_gradients
+from backlens.analysis.lemma import autograd_attention_gradients
 from test_capture import PROMPTS, TARGETS, encode
 from tolerances import assert_close_float32, vocab_chain
 

@@ -5,9 +5,9 @@ import dataclasses
 import pytest
 import torch
 
+from backlens.analysis import lemma
 from backlens.analysis.capture import capture_gradient_factors
-from backlens.stages import lemma_check
-from backlens.stages.lemma_check import autograd_gradients, lemma_rows
+from backlens.analysis.lemma import autograd_gradients, lemma_rows
 from backlens.analysis.ranks import factor_rtol, gradient_rank
 from tolerances import assert_close_float32, vocab_chain
 
@@ -93,7 +93,7 @@ def test_lemma_check_reports_a_broken_lemma(tiny_model, how, monkeypatch):
     def broken_capture(*args, **kwargs):
         return corrupt(capture_gradient_factors(*args, **kwargs), how)
 
-    monkeypatch.setattr(lemma_check, "capture_gradient_factors", broken_capture)
+    monkeypatch.setattr(lemma, "capture_gradient_factors", broken_capture)
     broken_alone = lemma_rows(tiny_model, batch, 1, 0, ids[1], targets[1], crosscheck=False)
     assert min(row["relative_error"] for row in broken_alone) > 0.1
     assert max(row["relative_error_batched"] for row in broken_alone) < 1e-4

@@ -11,11 +11,10 @@ import pytest
 from matplotlib.collections import PolyCollection
 from omegaconf import OmegaConf
 
+from backlens.analysis import scorecard
 from backlens.figures.compare import CROSS_MODEL_GALLERY, compare_fig3, compare_fig6
 from backlens.figures.common import run_colour
-from backlens.stages import (
-    backward_lens, compare_runs, logit_lens_examples, sample_prompts, scorecard, scorecard_models,
-)
+from backlens.stages import backward_lens, compare_runs, logit_lens_examples, sample_prompts, scorecard_models
 from conftest import compose_config, require_shared
 
 MODELS = ("tiny-llama", "tiny-gemma3")

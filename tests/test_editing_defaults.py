@@ -8,9 +8,9 @@ import pytest
 
 from backlens.editing.memit import check_mlp_output_joins_residual
 from backlens.editing.base import NoEdit
+from backlens.editing.run_config import other_method_hparams, statistics_layers
 from backlens.stages import editing_covariance, editing_evaluate
 from backlens.project import config_dir
-from backlens.stages.editing_common import other_method_hparams, statistics_layers
 from conftest import compose_config, require_shared
 
 METHODS = sorted(p.stem for p in config_dir("method").glob("*.yaml"))

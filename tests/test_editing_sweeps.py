@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 
 from backlens.stages.editing_method_sweep import grid_settings
-from backlens.stages.editing_sweep import accuracy_score, choose
+from backlens.editing.selection import accuracy_score, choose
 
 SWEEP = pd.DataFrame({
     "layer": [4, 22, 22, 26],
@@ -148,7 +148,7 @@ def test_the_shift_sweep_brackets_each_models_relative_depth_layer():
     SmolLM2's are the committed sweep's 20, 22, 24 and Gemma 3 270M's (18 layers) 11, 13, 15 instead of
     SmolLM2's numbers, which lie beyond its depth; an explicit list replaces them."""
     from backlens.errors import ConfigError
-    from backlens.stages.editing_common import sweep_layers
+    from backlens.editing.run_config import sweep_layers
     from conftest import compose_config
 
     for model, n_layers, expected in (("smollm2-135m", 30, [20, 22, 24]), ("gemma3-270m", 18, [11, 13, 15]),

@@ -4,7 +4,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from backlens.stages.editing_tables import PAPER_COLUMNS, bootstrap_interval, render
+from backlens.editing.table_statistics import bootstrap_interval
+from backlens.stages.editing_tables import PAPER_COLUMNS, render
 
 
 def test_bootstrap_interval_of_a_binary_mean_is_about_the_normal_one():

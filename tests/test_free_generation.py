@@ -16,6 +16,7 @@ import pandas as pd
 import torch
 from test_editing_methods import EVALUATION, REQUEST
 
+from backlens.analysis.beyond_summary import free_generation_finding
 from backlens.editing.base import NoEdit
 from backlens.editing.evaluation import evaluate_case
 from backlens.editing.free_generation import (
@@ -26,7 +27,6 @@ from backlens.editing.free_generation import (
     token_budget,
 )
 from backlens.editing.generation import greedy_token_ids
-from backlens.stages.editing_tables import free_generation_finding
 
 SETTINGS = EVALUATION["free_generation"]
 PROMPTS = ["The mother tongue of Danielle Darrieux is", "He lives in",

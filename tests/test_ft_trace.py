@@ -6,7 +6,7 @@ import torch
 
 from backlens.analysis.factored_updates import FactoredUpdate
 from backlens.analysis.ft_trace import TraceSettings, layers_from_fractions, steps_to_top1, trace_edit
-from backlens.stages.lemma_check import autograd_gradients
+from backlens.analysis.lemma import autograd_gradients
 from tolerances import EPS32, assert_close_after_update
 
 PROMPT, TARGET = "The mother tongue of Danielle Darrieux is", " English"

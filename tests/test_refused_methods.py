@@ -12,9 +12,15 @@ import pytest
 
 from backlens.editing.memit import MLP_OUTPUT_REFUSAL
 from backlens.editing.methods import load_method_config, method_refuses, refusal_reason
+from backlens.editing.run_config import (
+    check_refused_methods,
+    methods_run,
+    not_run_line,
+    other_method_hparams,
+    refused_methods,
+)
 from backlens.errors import ConfigError
 from backlens.stages import editing_evaluate, editing_tables, editing_timings
-from backlens.stages.editing_common import check_refused_methods, methods_run, other_method_hparams, refused_methods
 from conftest import compose_config, require_shared
 
 
@@ -92,5 +98,5 @@ def test_gemma3_tables_leave_memit_out_and_say_why(tmp_path):
     assert list(pd.read_csv(cfg.paths.table7)["method"]) == ["none", "shift"]
     assert not_run in (tmp_path / "tables" / "table7.md").read_text()
     # A model that refuses nothing: no such line.
-    assert editing_tables.not_run_line(compose_config(*base[:1], "model=tiny-llama")) == ""
+    assert not_run_line(compose_config(*base[:1], "model=tiny-llama")) == ""
     assert json.loads((tmp_path / "editing" / "shift" / "summary.json").read_text())["model"] == "tiny-gemma3"

@@ -6,7 +6,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from backlens.stages import scorecard
+from backlens.analysis import scorecard
+from backlens.stages import scorecard as scorecard_stage
 from conftest import compose_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -66,22 +67,22 @@ def test_tracing_verdicts_need_romes_segment_and_depth():
 def test_readme_copy_between_markers(tmp_path):
     readme, card = tmp_path / "README.md", tmp_path / "scorecard.md"
     card.write_text("# Claims scorecard\n\nintro\n\n| a | b |\n|---|---|\n| x | [fig3](gallery/fig3.png) |\n")
-    readme.write_text(f"top\n{scorecard.BEGIN}\nold\n{scorecard.END}\nbottom\n")
-    scorecard.update_readme(readme, card)
+    readme.write_text(f"top\n{scorecard_stage.BEGIN}\nold\n{scorecard_stage.END}\nbottom\n")
+    scorecard_stage.update_readme(readme, card)
     text = readme.read_text()
     assert text.startswith("top\n") and text.endswith("bottom\n") and "old" not in text
     assert "[fig3](docs/gallery/fig3.png)" in text
     readme.write_text("no markers\n")
     with pytest.raises(ValueError, match="no scorecard markers"):
-        scorecard.update_readme(readme, card)
+        scorecard_stage.update_readme(readme, card)
 
 
 def test_readme_shows_the_committed_scorecard():
     """README.md's scorecard is docs/scorecard.md's, as the rule readme_scorecard writes it."""
     text = (ROOT / "README.md").read_text()
-    block = scorecard.readme_block((ROOT / "docs" / "scorecard.md").read_text())
+    block = scorecard_stage.readme_block((ROOT / "docs" / "scorecard.md").read_text())
     assert block in text
-    assert text.index(scorecard.BEGIN) < text.index("## Gallery")
+    assert text.index(scorecard_stage.BEGIN) < text.index("## Gallery")
 
 
 def test_no_tracked_outputs_under_results_or_figures():

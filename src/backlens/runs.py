@@ -17,6 +17,7 @@ from __future__ import annotations
 import shlex
 from dataclasses import dataclass
 from itertools import product
+from pathlib import Path
 from urllib.parse import quote, unquote
 
 SEPARATOR = "__"
@@ -116,3 +117,11 @@ def varying_overrides(runs: list[Run]) -> list[str]:
         parts = ([run.model] if several_models else []) + [o for o in run.overrides if o not in common]
         labels.append(" ".join(parts) or run.model)
     return labels
+
+
+def run_of(path: str) -> str:
+    """The run directory name in results/<run>/..."""
+    parts = Path(path).parts
+    if len(parts) < 2 or parts[0] != "results":
+        raise ValueError(f"compare.tables: {path} is not under results/<run>/")
+    return parts[1]

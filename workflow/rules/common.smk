@@ -12,8 +12,8 @@ import yaml
 from backlens.artifacts import artifact, artifact_paths, shard_files, shard_meta_path
 from backlens.figures.captions import caption_for
 from backlens.figures.compare import CROSS_MODEL_GALLERY
-from backlens.stages.editing_common import methods_run
-from backlens.stages.scorecard import CLAIM_TABLES
+from backlens.editing.run_config import methods_run
+from backlens.analysis.scorecard import CLAIM_TABLES
 from backlens.figures.registry import FIGURES
 from backlens.project import config_dir
 from backlens.runs import Run, expand_sweep, override_key, parse_run, runs_of_label, split_overrides, sweep_label

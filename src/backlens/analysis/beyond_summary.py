@@ -1,4 +1,5 @@
-"""Markdown reports of the issue-16 analyses (attention projections, FT trace), from their tables only.
+"""Markdown reports of the issue-16 analyses (attention projections, FT trace), from their tables only,
+and the scorecard's findings beyond the paper (those, and issue 26's efficacy by free generation).
 
 Every number is computed here from the tables; these are our findings, not the paper's claims.
 """
@@ -300,3 +301,14 @@ def ft_trace_findings(trace: pd.DataFrame) -> list[tuple[str, str, str]]:
          f"median target rank, step 1 -> last step, by layer: {neg_vjp}", "ft_trace_steps"),
     ]
 
+
+def free_generation_finding(table1: pd.DataFrame) -> tuple[str, str, str]:
+    """The scorecard's "beyond the paper" row (question, ours, figure): each Table 1 row's efficacy by
+    free generation beside its teacher-forced efficacy and ES."""
+    question = ("Does the edited model say target_new when it continues the rewrite prompt greedily? (efficacy "
+                "by free generation, issue 26; \"The Mirage of Model Editing\": teacher forcing overstates efficacy)")
+    if "gen_efficacy_mean" not in table1 or table1["gen_efficacy_mean"].isna().all():
+        return question, "not measured in this Table 1 (made before the metric): rerun edit_evaluate", "-"
+    rows = [f"{r.label} {r.gen_efficacy_mean:.0f} / {r.efficacy_mean:.0f} / {r.efficacy_success_mean:.0f}"
+            for r in table1.itertuples() if not pd.isna(r.gen_efficacy_mean)]
+    return question, ("generated / teacher-forced efficacy / ES (%, tables/table1.md): " + "; ".join(rows)), "-"

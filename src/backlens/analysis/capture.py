@@ -110,7 +110,7 @@ def capture_gradient_factors(
     The summed loss makes each prompt's VJPs exactly those of its own loss: prompts in a
     batch never interact (padding is masked and sits after the real tokens).
     """
-    device = adapter.unembedding.device
+    device = adapter.model.device
     ids, mask = pad_batch(input_ids, pad_id, device)
     lengths = [len(p) for p in input_ids]
     targets = torch.as_tensor(list(target_ids), dtype=torch.long, device=device)

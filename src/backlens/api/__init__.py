@@ -1,6 +1,7 @@
 """The public API: ``BackwardLens`` (gradients through the vocabulary), ``edit`` (one edit, undone on
 exit), ``editor`` (a method built once for many edits), ``trace`` (causal tracing of one fact). The
-pipeline's stages run on the same functions.
+pipeline's stages run on the same functions: BackwardLens's capture loop, the one editor factory
+``editing.methods.build_editor`` and ``api.tracing.trace_prepared``.
 
 Names are imported on first use, so a stage importing ``backlens.api.lens`` does not load the editors.
 """

@@ -33,24 +33,16 @@ import torch
 from omegaconf import OmegaConf
 
 from backlens.api.lens import target_token
-from backlens.api.models import DEFAULT_MODEL, load
-from backlens.project import files_root, in_checkout
+from backlens.api.models import DEFAULT_MODEL, loaded_model
+from backlens.project import files_root
 from backlens.artifacts import artifact
 from backlens.data.segments import place_subject
 from backlens.editing.base import Editor, FactoredUpdate
-from backlens.editing.methods import build_editor, check_method_overrides, load_method_config, method_hparams
-from backlens.editing.null_space import projection_enabled
+# MissingStatisticsError: re-exported, the error a user of ``edit`` / ``editor`` catches.
+from backlens.editing.methods import MissingStatisticsError, build_editor, load_method_config  # noqa: F401
 from backlens.editing.requests import EditRequest
 from backlens.editing.weights import restored_after
-from backlens.errors import UserError
 from backlens.models.loading import LoadedModel
-
-STATS_KEY = "stats_path"
-
-
-class MissingStatisticsError(UserError, FileNotFoundError):
-    """A method needs the pipeline's FF2 statistics file, which has not been made yet."""
-
 
 @dataclass
 class EditResult:
@@ -79,24 +71,6 @@ def method_config(method: str, model_name: str) -> dict:
     return OmegaConf.to_container(scope, resolve=True)["method"]
 
 
-def needs_statistics(kind: str, hparams: Mapping) -> bool:
-    return (kind == "rome" and bool(hparams.get("mom2_adjustment", True))) or kind == "memit" or (
-        kind == "shift" and hparams.get("key") == "whitened") or (
-        kind in ("rome", "shift") and projection_enabled(hparams))
-
-
-def _missing_statistics(method: str, model_name: str, path: Path) -> MissingStatisticsError:
-    root = files_root()
-    shown = path.relative_to(root) if path.is_relative_to(root) and in_checkout() else path
-    # Outside a checkout there is no workflow to run: the pipeline's file is made in one and copied here.
-    how = (f"`snakemake --cores 2 {shown}`" if in_checkout() else
-           f"`snakemake --cores 2 {artifact('editing_stats', run=model_name)}` in a checkout, copied to {path}")
-    return MissingStatisticsError(
-        f"{method} needs the FF2 statistics {shown}, which do not exist; make them with "
-        f"{how} (rule edit_covariance) or pass covariance=<tensor>"
-    )
-
-
 def _request(loaded: LoadedModel, prompt_template: str, subject: str, target_new: str, target_true: str) -> EditRequest:
     prompt, subject_start = place_subject(prompt_template, subject)
     target_token(loaded.tokenizer, prompt, target_new)  # one clear error for an empty target
@@ -109,20 +83,15 @@ class EditorHandle:
     templates and inverted C, MEMIT's scaled statistics, MEND's trained networks. ``edit`` applies
     one edit for a ``with`` block and restores the weights bit for bit on exit.
 
-    ``method_cfg``: a conf/method/<name>.yaml mapping with its paths resolved (``method_config``;
-    the stages pass their composed ``cfg.method``); ``overrides`` its hyper-parameters.
+    ``method_cfg``: a conf/method/<name>.yaml mapping with its paths resolved (``method_config``, or
+    a composed ``cfg.method``); ``overrides`` its hyper-parameters. The editor comes from
+    ``editing.methods.build_editor``, the factory the pipeline's stages use too.
     """
 
     def __init__(self, loaded: LoadedModel, method_cfg: Mapping, overrides: Mapping | None = None, *,
                  covariance: torch.Tensor | Mapping[int, torch.Tensor] | None = None, templates: Sequence | None = None):
         self.loaded = loaded
         self.method = str(method_cfg["name"])
-        overrides = dict(overrides or {})
-        check_method_overrides(self.method, overrides, method_cfg)
-        params = {**method_hparams(method_cfg, loaded.name, loaded.adapter.n_layers), **overrides}
-        stats = Path(str(params.get(STATS_KEY)))
-        if covariance is None and needs_statistics(str(method_cfg["kind"]), params) and not stats.exists():
-            raise _missing_statistics(self.method, loaded.name, stats)
         self.editor, self.hparams = build_editor(loaded, method_cfg, overrides, covariance=covariance,
                                                  templates=templates)
 
@@ -141,26 +110,28 @@ class EditorHandle:
 
 def editor(model: str | LoadedModel = DEFAULT_MODEL, method: str = "shift", *,
            covariance: torch.Tensor | Mapping[int, torch.Tensor] | None = None, templates: Sequence | None = None,
-           **hparams: object) -> EditorHandle:
+           device: str | None = None, dtype: str | None = None, **hparams: object) -> EditorHandle:
     """The method's editor for ``model``, built once for many edits (``handle.edit(...)``); arguments as ``edit``'s."""
-    loaded = getattr(model, "loaded", None) or load(model if model is not None else DEFAULT_MODEL)
+    loaded = loaded_model(model, device, dtype)
     return EditorHandle(loaded, method_config(method, loaded.name), hparams, covariance=covariance, templates=templates)
 
 
 @contextmanager
 def edit(model: str | LoadedModel, prompt_template: str, subject: str, target_new: str, method: str = "shift", *,
          target_true: str = "", covariance: torch.Tensor | Mapping[int, torch.Tensor] | None = None,
-         templates: Sequence | None = None, **hparams: object) -> Iterator[EditResult]:
+         templates: Sequence | None = None, device: str | None = None, dtype: str | None = None,
+         **hparams: object) -> Iterator[EditResult]:
     """Apply one edit in place for the ``with`` block; the edited weights are restored bit for bit on exit.
 
     ``prompt_template``: the edit prompt, ``{}`` marking the subject's slot (or the prompt with the
     subject written out). ``hparams`` override conf/method/<method>.yaml (e.g. ``layer=20, eta=0.5``;
     ``stats_path=`` another statistics file). ``covariance``: the FF2 second moment (d_ff, d_ff) of the
     edited layer, or {layer: tensor} (MEMIT), instead of the statistics file; ``templates``: ROME's
-    flat context-template list or MEMIT's groups instead of sampled ones. Builds the editor for this
-    one edit; ``editor`` keeps it for many.
+    flat context-template list or MEMIT's groups instead of sampled ones. ``device``, ``dtype``: where a
+    model given by name is loaded (default cpu, float32; ``load``). Builds the editor for this one edit;
+    ``editor`` keeps it for many.
     """
-    loaded = getattr(model, "loaded", None) or load(model if model is not None else DEFAULT_MODEL)
+    loaded = loaded_model(model, device, dtype)
     _request(loaded, prompt_template, subject, target_new, target_true)  # bad input fails before the editor is built
     handle = editor(loaded, method, covariance=covariance, templates=templates, **hparams)
     with handle.edit(prompt_template, subject, target_new, target_true=target_true) as result:

@@ -137,7 +137,7 @@ class BackwardLens:
     a Hugging Face id, or an already loaded ``LoadedModel``.
     """
 
-    def __init__(self, model: str | LoadedModel = DEFAULT_MODEL, *, device: str = "cpu", dtype: str = "float32",
+    def __init__(self, model: str | LoadedModel = DEFAULT_MODEL, *, device: str | None = None, dtype: str | None = None,
                  verbose: bool = False):
         self.loaded = load(model, device=device, dtype=dtype, verbose=verbose)
         self.tokenizer = self.loaded.tokenizer
@@ -264,7 +264,7 @@ class BackwardLens:
         adapter = self.adapter
         excluded = special_token_ids(self.tokenizer) if settings.mask_special else []
         # Built once per run (a host-to-device copy), not per batch.
-        excluded_ids = torch.tensor(excluded, dtype=torch.long, device=adapter.unembedding.device)
+        excluded_ids = torch.tensor(excluded, dtype=torch.long, device=self.loaded.device)
         lens_tables = bool(set(tables) & set(LENS_TABLES))
 
         def ids(items: list[LensPrompt]) -> list[int]:

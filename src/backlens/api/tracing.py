@@ -16,7 +16,7 @@ import torch
 from omegaconf import OmegaConf
 
 from backlens.api.lens import target_token
-from backlens.api.models import DEFAULT_MODEL, load
+from backlens.api.models import DEFAULT_MODEL, loaded_model
 from backlens.project import config_dir
 from backlens.data.known_facts import KnownFact
 from backlens.data.segments import SUBJECT_SLOT, place_subject, segment_prompt
@@ -103,14 +103,16 @@ def greedy_answer(loaded: LoadedModel, input_ids: tuple[int, ...]) -> int:
 
 def trace(model: str | LoadedModel = DEFAULT_MODEL, prompt: str = "", subject: str = "", target: str | None = None,
           *, noise_samples: int | None = None, noise_scale: float | None = None, window: int | None = None,
-          severed: bool = False, seed: int = 0, progress: bool = True, **tracing: object) -> TracedFact:
+          severed: bool = False, seed: int = 0, progress: bool = True, device: str | None = None,
+          dtype: str | None = None, **tracing: object) -> TracedFact:
     """Causal trace of ``prompt`` (``{}`` marks the subject's slot) with its ``subject`` noised.
 
     ``target``: the answer whose probability is traced (default: the model's greedy next token, as
-    ROME traces the model's own answer). Defaults from backlens/conf/tracing/default.yaml; ``severed`` adds
+    ROME traces the model's own answer). ``device``, ``dtype``: where a model given by name is loaded
+    (default cpu, float32; ``load``). Defaults from backlens/conf/tracing/default.yaml; ``severed`` adds
     ROME's severed-path kinds at the last subject token. Tables carry the model in their first column.
     """
-    loaded = getattr(model, "loaded", None) or load(model)
+    loaded = loaded_model(model, device, dtype)
     cfg = {**default_tracing(), **tracing}
     for key, value in (("noise_samples", noise_samples), ("noise_scale", noise_scale), ("window", window)):
         if value is not None:

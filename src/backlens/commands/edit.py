@@ -8,6 +8,7 @@ import time
 
 import yaml
 
+from backlens.commands.loading import load_for
 from backlens.commands.render import table, token_text
 from backlens.errors import UserError
 
@@ -78,7 +79,6 @@ def run(args: argparse.Namespace) -> int:
     from backlens.api.editing import editor, next_tokens
     from backlens.api.lens import target_token
     from backlens.data.segments import place_subject
-    from backlens.commands.main import load_for
 
     if args.top_k < 1:
         raise UserError("--top-k must be at least 1")

@@ -6,6 +6,7 @@ import argparse
 import sys
 import time
 
+from backlens.commands.loading import load_for
 from backlens.commands.render import table, token_text
 from backlens.errors import UserError
 
@@ -78,7 +79,6 @@ def format_summary(summary, vocab_size: int, target_text: str) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from backlens.api.lens import BackwardLens
-    from backlens.commands.main import load_for
 
     if args.top_k < 1:
         raise UserError("--top-k must be at least 1")

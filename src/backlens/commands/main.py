@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-import time
 from collections.abc import Sequence
 
 from backlens.commands import edit as edit_command
@@ -68,16 +67,6 @@ def one_line(error: BaseException) -> str:
     if isinstance(error, KeyError) and text.startswith("'"):
         text = f"missing key {text}"
     return " ".join(text.split())
-
-
-def load_for(args: argparse.Namespace):
-    """The model of ``--model``, loaded quietly unless --verbose; prints the load time."""
-    from backlens.api.models import load
-
-    started = time.perf_counter()
-    loaded = load(args.model, device=args.device, dtype=args.dtype, verbose=args.verbose)
-    print(f"{loaded.name}: loaded in {time.perf_counter() - started:.1f} s ({loaded.source})", file=sys.stderr)
-    return loaded
 
 
 def main(argv: Sequence[str] | None = None) -> int:

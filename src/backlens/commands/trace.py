@@ -6,6 +6,7 @@ import argparse
 import sys
 import time
 
+from backlens.commands.loading import load_for
 from backlens.errors import UserError
 
 HELP = "causal tracing of one fact: indirect effects of restoring hidden states, MLP and attention outputs"
@@ -71,7 +72,6 @@ def format_maps(traced) -> str:
 def run(args: argparse.Namespace) -> int:
     from backlens.data.segments import place_subject
     from backlens.api.tracing import trace
-    from backlens.commands.main import load_for
 
     if args.samples is not None and args.samples < 1:
         raise UserError("--samples must be at least 1")

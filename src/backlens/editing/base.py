@@ -60,8 +60,12 @@ class Editor(ABC):
         self.model = loaded.model
         self.tokenizer = loaded.tokenizer
         self.adapter = loaded.adapter
-        self.device = loaded.device
         self.hparams = hparams
+
+    @property
+    def device(self) -> torch.device:
+        """The loaded model's device (LoadedModel.device, its one home)."""
+        return self.loaded.device
 
     @abstractmethod
     def edited_parameters(self) -> list[nn.Parameter]:

@@ -121,7 +121,7 @@ def _decode(
     The attention mask always spans the full sequence so far: a one-column mask on a cached
     step would silently mask the cached positions (see NOTES, transformers 5 pitfall).
     """
-    device = next(model.parameters()).device
+    device = model.device
     encoded = [tokenizer(p)["input_ids"] for p in prompts]
     width = max(len(e) for e in encoded)
     ids = torch.full((len(prompts), width), pad_id(tokenizer), dtype=torch.long)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -16,7 +17,8 @@ from backlens.editing.rome import RankOneModelEditing
 from backlens.editing.shift import ForwardPassShift
 from backlens.errors import ConfigError, UserError
 from backlens.models.loading import LoadedModel
-from backlens.project import config_dir
+from backlens.artifacts import artifact
+from backlens.project import config_dir, files_root, in_checkout
 
 EDITORS: dict[str, type[Editor]] = {
     "none": NoEdit,
@@ -150,13 +152,51 @@ def method_refuses(loaded: LoadedModel, kind: str, hparams: Mapping) -> bool:
     return editor_class(kind, hparams).refuses(loaded, hparams)
 
 
+STATS_KEY = "stats_path"
+
+
+class MissingStatisticsError(UserError, FileNotFoundError):
+    """A method needs the pipeline's FF2 statistics file, which has not been made yet."""
+
+
+def needs_statistics(kind: str, hparams: Mapping) -> bool:
+    """Whether the editor of ``kind`` reads the FF2 second moments (``stats_path``) when none are given."""
+    return (kind == "rome" and bool(hparams.get("mom2_adjustment", True))) or kind == "memit" or (
+        kind == "shift" and hparams.get("key") == "whitened") or (
+        kind in ("rome", "shift") and projection_enabled(hparams))
+
+
+def missing_statistics(method: str, model_name: str, path: Path) -> MissingStatisticsError:
+    """The error naming the absent statistics file and the rule (or argument) that gives it."""
+    root = files_root()
+    shown = path.relative_to(root) if path.is_relative_to(root) and in_checkout() else path
+    # Outside a checkout there is no workflow to run: the pipeline's file is made in one and copied here.
+    how = (f"`snakemake --cores 2 {shown}`" if in_checkout() else
+           f"`snakemake --cores 2 {artifact('editing_stats', run=model_name)}` in a checkout, copied to {path}")
+    return MissingStatisticsError(
+        f"{method} needs the FF2 statistics {shown}, which do not exist; make them with "
+        f"{how} (rule edit_covariance) or pass covariance=<tensor>"
+    )
+
+
 def build_editor(loaded: LoadedModel, method_cfg: Mapping, extra: Mapping | None = None, *,
                  covariance=None, templates=None) -> tuple[Editor, dict]:
     """The editor named by ``method_cfg.kind`` with its hyper-parameters for ``loaded`` (``extra``
-    overrides them); the one factory behind the API's editor handle, the stages and the CLI."""
+    overrides them): the one factory behind the API's editor handle (``api.edit``, ``backlens edit``),
+    the editing stages (through ``editing.run_config.load_editor``) and the sweeps.
+
+    ``extra`` must name hyper-parameters the method has, and a method that reads the FF2 statistics
+    file needs it to exist unless ``covariance`` is given: both fail here with a message that says
+    what to do, before any set-up work."""
+    name = str(method_cfg["name"])
+    extra = dict(extra or {})
+    check_method_overrides(name, extra, method_cfg)
     kind = str(method_cfg["kind"])
     if kind not in EDITORS:
         raise ValueError(f"method.kind={kind!r} is unknown; choose one of {sorted(EDITORS)}")
     hparams = method_hparams(method_cfg, loaded.name, loaded.adapter.n_layers)
-    hparams.update(extra or {})
+    hparams.update(extra)
+    stats = Path(str(hparams.get(STATS_KEY)))
+    if covariance is None and needs_statistics(kind, hparams) and not stats.exists():
+        raise missing_statistics(name, loaded.name, stats)
     return editor_class(kind, hparams)(loaded, hparams, **editor_inputs(kind, hparams, covariance, templates)), hparams

@@ -84,7 +84,7 @@ def score_answers(
     read (``logits_to_keep``); the numbers are those of one sequence per pair
     (``score_answers_per_pair``) up to float round-off (tests/test_editing_batched.py).
     """
-    device = next(model.parameters()).device
+    device = model.device
     items = [continuation(tokenizer, prompt, answer) for prompt, answer in pairs]
     sequences, where = shared_sequences(items)
     readers: dict[int, list[int]] = {}
@@ -118,7 +118,7 @@ def score_answers_per_pair(
 ) -> list[AnswerScore]:
     """The reference: one sequence per pair and the logits at every position (the code before
     issue 23; kept for the tests and the benchmark's side-by-side timing)."""
-    device = next(model.parameters()).device
+    device = model.device
     scores: list[AnswerScore] = []
     for start in range(0, len(pairs), batch_size):
         chunk = [continuation(tokenizer, prompt, answer) for prompt, answer in pairs[start : start + batch_size]]

@@ -42,3 +42,13 @@ def restored_after(parameters: Iterable[nn.Parameter]) -> Iterator[WeightSnapsho
         yield snapshot
     finally:
         snapshot.restore()
+
+
+@contextmanager
+def weights_added(parameter: nn.Parameter, delta: torch.Tensor) -> Iterator[WeightSnapshot]:
+    """``parameter`` + ``delta`` for the block (an update applied without an editor, e.g. one step of a
+    sweep over its scale), then the saved weights back bit for bit, even if the block fails."""
+    with restored_after([parameter]) as snapshot:
+        with torch.no_grad():
+            parameter.add_(delta)
+        yield snapshot

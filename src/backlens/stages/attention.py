@@ -12,50 +12,16 @@ from __future__ import annotations
 import logging
 
 import pandas as pd
-import torch
 from omegaconf import DictConfig
 
 from backlens.analysis.beyond_summary import attention_markdown
-from backlens.analysis.capture import CapturedBatch, capture_gradient_factors
-from backlens.analysis.ranks import gradient_rank
+from backlens.analysis.lemma import attention_lemma_rows
 from backlens.api.lens import ATTENTION_TABLES, BackwardLens, LensSettings
+from backlens.api.sampled_prompts import read_prompts
 from backlens.io import write_json, write_table, write_text
-from backlens.models.loading import LoadedModel, load_model
-from backlens.stages.backward_lens import read_prompts
-from backlens.stages.lemma_check import autograd_gradients
+from backlens.models.loading import load_model
 
 log = logging.getLogger(__name__)
-
-
-def autograd_attention_gradients(loaded: LoadedModel, input_ids: list[int], target_id: int) -> dict:
-    """dL/dW of every attention site (fused Q/K/V as one) for one prompt, by a backward pass into the weights."""
-    adapter = loaded.adapter
-    sites = [site for layer in range(adapter.n_layers) for site in adapter.attention_sites(layer)]
-    return autograd_gradients(loaded, input_ids, target_id, sites)
-
-
-def attention_lemma_rows(loaded: LoadedModel, batch: CapturedBatch, prompt: int, case_id: int,
-                         input_ids: list[int], target_id: int) -> list[dict]:
-    """Per (layer, projection): Lemma 4.1 from factors vs autograd's slice of the site's gradient,
-    from the prompt captured alone and from its padded batch; factor rank vs full float64 SVD rank."""
-    alone = capture_gradient_factors(loaded.model, loaded.adapter, [input_ids], [target_id],
-                                     pad_id=loaded.tokenizer.pad_token_id, submodules=False, attention=True)
-    reference = autograd_attention_gradients(loaded, input_ids, target_id)
-    rows = []
-    for (layer, name), projection in sorted(batch.projections.items()):
-        expected = projection.select_weight(reference[(layer, projection.site.matrix)])
-        scale = expected.norm().clamp_min(1e-30)
-        inputs, vjps = batch.projection_factors(prompt, layer, name)
-        factor_rank = gradient_rank(inputs, vjps)
-        full64 = vjps.double().T @ inputs.double()
-        rows.append({
-            "case_id": case_id, "layer": layer, "projection": name, "n_tokens": len(input_ids),
-            "relative_error": float((alone.projection_gradient(0, layer, name) - expected).norm() / scale),
-            "relative_error_batched": float((batch.projection_gradient(prompt, layer, name) - expected).norm() / scale),
-            "rank_factors": factor_rank.rank,
-            "rank_full_float64": int(torch.linalg.matrix_rank(full64, rtol=factor_rank.rtol)),
-        })
-    return rows
 
 
 def run(cfg: DictConfig) -> None:

@@ -10,7 +10,6 @@ same rows.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from pathlib import Path
@@ -20,6 +19,7 @@ import torch
 from omegaconf import DictConfig
 from tqdm import tqdm
 
+from backlens import sharding
 from backlens.api.tracing import trace_prepared, trace_settings
 from backlens.artifacts import shard_files
 from backlens.data.known_facts import load_known_facts_from_config
@@ -29,9 +29,9 @@ from backlens.io import write_json, write_table
 from backlens.models.loading import load_model
 from backlens.tracing.facts import TracedPrompt, prepare_fact, screen_facts
 from backlens.tracing.runs import noise_std
+from backlens.tracing.shards import read_screening, settings_record
 from backlens.tracing.tables import concat_or_empty
 from backlens.tracing.trace import model_flops
-from backlens.stages import sharding
 
 log = logging.getLogger(__name__)
 
@@ -44,25 +44,6 @@ FACT_COLUMNS = [
 ]
 TOKEN_COLUMNS = ["model", "known_id", "token_index", "token_id", "token", "segment", *SEGMENTS]
 EFFECT_COLUMNS = ["model", "known_id", "token_index", "layer", "kind", "p_restored", "indirect_effect"]
-
-
-def settings_record(cfg: DictConfig, std: float | None) -> dict:
-    """What a shard's numbers depend on (besides the model); shards merged together must agree."""
-    tracing = cfg.tracing
-    return {
-        "model": str(cfg.model.name),
-        "dtype": str(cfg.dtype),
-        "seed": int(cfg.seed),
-        "noise_scale": float(tracing.noise_scale),
-        "noise_std": std,
-        "noise_samples": int(tracing.noise_samples),
-        "window": tracing.get("window"),
-        "window_fraction": tracing.get("window_fraction"),
-        "kinds": list(tracing.kinds),
-        "severed_kinds": list(tracing.severed_kinds),
-        "severed_at": str(tracing.severed_at),
-        "known_facts": identity_from_config(cfg.known_facts, "known_1000"),
-    }
 
 
 def _set_threads(cfg: DictConfig) -> None:
@@ -129,10 +110,6 @@ def screen(cfg: DictConfig) -> None:
     )
     # Apart from screening.json, which is byte-identical run to run.
     write_json({"screen_seconds": screen_seconds}, cfg.paths.tracing_screening_timings)
-
-
-def read_screening(path: str | Path) -> dict:
-    return json.loads(Path(path).read_text())
 
 
 def shard_range(cfg: DictConfig) -> tuple[int, int]:

@@ -12,7 +12,7 @@ from omegaconf import DictConfig
 
 from backlens.artifacts import shard_files
 from backlens.io import write_json, write_table
-from backlens.stages.causal_tracing import read_screening, settings_record
+from backlens.tracing.shards import read_screening, settings_record
 from backlens.tracing.tables import average_effects, segment_effects
 
 log = logging.getLogger(__name__)

@@ -11,17 +11,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from backlens.figures.common import save_figure
 from backlens.figures.compare import compare_editing, compare_fig3, compare_fig6
-from backlens.runs import parse_run, varying_overrides
+from backlens.runs import parse_run, run_of, varying_overrides
 
 log = logging.getLogger(__name__)
-
-
-def run_of(path: str) -> str:
-    """The run directory name in results/<run>/..."""
-    parts = Path(path).parts
-    if len(parts) < 2 or parts[0] != "results":
-        raise ValueError(f"compare.tables: {path} is not under results/<run>/")
-    return parts[1]
 
 
 def run(cfg: DictConfig) -> None:

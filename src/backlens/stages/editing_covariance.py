@@ -10,9 +10,9 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from backlens.editing.covariance import accumulate_second_moments, blocks_for, corpus_batch, corpus_description
+from backlens.editing.run_config import statistics_layers
 from backlens.io import write_torch
 from backlens.models.loading import load_model
-from backlens.stages.editing_common import statistics_layers
 
 log = logging.getLogger(__name__)
 

@@ -11,13 +11,13 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from backlens import sharding
 from backlens.artifacts import shard_meta_path
 from backlens.data.sources import identity_from_config
 from backlens.editing.evaluation import CaseLog, evaluate_editor
 from backlens.editing.free_generation import FREE_GENERATION_METRICS
+from backlens.editing.run_config import evaluation_requests, load_editor
 from backlens.io import write_json, write_table
-from backlens.stages import sharding
-from backlens.stages.editing_common import evaluation_requests, load_editor
 
 log = logging.getLogger(__name__)
 
@@ -96,8 +96,7 @@ def run(cfg: DictConfig) -> None:
     """
     requests = evaluation_requests(cfg)
     start, stop = shard_range(cfg, len(requests))
-    _, handle, setup_seconds = load_editor(cfg)
-    editor, hparams = handle.editor, handle.hparams
+    _, editor, hparams, setup_seconds = load_editor(cfg)
     n_gen, n_ppl = int(cfg.editing.n_generation_cases), int(cfg.editing.n_perplexity_cases)
     heldout = None
     if n_ppl > 0 and start < n_ppl:

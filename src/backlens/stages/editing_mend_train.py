@@ -10,8 +10,8 @@ from omegaconf import DictConfig
 from backlens.data.sources import identity_from_config
 from backlens.editing.base import NoEdit
 from backlens.editing.mend_training import train_mend
+from backlens.editing.run_config import other_method_hparams, requests_in_range
 from backlens.models.loading import load_model
-from backlens.stages.editing_common import other_method_hparams, requests_in_range
 
 log = logging.getLogger(__name__)
 

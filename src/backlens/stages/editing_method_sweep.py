@@ -17,19 +17,18 @@ from tqdm import tqdm
 
 from backlens.editing.evaluation import evaluate_case
 from backlens.editing.methods import build_editor
-from backlens.io import write_json, write_table
-from backlens.models.loading import load_model
-from backlens.stages.editing_common import requests_in_range, user_method_overrides
-from backlens.stages.editing_sweep import (
+from backlens.editing.run_config import check_outside_evaluation, requests_in_range, user_method_overrides
+from backlens.editing.selection import (
     METRICS,
     SELECTION_RULE,
     accuracy_score,
-    check_outside_evaluation,
     choose,
     mean_metric,
     success_score,
     unedited_metrics,
 )
+from backlens.io import write_json, write_table
+from backlens.models.loading import load_model
 
 log = logging.getLogger(__name__)
 

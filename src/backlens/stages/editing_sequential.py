@@ -24,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from backlens.data.sources import identity_from_config
 from backlens.editing.evaluation import CaseLog
 from backlens.editing.keys_values import TargetResult
+from backlens.editing.run_config import load_editor, requests_in_range, settings_of
 from backlens.editing.sequential import (
     SequentialSettings,
     detect_collapse,
@@ -32,18 +33,11 @@ from backlens.editing.sequential import (
 )
 from backlens.errors import ConfigError
 from backlens.io import write_json, write_table, write_torch
-from backlens.stages.editing_common import load_editor, requests_in_range
 
 log = logging.getLogger(__name__)
 
 # The checkpoint table's columns that are not per-checkpoint scalars (other tables, or timings).
 NOT_SCALAR = ("update_norms", "cases", "edit_seconds", "eval_seconds", "n_edits_timed", "batch_facts")
-
-
-def settings_of(cfg: DictConfig) -> SequentialSettings:
-    seq = cfg.editing.sequential
-    return SequentialSettings(tuple(int(c) for c in seq.checkpoints), int(cfg.editing.evaluation.batch_size),
-                              float(seq.collapse.perplexity_multiple), float(seq.collapse.retention_floor))
 
 
 def n_edits_of(cfg: DictConfig, method: str) -> int:
@@ -132,8 +126,7 @@ def run(cfg: DictConfig) -> None:
     if not heldout_path.exists():
         raise FileNotFoundError(f"no held-out corpus at {heldout_path}: run the edit_covariance rule first")
     heldout = torch.load(heldout_path)["blocks"]
-    _, handle, setup_seconds = load_editor(cfg)
-    editor, hparams = handle.editor, handle.hparams
+    _, editor, hparams, setup_seconds = load_editor(cfg)
     config_fingerprint = fingerprint(cfg, hparams)
     label = f"{cfg.method.name} {'single' if seq.batch is None else f'batch {seq.batch}'}"
     if seq.batch is None:

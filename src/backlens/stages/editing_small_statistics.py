@@ -16,8 +16,8 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig
 
+from backlens.editing.table_statistics import TABLE1_METRICS, bootstrap_interval
 from backlens.io import write_table, write_text
-from backlens.stages.editing_tables import TABLE1_METRICS, bootstrap_interval
 
 log = logging.getLogger(__name__)
 

@@ -6,27 +6,17 @@ import json
 import logging
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 from omegaconf import DictConfig
 
 from backlens.artifacts import artifact
 from backlens.editing.free_generation import FREE_GENERATION_METRICS
+from backlens.editing.run_config import methods_run, not_run_line
+from backlens.editing.table_statistics import TABLE1_METRICS, bootstrap_interval
 from backlens.io import write_table, write_text
-from backlens.stages.editing_common import methods_run, refusal_note
 
 log = logging.getLogger(__name__)
 
-# (column, scale to percent/points, source column in the per-case table)
-TABLE1_METRICS = [
-    ("efficacy", 100.0, "efficacy"),
-    ("paraphrase", 100.0, "paraphrase"),
-    ("neighborhood", 100.0, "neighborhood"),
-    ("ngram_entropy", 100.0, "generation_entropy"),
-    ("efficacy_success", 100.0, "efficacy_success"),
-    ("paraphrase_success", 100.0, "paraphrase_success"),
-    ("neighborhood_success", 100.0, "neighborhood_success"),
-]
 # Efficacy by free generation (issue 26; backlens.editing.free_generation): the greedy continuation
 # begins with target_new (gen_*_true: with target_true; gen_*_contains: target_new anywhere in it, as
 # whole words; CSV only). Last in the CSV, so the earlier columns keep their places.
@@ -47,19 +37,6 @@ def method_results(cfg: DictConfig) -> list[tuple[dict, pd.DataFrame]]:
             raise FileNotFoundError(f"no results for method {name} at {cases_path}: run `snakemake {cases_path}` first")
         results.append((json.loads(summary_path.read_text()), pd.read_parquet(cases_path)))
     return results
-
-
-def bootstrap_interval(values: np.ndarray, n_resamples: int, seed: int, level: float = 0.95) -> tuple[float, float]:
-    """Percentile bootstrap interval of the mean of ``values``: cases resampled with replacement
-    ``n_resamples`` times (seeded, so the table is the same run to run)."""
-    values = np.asarray(values, dtype=float)
-    if len(values) == 0:
-        return float("nan"), float("nan")
-    rng = np.random.default_rng(seed)
-    means = values[rng.integers(0, len(values), size=(n_resamples, len(values)))].mean(axis=1)
-    tail = (1 - level) / 2
-    low, high = np.quantile(means, [tail, 1 - tail])
-    return float(low), float(high)
 
 
 def paper_row(cfg: DictConfig, key: str, table: str) -> dict | None:
@@ -137,12 +114,6 @@ def render(frame: pd.DataFrame, columns: list[tuple[str, str, int]], paper: list
     return markdown, latex
 
 
-def not_run_line(cfg: DictConfig) -> str:
-    """The Table 1 methods this model's run leaves out and why, a paragraph after the table's note ("" if none)."""
-    note = refusal_note(cfg, cfg.editing.table1_methods)
-    return f"\n{note}\n" if note else ""
-
-
 def run_table1(cfg: DictConfig) -> None:
     frame = table1_frame(cfg)
     columns = [("Efficacy", "efficacy", 1), ("Paraphrase", "paraphrase", 1), ("Neighborhood", "neighborhood", 1),
@@ -180,18 +151,6 @@ def generation_note(frame: pd.DataFrame, cfg: DictConfig) -> str:
             "Gen. true target: the rewrite prompt's continuation begins with target_true (editing/README.md, Metrics)"
             + (f"; n/a: not measured in the results of {', '.join(missing)} (made before the metric: rerun edit_evaluate)"
                if missing else "") + ".")
-
-
-def free_generation_finding(table1: pd.DataFrame) -> tuple[str, str, str]:
-    """The scorecard's "beyond the paper" row (question, ours, figure): each Table 1 row's efficacy by
-    free generation beside its teacher-forced efficacy and ES."""
-    question = ("Does the edited model say target_new when it continues the rewrite prompt greedily? (efficacy "
-                "by free generation, issue 26; \"The Mirage of Model Editing\": teacher forcing overstates efficacy)")
-    if "gen_efficacy_mean" not in table1 or table1["gen_efficacy_mean"].isna().all():
-        return question, "not measured in this Table 1 (made before the metric): rerun edit_evaluate", "-"
-    rows = [f"{r.label} {r.gen_efficacy_mean:.0f} / {r.efficacy_mean:.0f} / {r.efficacy_success_mean:.0f}"
-            for r in table1.itertuples() if not pd.isna(r.gen_efficacy_mean)]
-    return question, ("generated / teacher-forced efficacy / ES (%, tables/table1.md): " + "; ".join(rows)), "-"
 
 
 def run_table7(cfg: DictConfig) -> None:

@@ -13,9 +13,8 @@ import pandas as pd
 from omegaconf import DictConfig
 
 from backlens.artifacts import artifact
+from backlens.editing.run_config import methods_run, not_run_line
 from backlens.io import write_table, write_text
-from backlens.stages.editing_common import methods_run
-from backlens.stages.editing_tables import not_run_line
 
 log = logging.getLogger(__name__)
 

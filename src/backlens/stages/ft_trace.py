@@ -17,9 +17,9 @@ from tqdm import tqdm
 
 from backlens.analysis.beyond_summary import ft_trace_markdown
 from backlens.analysis.ft_trace import TraceSettings, layers_from_fractions, trace_edit
+from backlens.api.sampled_prompts import read_prompts
 from backlens.io import write_json, write_table, write_text
 from backlens.models.loading import load_model
-from backlens.stages.backward_lens import read_prompts
 
 log = logging.getLogger(__name__)
 

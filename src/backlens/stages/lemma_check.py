@@ -36,78 +36,16 @@ which keeps the exact-zero reading.
 from __future__ import annotations
 
 import logging
-from collections.abc import Collection
-
 import pandas as pd
-import torch
 from omegaconf import DictConfig
 
-from backlens.analysis.capture import CapturedBatch, capture_gradient_factors, last_position_loss
-from backlens.analysis.ranks import gradient_rank
-from backlens.data.batching import pad_batch
+from backlens.analysis.lemma import lemma_rows
+from backlens.api.sampled_prompts import capture_batches, read_prompts
 from backlens.io import write_table
-from backlens.models.loading import LoadedModel, load_model
+from backlens.models.loading import load_model
 from backlens.models.sites import LinearSite
-from backlens.stages.backward_lens import capture_batches, read_prompts
 
 log = logging.getLogger(__name__)
-
-
-def autograd_gradients(loaded: LoadedModel, input_ids: list[int], target_id: int,
-                       sites: list[LinearSite] | None = None) -> dict[tuple[int, str], torch.Tensor]:
-    """dL/dW of every MLP matrix (or of ``sites``) for one prompt, from a backward pass into the weights."""
-    adapter = loaded.adapter
-    if sites is None:
-        sites = [site for layer in range(adapter.n_layers) for site in adapter.linear_sites(layer)]
-    ids, mask = pad_batch([input_ids], loaded.tokenizer.pad_token_id, loaded.device)
-    with torch.enable_grad():
-        logits = loaded.model(input_ids=ids, attention_mask=mask).logits
-        loss = last_position_loss(logits, [len(input_ids)], torch.tensor([target_id], device=loaded.device)).sum()
-        grads = torch.autograd.grad(loss, [site.weight for site in sites])
-    return {(site.layer, site.matrix): grad for site, grad in zip(sites, grads)}
-
-
-def relative_error(site: LinearSite, reference: torch.Tensor, inputs_PxIn: torch.Tensor,
-                   vjps_PxOut: torch.Tensor) -> float:
-    """||sum_i delta_i x_i^T - dL/dW||_F / ||dL/dW||_F, the sum built in the module's weight layout
-    (in place, so one d_out x d_in buffer per call)."""
-    difference = site.gradient_from_factors(inputs_PxIn, vjps_PxOut).sub_(reference)
-    return float(difference.norm() / reference.norm().clamp_min(1e-30))
-
-
-def lemma_rows(loaded: LoadedModel, batch: CapturedBatch, prompt: int, case_id: int, input_ids: list[int],
-               target_id: int, crosscheck: bool | Collection[int]) -> list[dict]:
-    """Rows for one prompt of a captured batch: reconstruction error and rank checks.
-
-    One forward and backward pass of the prompt alone gives both its factors (inputs x_i and VJPs
-    delta_i at the hooked modules) and autograd's dL/dW of every MLP weight (the reference).
-    """
-    alone = capture_gradient_factors(
-        loaded.model, loaded.adapter, [input_ids], [target_id], pad_id=loaded.tokenizer.pad_token_id,
-        submodules=False, weight_gradients=True,
-    )
-    rows = []
-    for key, reference in alone.weight_gradients.items():
-        site = alone.sites[key]
-        inputs, vjps = batch.factors(prompt, key)
-        factor_rank = gradient_rank(inputs, vjps)
-        row = {
-            "case_id": case_id,
-            "layer": key[0],
-            "matrix": key[1],
-            "n_tokens": len(input_ids),
-            "relative_error": relative_error(site, reference, *alone.factors(0, key)),
-            "relative_error_batched": relative_error(site, reference, inputs, vjps),
-            "rank_factors": factor_rank.rank,
-            "rank_full_float64": None,
-            "rank_full_float32_default_tol": None,
-        }
-        if crosscheck is True or (crosscheck and key[0] in crosscheck):
-            full64 = vjps.double().T @ inputs.double()
-            row["rank_full_float64"] = int(torch.linalg.matrix_rank(full64, rtol=factor_rank.rtol))
-            row["rank_full_float32_default_tol"] = int(torch.linalg.matrix_rank(reference.float()))
-        rows.append(row)
-    return rows
 
 
 def checked_prompts(n_prompts: int | None, n_sampled: int, elements_per_prompt: int = 0,

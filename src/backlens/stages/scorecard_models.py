@@ -1,7 +1,7 @@
 """Rule ``scorecard_models``: docs/scorecard_models.md, the claims scorecard with one column per run
 when the docs' runs span several models (``--config models="[smollm2-135m,gemma3-270m]"``).
 
-Each run's rows come from ``backlens.stages.scorecard.claim_rows``, so the numbers and the verdict
+Each run's rows come from ``backlens.analysis.scorecard.claim_rows``, so the numbers and the verdict
 rules are the single-model scorecard's (docs/scorecard.md, which stays the first run's alone).
 Rows are matched by claim; a claim one run does not have (e.g. a shift variant's row where the run has
 no such Table 1 row) reads "not measured" there, as does a claim whose evidence the run lacks (the Table 7
@@ -13,11 +13,10 @@ from __future__ import annotations
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
+from backlens.analysis.scorecard import NOT_MEASURED, Row, claim_rows, figure_link, verdict_counts
 from backlens.figures.compare import CROSS_MODEL_GALLERY
 from backlens.io import write_text
-from backlens.runs import parse_run, varying_overrides
-from backlens.stages.compare_runs import run_of
-from backlens.stages.scorecard import NOT_MEASURED, Row, claim_rows, figure_link, verdict_counts
+from backlens.runs import parse_run, run_of, varying_overrides
 
 # Scorecard figure (a single run's gallery image) -> the cross-model figure drawing every run.
 CROSS_MODEL_OF = {kind: name for name, kind in CROSS_MODEL_GALLERY.items()}

@@ -8,10 +8,10 @@ import math
 import pandas as pd
 from omegaconf import DictConfig
 
+from backlens.editing.run_config import refusal_note, settings_of
 from backlens.editing.sequential import SequentialSettings, detect_collapse
 from backlens.io import write_text
-from backlens.stages.editing_common import refusal_note
-from backlens.stages.editing_sequential import settings_of
+
 
 def pct(value) -> str:
     return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * float(value):.1f}"

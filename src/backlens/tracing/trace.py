@@ -81,7 +81,7 @@ def trace_fact(
 ) -> FactTrace:
     """Trace every (kind, token, layer) of one prompt whose subject is tokens [subject_start, subject_end);
     ``progress`` shows a bar over the traced tokens."""
-    device = adapter.input_embedding.device
+    device = adapter.model.device
     ids = torch.tensor([list(input_ids)], device=device)
     clean_embeddings = adapter.token_embeddings(ids)
     clean = recorded_run(adapter, clean_embeddings, answer_id)

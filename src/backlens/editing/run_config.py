@@ -1,4 +1,7 @@
-"""Shared pieces of the editing stages: case ranges, method configs and the held-out corpus."""
+"""What a composed run config says about editing, read once for every editing stage: the CounterFact
+case ranges, each method's hyper-parameters with the run's overrides, the methods a model's editors
+refuse, the sweeps' layers, the sequential settings, and the run's editor (``load_editor``, through
+the one factory ``editing.methods.build_editor``)."""
 
 from __future__ import annotations
 
@@ -8,9 +11,18 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from backlens.data.counterfact import load_counterfact_from_config
-from backlens.editing.methods import check_method_overrides, load_method_config, method_hparams, refusal_reason
+from backlens.editing.base import Editor
+from backlens.editing.methods import (
+    build_editor,
+    check_method_overrides,
+    load_method_config,
+    method_hparams,
+    refusal_reason,
+)
 from backlens.editing.requests import EditRequest
+from backlens.editing.sequential import SequentialSettings
 from backlens.errors import ConfigError
+from backlens.models.loading import LoadedModel, load_model
 
 
 def requests_in_range(cfg: DictConfig, first_case: int, n_cases: int, label: str) -> list[EditRequest]:
@@ -78,17 +90,22 @@ def user_method_overrides(cfg: DictConfig, method_name: str) -> dict:
     return dict(OmegaConf.to_container(overrides, resolve=True)) if overrides is not None else {}
 
 
-def other_method_hparams(cfg: DictConfig, method_name: str, n_layers: int) -> dict:
-    """Hyper-parameters of conf/method/<method_name>.yaml for this model, with the run's
-    ``methods.<method_name>`` overrides; the selected method also keeps its ``method.*`` overrides.
-
-    Interpolations into the root config (paths) are resolved against ``cfg``.
-    """
+def run_method_config(cfg: DictConfig, method_name: str) -> DictConfig:
+    """conf/method/<method_name>.yaml as this run sees it: ``cfg.method`` (with its ``method.*``
+    overrides) for the selected method, else the file, its interpolations into the root config
+    (paths) resolved against ``cfg``."""
     if cfg.method.name == method_name:
-        return {**method_hparams(cfg.method, cfg.model.name, n_layers), **user_method_overrides(cfg, method_name)}
+        return cfg.method
     merged = OmegaConf.create(OmegaConf.to_container(cfg, resolve=False))
     merged.method = load_method_config(method_name, f"methods.{method_name}")
-    return {**method_hparams(merged.method, cfg.model.name, n_layers), **user_method_overrides(cfg, method_name)}
+    return merged.method
+
+
+def other_method_hparams(cfg: DictConfig, method_name: str, n_layers: int) -> dict:
+    """Hyper-parameters of conf/method/<method_name>.yaml for this model, with the run's
+    ``methods.<method_name>`` overrides; the selected method also keeps its ``method.*`` overrides."""
+    return {**method_hparams(run_method_config(cfg, method_name), cfg.model.name, n_layers),
+            **user_method_overrides(cfg, method_name)}
 
 
 def statistics_layers(cfg: DictConfig, n_layers: int) -> list[int]:
@@ -126,14 +143,32 @@ def sweep_layers(cfg: DictConfig, method_name: str, n_layers: int) -> list[int]:
     return layers
 
 
-def load_editor(cfg: DictConfig):
-    """The run's model and its method's editor handle (templates and statistics prepared once), seeded
-    as every editing stage is: (loaded model, handle, seconds the handle's set-up took)."""
-    from backlens.api.editing import EditorHandle
-    from backlens.models.loading import load_model
+def check_outside_evaluation(cfg: DictConfig, first_case: int, n_cases: int, label: str) -> None:
+    """A sweep's cases [first_case, first_case + n_cases) must lie outside the evaluation range."""
+    evaluation_start = int(cfg.editing.first_case)
+    evaluation_end = evaluation_start + int(cfg.editing.n_cases)
+    if first_case < evaluation_end and evaluation_start < first_case + n_cases:
+        raise ValueError(f"{label} cases {first_case}..{first_case + n_cases - 1} overlap the evaluation range; move {label}.first_case")
 
+
+def not_run_line(cfg: DictConfig) -> str:
+    """The Table 1 methods this model's run leaves out and why, a paragraph after the table's note ("" if none)."""
+    note = refusal_note(cfg, cfg.editing.table1_methods)
+    return f"\n{note}\n" if note else ""
+
+
+def settings_of(cfg: DictConfig) -> SequentialSettings:
+    """The sequential series' checkpoints, scoring batch and collapse rule (``editing.sequential``)."""
+    seq = cfg.editing.sequential
+    return SequentialSettings(tuple(int(c) for c in seq.checkpoints), int(cfg.editing.evaluation.batch_size),
+                              float(seq.collapse.perplexity_multiple), float(seq.collapse.retention_floor))
+
+
+def load_editor(cfg: DictConfig) -> tuple[LoadedModel, Editor, dict, float]:
+    """The run's model and its method's editor (templates and statistics prepared once), seeded as
+    every editing stage is: (loaded model, editor, its hyper-parameters, seconds the set-up took)."""
     loaded = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
     torch.manual_seed(int(cfg.seed))
     started = time.perf_counter()
-    handle = EditorHandle(loaded, cfg.method, user_method_overrides(cfg, cfg.method.name))
-    return loaded, handle, time.perf_counter() - started
+    editor, hparams = build_editor(loaded, cfg.method, user_method_overrides(cfg, cfg.method.name))
+    return loaded, editor, hparams, time.perf_counter() - started
