@@ -239,3 +239,28 @@ def test_sequential_and_batch_stages_on_a_tiny_model(tmp_path):
     # A Gemma 3 run's report names the sequential methods its editors refuse (editing.refused_methods).
     gemma = sequential_report.report(table, timings, compose_config(*base[:1], "model=tiny-gemma3"))
     assert "Not run on tiny-gemma3 (editing.refused_methods): memit, alphaedit: a block does not add" in gemma
+
+
+def test_the_report_says_where_the_shift_breaks_and_how_far_the_weights_moved():
+    """The shift goal's line names the first checkpoint below the floor and the accumulated update
+    there against the first edit's (the report's 'why it breaks'), from the table's numbers."""
+    rows = pd.DataFrame({
+        "method": ["shift_whitened_nullspace"] * 3, "label": ["Shift (null space)"] * 3, "n_edits": [1, 10, 100],
+        "retention": [1.0, 0.9, 0.5], "perplexity_ratio": [1.01, 1.5, 40.0], "neighborhood_success": [0.6, 0.5, 0.2],
+        "neighborhood_success_unedited": [0.66] * 3, "update_norm_relative": [0.7, 5.0, 25.0],
+    })
+    (line,) = sequential_report.shift_goal_lines(rows, 0.8, 100)
+    assert "retention 50.0% after 100 edits: misses the goal" in line
+    assert "first below 80.0% at 100 edits (perplexity x40.000, NS 20.0% against 66.0% unedited" in line
+    assert "accumulated update 25.000 x |W0| against 0.700 x |W0| after 1 edit(s)" in line
+
+
+def test_the_report_shows_table1_with_the_rows_beyond_the_paper(tmp_path):
+    csv = tmp_path / "table1_beyond.csv"
+    (tmp_path / "table1_beyond.md").write_text("| Method | Efficacy |\n|---|---|\n| r-ROME | 94.0 |\n")
+    cfg = compose_config(f"paths.table1_beyond={csv}")
+    text = "\n".join(sequential_report.table1_beyond_section(cfg))
+    assert "## Table 1 with the rows beyond the paper" in text and "| r-ROME | 94.0 |" in text
+    assert ", ".join(cfg.editing.sequential.table1_methods) in text
+    # Without the table (a hand-run of the report alone) the section is left out, not left empty.
+    assert sequential_report.table1_beyond_section(compose_config(f"paths.table1_beyond={tmp_path}/none.csv")) == []

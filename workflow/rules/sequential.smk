@@ -102,6 +102,8 @@ use rule stage as sequential_report with:
     input:
         sequential_table=artifact("sequential_table"),
         sequential_timings_table=artifact("sequential_timings_table"),
+        table1_beyond=artifact("table1_beyond"),
+        table1_beyond_md=with_suffix(artifact("table1_beyond"), ".md"),
     output:
         report=artifact("sequential_report"),
     log:
@@ -109,7 +111,10 @@ use rule stage as sequential_report with:
     benchmark:
         job_benchmark("sequential_report")
     params:
-        command=lambda wc, input, output: hydra_call("sequential_report", wc, sequential_report=output.report, **input),
+        command=lambda wc, input, output: hydra_call(
+            "sequential_report", wc, sequential_report=output.report, sequential_table=input.sequential_table,
+            sequential_timings_table=input.sequential_timings_table, table1_beyond=input.table1_beyond,
+        ),
 
 
 rule docs_sequential:

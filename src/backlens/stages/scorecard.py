@@ -56,7 +56,8 @@ def findings_markdown(rows: list[tuple[str, str, str]]) -> str:
     return "\n".join([
         "**Beyond the paper** (our own findings, not claims of the paper: no verdict; issue 16's analyses, "
         "reports in `docs/attention.md` and `docs/ft_trace.md`; issue 26's efficacy by free generation, "
-        "`docs/tables/table1.md`):",
+        "`docs/tables/table1.md`; its sequential and batch editing, r-ROME, AlphaEdit and null-space shifts, built "
+        "on request by `snakemake --config outputs=sequential`: `docs/sequential.md`, `docs/tables/table1_beyond.md`):",
         "",
         *lines,
     ])

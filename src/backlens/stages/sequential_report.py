@@ -4,6 +4,7 @@ sequential-editing table and its timings; every number comes from those tables."
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pandas as pd
 from omegaconf import DictConfig
@@ -68,7 +69,8 @@ def batch_rows(table: pd.DataFrame) -> list[list[str]]:
 
 
 def shift_goal_lines(single: pd.DataFrame, floor: float, n_goal: int) -> list[str]:
-    """Per shift variant: retention at ``n_goal`` edits against ``floor``, and where it first fell below."""
+    """Per shift variant: retention at ``n_goal`` edits against ``floor``, where it first fell below, and
+    the accumulated update there against the first edit's (how far the weights had moved)."""
     lines = []
     for method, rows in single[single.method.str.startswith("shift")].groupby("method", sort=False):
         at = rows[rows.n_edits == n_goal]
@@ -81,9 +83,24 @@ def shift_goal_lines(single: pd.DataFrame, floor: float, n_goal: int) -> list[st
         if len(below):
             first = below.iloc[0]
             text += (f"; first below {pct(floor)}% at {int(first.n_edits)} edits (perplexity x{num(first.perplexity_ratio, 3)}, "
-                     f"NS {pct(first.neighborhood_success)}% against {pct(first.neighborhood_success_unedited)}% unedited)")
+                     f"NS {pct(first.neighborhood_success)}% against {pct(first.neighborhood_success_unedited)}% unedited, "
+                     f"accumulated update {num(first.update_norm_relative, 3)} x |W0| against "
+                     f"{num(rows.update_norm_relative.iloc[0], 3)} x |W0| after {int(rows.n_edits.iloc[0])} edit(s))")
         lines.append(f"- {rows.label.iloc[0]}: {text}.")
     return lines
+
+
+def table1_beyond_section(cfg: DictConfig) -> list[str]:
+    """Table 1 with the rows beyond the paper (its .md as rule edit_table1_beyond wrote it), when given."""
+    path = cfg.paths.get("table1_beyond")
+    md = Path(path).with_suffix(".md") if path else None
+    if md is None or not md.exists():
+        return []
+    beyond = ", ".join(str(m) for m in cfg.editing.sequential.table1_methods)
+    return ["## Table 1 with the rows beyond the paper", "",
+            f"Single edits, weights restored after each (Table 1's cases and metrics); the rows after the paper's "
+            f"are this issue's methods ({beyond}). Also in `docs/tables/table1_beyond.md`.", "",
+            md.read_text(encoding="utf-8").strip(), ""]
 
 
 def report(table: pd.DataFrame, timings: pd.DataFrame, cfg: DictConfig) -> str:
@@ -132,6 +149,7 @@ def report(table: pd.DataFrame, timings: pd.DataFrame, cfg: DictConfig) -> str:
         table_md(["method", "facts", "retention % (batch)", "(sequence)", "NS % (batch)", "(sequence)",
                   "perplexity x (batch)", "(sequence)", "rel. update norm (batch)", "(sequence)"], batch_rows(table)),
         "",
+        *table1_beyond_section(cfg),
         f"## The shift's goal: at least {pct(goal[0])}% retention after {goal[1]} edits",
         "",
         *shift_goal_lines(single, *goal),
