@@ -178,3 +178,16 @@ def test_the_data_file_is_part_of_the_resume_fingerprint(tmp_path):
     # One progress file per configuration: the second data file did not resume the first one's rows.
     logs = sorted(p.name for p in (tmp_path / "run" / "editing" / "none").glob("*.jsonl"))
     assert logs == sorted(f"cases.{f}.jsonl" for f in fingerprints.values())
+
+
+def test_one_padding_function_pads_either_side():
+    """Scoring and tracing pad on the right (tokens keep their positions), generation on the left (every
+    row ends at the last column): both from data.batching.pad_batch."""
+    from backlens.data.batching import pad_batch
+
+    ids, mask = pad_batch([[5, 6, 7], [8]], 0, torch.device("cpu"))
+    assert ids.tolist() == [[5, 6, 7], [8, 0, 0]] and mask.tolist() == [[1, 1, 1], [1, 0, 0]]
+    ids, mask = pad_batch([[5, 6, 7], [8]], 0, torch.device("cpu"), side="left")
+    assert ids.tolist() == [[5, 6, 7], [0, 0, 8]] and mask.tolist() == [[1, 1, 1], [0, 0, 1]]
+    with pytest.raises(ValueError, match="side='middle'"):
+        pad_batch([[1]], 0, torch.device("cpu"), side="middle")

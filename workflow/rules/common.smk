@@ -16,6 +16,7 @@ from backlens.editing.run_config import methods_run
 from backlens.analysis.scorecard import CLAIM_TABLES
 from backlens.figures.registry import FIGURES
 from backlens.project import config_dir
+from backlens.table_names import GRADIENT_TABLES
 from backlens.runs import Run, expand_sweep, override_key, parse_run, runs_of_label, split_overrides, sweep_label
 
 PYTHON = sys.executable
@@ -293,7 +294,7 @@ def quoted_list(paths):
 
 # Rule inputs and outputs are named and placed by backlens.artifacts (ARTIFACTS: one entry per file,
 # shared with conf/config.yaml's paths): artifact("prompts") is results/{run}/prompts.parquet.
-ANALYSIS_TABLES = ["gradient_ranks", "vjp_norms", "target_ranks", "neuron_updates", "vjp_similarity"]
+ANALYSIS_TABLES = list(GRADIENT_TABLES)  # the backward_lens stage's tables (backlens.table_names)
 
 
 def analysis_shards(wc):

@@ -34,16 +34,11 @@ from backlens.analysis.spanning_sets import neuron_update_rows, vjp_similarity_r
 from backlens.api.models import DEFAULT_MODEL, load
 from backlens.data.segments import SegmentationError, first_target_token, place_subject, segment_prompt
 from backlens.models.loading import LoadedModel
+from backlens.table_names import ALL_TABLES, ATTENTION_TABLES, DEFAULT_TABLES, GRADIENT_TABLES, LENS_TABLES  # noqa: F401
 
 T = TypeVar("T")
 
-# The backward_lens stage's five tables, then the logit-lens tables of the Fig 4 stage.
-GRADIENT_TABLES = ("gradient_ranks", "vjp_norms", "target_ranks", "neuron_updates", "vjp_similarity")
-LENS_TABLES = ("lens_cells", "lens_tokens")
-# Beyond the paper (issue 16): the same views of the attention projections W_Q, W_K, W_V, W_O.
-ATTENTION_TABLES = ("attention_ranks", "attention_vjp_norms", "attention_target_ranks")
-ALL_TABLES = GRADIENT_TABLES + LENS_TABLES + ATTENTION_TABLES
-DEFAULT_TABLES = ("gradient_ranks", "vjp_norms", "target_ranks", *LENS_TABLES)
+# The table names live in backlens.table_names (the workflow reads them too); re-exported here.
 # Tables that read the attention / MLP output VJPs (captured only when one of them is asked for).
 SUBMODULE_TABLES = frozenset({"vjp_norms"})
 

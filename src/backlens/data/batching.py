@@ -17,12 +17,18 @@ def pad_id(tokenizer: PreTrainedTokenizerBase) -> int:
     return 0
 
 
-def pad_batch(input_ids: Sequence[Sequence[int]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-pad token id lists: (B, T) ids and attention mask."""
+def pad_batch(input_ids: Sequence[Sequence[int]], pad_id: int, device: torch.device, *,
+              side: str = "right") -> tuple[torch.Tensor, torch.Tensor]:
+    """Pad token id lists into (B, T) ids and attention mask. ``side="right"`` keeps every real token
+    at its position (scoring, tracing); ``"left"`` ends every row at the last column (generation
+    appends there)."""
+    if side not in ("right", "left"):
+        raise ValueError(f"pad_batch: side={side!r}; use right or left")
     longest = max(len(ids) for ids in input_ids)
     ids = torch.full((len(input_ids), longest), pad_id, dtype=torch.long)
     mask = torch.zeros((len(input_ids), longest), dtype=torch.long)
     for row, prompt_ids in enumerate(input_ids):
-        ids[row, : len(prompt_ids)] = torch.tensor(prompt_ids, dtype=torch.long)
-        mask[row, : len(prompt_ids)] = 1
+        columns = slice(0, len(prompt_ids)) if side == "right" else slice(longest - len(prompt_ids), longest)
+        ids[row, columns] = torch.tensor(prompt_ids, dtype=torch.long)
+        mask[row, columns] = 1
     return ids.to(device), mask.to(device)

@@ -10,7 +10,7 @@ from collections.abc import Callable
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from backlens.data.batching import pad_id
+from backlens.data.batching import pad_batch, pad_id
 
 _WORD = re.compile(r"\w+|[^\w\s]")
 
@@ -122,14 +122,7 @@ def _decode(
     step would silently mask the cached positions (see NOTES, transformers 5 pitfall).
     """
     device = model.device
-    encoded = [tokenizer(p)["input_ids"] for p in prompts]
-    width = max(len(e) for e in encoded)
-    ids = torch.full((len(prompts), width), pad_id(tokenizer), dtype=torch.long)
-    mask = torch.zeros((len(prompts), width), dtype=torch.long)
-    for row, sequence in enumerate(encoded):
-        ids[row, width - len(sequence) :] = torch.tensor(sequence)
-        mask[row, width - len(sequence) :] = 1
-    ids, mask = ids.to(device), mask.to(device)
+    ids, mask = pad_batch([tokenizer(p)["input_ids"] for p in prompts], pad_id(tokenizer), device, side="left")
     positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
     keep = {"logits_to_keep": 1} if last_logits_only else {}
     generated: list[torch.Tensor] = []

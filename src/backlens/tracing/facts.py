@@ -9,6 +9,7 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
+from backlens.data.batching import pad_batch, pad_id
 from backlens.data.known_facts import KnownFact
 from backlens.data.segments import SegmentationError, SegmentedPrompt, first_target_token, segment_prompt, slot_start
 from backlens.models.loading import LoadedModel
@@ -42,24 +43,16 @@ def screen_facts(loaded: LoadedModel, prompts: Sequence[TracedPrompt], batch_siz
     token that is: the first token of `` attribute`` is the argmax at the last position.
     """
     rows = []
-    pad_id = loaded.tokenizer.pad_token_id
     for prompt in prompts:
         loaded.check_fits(len(prompt.segmented), f"known_1000 fact known_id={prompt.fact.known_id}")
     for start in tqdm(range(0, len(prompts), batch_size), desc="screen known facts", unit="batch"):
         batch = prompts[start : start + batch_size]
         lengths = torch.tensor([len(p.segmented) for p in batch])
-        ids = torch.full((len(batch), int(lengths.max())), pad_id, dtype=torch.long)
-        for i, prompt in enumerate(batch):
-            ids[i, : lengths[i]] = torch.tensor(prompt.segmented.input_ids)
         # Right padding: real tokens keep their positions, the mask hides the padding.
-        mask = (torch.arange(ids.shape[1])[None] < lengths[:, None]).long()
+        ids, mask = pad_batch([p.segmented.input_ids for p in batch], pad_id(loaded.tokenizer), loaded.device)
         # Unembed only the positions that end some prompt, not every position of the batch.
         last_positions = torch.unique(lengths - 1)
-        logits = loaded.model(
-            input_ids=ids.to(loaded.device),
-            attention_mask=mask.to(loaded.device),
-            logits_to_keep=last_positions.to(loaded.device),
-        ).logits
+        logits = loaded.model(input_ids=ids, attention_mask=mask, logits_to_keep=last_positions.to(loaded.device)).logits
         column = torch.searchsorted(last_positions, lengths - 1)
         last = logits[torch.arange(len(batch)), column.to(loaded.device)].float()
         probs = torch.softmax(last, dim=-1)
