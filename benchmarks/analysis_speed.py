@@ -31,6 +31,7 @@ from backlens.analysis.capture import last_position_loss, pad_batch
 from backlens.analysis.logit_lens import lens_is_odd
 from backlens.api.sampled_prompts import PromptBatchSource
 from backlens.bench import goal, write_result
+from backlens.conf import DEFAULT_MODEL
 from backlens.data.counterfact import load_counterfact_from_config
 from backlens.data.prompt_table import prompt_table, sample_records
 from backlens.models.loading import load_model
@@ -48,7 +49,7 @@ def timed(fn) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--model", default=DEFAULT_MODEL)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--prompts", type=int, default=100)
     parser.add_argument("--naive-prompts", type=int, default=3,

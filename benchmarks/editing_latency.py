@@ -63,6 +63,7 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from backlens.bench import goal, write_result
+from backlens.conf import DEFAULT_MODEL
 from backlens.editing.covariance import accumulate_second_moments, load_second_moment
 from backlens.editing.evaluation import GENERATION_CASES_PER_BATCH, CaseLog, evaluate_case, evaluate_editor
 from backlens.editing.free_generation import free_generation_rows
@@ -244,7 +245,7 @@ def _beside_original(result: dict, original: dict, editor, requests) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default=None, help="default smollm2-135m (--smoke: tiny-llama)")
+    parser.add_argument("--model", default=None, help=f"default {DEFAULT_MODEL} (--smoke: tiny-llama)")
     parser.add_argument("--cases", type=int, default=4, help="cases per method (CounterFact records 0..cases-1)")
     parser.add_argument("--generating-cases", type=int, default=2,
                         help="how many of them also sample text and measure perplexity, as the pipeline's first cases do")
@@ -273,7 +274,7 @@ def main() -> None:
         args.model, args.cases, args.generating_cases, args.reference = args.model or "tiny-llama", 3, 2, True
         args.generation_batch = 2
         args.methods = args.methods or SMOKE_METHODS
-    args.model = args.model or "smollm2-135m"
+    args.model = args.model or DEFAULT_MODEL
     methods = args.methods or METHODS
     if "shift" not in methods:
         methods = ["shift", *methods]

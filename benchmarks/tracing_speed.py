@@ -23,6 +23,7 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from backlens.bench import goal, write_result
+from backlens.conf import DEFAULT_MODEL
 from backlens.data.known_facts import load_known_facts_from_config
 from backlens.models.loading import load_model
 from backlens.stages.causal_tracing import trace_settings
@@ -66,7 +67,7 @@ def _full_recomputation_seconds(loaded, prompt, trace, settings, seed: int) -> f
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--model", default=DEFAULT_MODEL)
     parser.add_argument("--facts", type=int, default=3, help="correctly answered facts to trace")
     parser.add_argument("--reference-facts", type=int, default=1, help="of those, how many to also recompute fully")
     parser.add_argument("--threads", type=int, default=1)
