@@ -18,15 +18,7 @@ from tqdm import tqdm
 from backlens.editing.evaluation import evaluate_case
 from backlens.editing.methods import build_editor
 from backlens.editing.run_config import check_outside_evaluation, requests_in_range, user_method_overrides
-from backlens.editing.selection import (
-    METRICS,
-    SELECTION_RULE,
-    accuracy_score,
-    choose,
-    mean_metric,
-    success_score,
-    unedited_metrics,
-)
+from backlens.editing import selection
 from backlens.io import write_json, write_table
 from backlens.models.loading import load_model
 
@@ -59,12 +51,12 @@ def run(cfg: DictConfig) -> None:
             row = evaluate_case(editor, request, evaluation, generate=False, perplexity_blocks=None, free_generation=False)
             rows.append({"model": cfg.model.name, "method": method, **setting, "case_id": request.case_id,
                          "skipped": row["skipped"], "edit_seconds": row["edit_seconds"],
-                         "efficacy_before": row["efficacy_before"], **{k: row[k] for k in METRICS}})
+                         "efficacy_before": row["efficacy_before"], **{k: row[k] for k in selection.METRICS}})
             progress.update()
     progress.close()
     cases = pd.DataFrame(rows)
-    baseline = unedited_metrics(loaded, requests, int(evaluation["batch_size"]))
-    baseline_means = {k: mean_metric(baseline, k) for k in METRICS}
+    baseline = selection.unedited_metrics(loaded, requests, int(evaluation["batch_size"]))
+    baseline_means = {k: selection.mean_metric(baseline, k) for k in selection.METRICS}
     write_table(cases, cfg.paths.editing_method_sweep)
     choice = method_choice(cases, baseline_means, sweep, method, list(settings[0]), hparams_without(hparams, list(settings[0])))
     write_json(choice, cfg.paths.editing_method_sweep_choice)
@@ -73,15 +65,16 @@ def run(cfg: DictConfig) -> None:
 
 def method_choice(cases: pd.DataFrame, baseline_means: dict, sweep, method: str, names: list[str], fixed_hparams: dict) -> dict:
     """The chosen setting of a baseline's sweep table (the shift sweep's rule), with the grid's means."""
-    summary = cases.groupby(names, as_index=False)[[*METRICS, "edit_seconds"]].mean()
-    chosen = choose(summary, baseline_means["neighborhood_success"], float(sweep.max_ns_drop), names,
-                    larger_is_gentler=list(sweep.get("larger_is_gentler") or []))
+    summary = cases.groupby(names, as_index=False)[[*selection.METRICS, "edit_seconds"]].mean()
+    chosen = selection.choose(summary, baseline_means["neighborhood_success"], float(sweep.max_ns_drop), names,
+                              larger_is_gentler=list(sweep.get("larger_is_gentler") or []))
     unedited = cases.drop_duplicates("case_id")
     return {"method": method, **chosen, "baseline": baseline_means,
             "baseline_efficacy": float(unedited["efficacy_before"].mean()), "n_cases": int(cases["case_id"].nunique()),
-            "first_case": int(cases["case_id"].min()), "rule": SELECTION_RULE, "max_ns_drop": float(sweep.max_ns_drop),
+            "first_case": int(cases["case_id"].min()), "rule": selection.SELECTION_RULE, "max_ns_drop": float(sweep.max_ns_drop),
             "fixed_hparams": fixed_hparams,
-            "grid": summary.assign(score=accuracy_score(summary), success_score=success_score(summary)).to_dict(orient="records")}
+            "grid": summary.assign(score=selection.accuracy_score(summary),
+                                   success_score=selection.success_score(summary)).to_dict(orient="records")}
 
 
 def hparams_without(hparams: dict, names: list[str]) -> dict:
