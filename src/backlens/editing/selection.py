@@ -41,6 +41,12 @@ def success_score(frame: pd.DataFrame) -> pd.Series:
     return _harmonic_mean(frame, SUCCESSES)
 
 
+def scored(summary: pd.DataFrame) -> pd.DataFrame:
+    """``summary`` with both scores per row (``score``: accuracy_score, ``success_score``): the grid a
+    sweep reports and the ranking ``choose`` sorts."""
+    return summary.assign(score=accuracy_score(summary), success_score=success_score(summary))
+
+
 def choose(summary: pd.DataFrame, baseline_ns: float, max_drop: float, settings: list[str],
            larger_is_gentler=()) -> dict:
     """The documented rule (SELECTION_RULE): the highest accuracy_score, ties to the highest
@@ -48,7 +54,7 @@ def choose(summary: pd.DataFrame, baseline_ns: float, max_drop: float, settings:
     in ``larger_is_gentler``). ``ns_within_max_drop`` reports whether the chosen NS is within
     ``max_drop`` of the unedited model's (on SmolLM2 no setting of the shift sweep that edits at all
     is: the rule then still picks the best trade-off and the flag says so)."""
-    ranked = summary.assign(score=accuracy_score(summary), success_score=success_score(summary)).sort_values(
+    ranked = scored(summary).sort_values(
         ["score", "success_score", *settings],
         ascending=[False, False] + [key not in set(larger_is_gentler) for key in settings], kind="stable")
     best = ranked.iloc[0]
@@ -67,3 +73,8 @@ def unedited_metrics(loaded, requests, batch_size: int) -> dict[int, dict]:
 
 def mean_metric(metrics: dict[int, dict], key: str) -> float:
     return float(pd.Series([m[key] for m in metrics.values()], dtype=float).dropna().mean())
+
+
+def mean_metrics(metrics: dict[int, dict]) -> dict[str, float]:
+    """Every selection metric's mean over the cases (the unedited baseline a sweep reports)."""
+    return {key: mean_metric(metrics, key) for key in METRICS}

@@ -56,7 +56,7 @@ def run(cfg: DictConfig) -> None:
     progress.close()
     cases = pd.DataFrame(rows)
     baseline = selection.unedited_metrics(loaded, requests, int(evaluation["batch_size"]))
-    baseline_means = {k: selection.mean_metric(baseline, k) for k in selection.METRICS}
+    baseline_means = selection.mean_metrics(baseline)
     write_table(cases, cfg.paths.editing_method_sweep)
     choice = method_choice(cases, baseline_means, sweep, method, list(settings[0]), hparams_without(hparams, list(settings[0])))
     write_json(choice, cfg.paths.editing_method_sweep_choice)
@@ -73,8 +73,7 @@ def method_choice(cases: pd.DataFrame, baseline_means: dict, sweep, method: str,
             "baseline_efficacy": float(unedited["efficacy_before"].mean()), "n_cases": int(cases["case_id"].nunique()),
             "first_case": int(cases["case_id"].min()), "rule": selection.SELECTION_RULE, "max_ns_drop": float(sweep.max_ns_drop),
             "fixed_hparams": fixed_hparams,
-            "grid": summary.assign(score=selection.accuracy_score(summary),
-                                   success_score=selection.success_score(summary)).to_dict(orient="records")}
+            "grid": selection.scored(summary).to_dict(orient="records")}
 
 
 def hparams_without(hparams: dict, names: list[str]) -> dict:

@@ -22,10 +22,9 @@ from backlens.editing.run_config import (
 from backlens.editing.selection import (
     METRICS,
     SELECTION_RULE,
-    accuracy_score,
     choose,
-    mean_metric,
-    success_score,
+    mean_metrics,
+    scored,
     unedited_metrics,
 )
 from backlens.editing.weights import weights_added
@@ -83,7 +82,7 @@ def run(cfg: DictConfig) -> None:
     layers = {str(method): sweep_layers(cfg, str(method), loaded.adapter.n_layers) for method in sweep.methods}
     log.info("shift sweep layers: %s", layers)
     baseline = unedited_metrics(loaded, requests, batch_size)
-    baseline_means = {k: mean_metric(baseline, k) for k in METRICS}
+    baseline_means = mean_metrics(baseline)
     rows = [row for method in sweep.methods
             for row in sweep_variant(cfg, loaded, str(method), layers[str(method)], requests, baseline, batch_size)]
     cases = pd.DataFrame(rows)
@@ -98,7 +97,7 @@ def shift_choices(cases: pd.DataFrame, baseline_means: dict, sweep) -> dict:
         summary = group.groupby(["layer", "eta"], as_index=False)[METRICS].mean()
         chosen = choose(summary, baseline_means["neighborhood_success"], float(sweep.max_ns_drop), ["eta", "layer"])
         choices[method] = {**chosen, "by_target_length": by_target_length(group, chosen, ["eta", "layer"]),
-                           "grid": summary.assign(score=accuracy_score(summary), success_score=success_score(summary)).to_dict(orient="records")}
+                           "grid": scored(summary).to_dict(orient="records")}
         log.info("shift sweep, %s: chose layer %d, eta %g (%s)", method, chosen["layer"], chosen["eta"],
                  {k: v for k, v in chosen.items() if k in METRICS})
     return {"methods": choices, "baseline": baseline_means, "n_cases": int(cases["case_id"].nunique()),
