@@ -141,7 +141,7 @@ def edit(model: str | LoadedModel, prompt_template: str, subject: str, target_ne
 @torch.no_grad()
 def next_tokens(model: LoadedModel, prompts: str | Sequence[str], k: int = 5) -> pd.DataFrame:
     """The ``k`` most probable next tokens after each prompt: prompt, rank, token_id, token, prob."""
-    loaded = getattr(model, "loaded", model)
+    loaded = loaded_model(model)
     rows = []
     for prompt in [prompts] if isinstance(prompts, str) else prompts:
         ids = torch.tensor([loaded.tokenizer(prompt)["input_ids"]], device=loaded.device)
