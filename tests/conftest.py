@@ -14,6 +14,9 @@ from backlens.models.loading import load_model
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 SHARED = Path(os.environ.get("BACKLENS_SHARED", PROJECT_ROOT.parent / "shared"))
+# Every `backlens` subprocess of the suite runs in its own process and leaves no resident server
+# behind (backlens.commands.resident); tests/test_resident.py turns it on for its own commands.
+os.environ["BACKLENS_SERVER"] = "off"
 
 
 @pytest.fixture(autouse=True, scope="session")

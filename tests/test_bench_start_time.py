@@ -21,6 +21,6 @@ def test_start_time_smoke_writes_its_json(tmp_path):
     result = json.loads(out.read_text())
     assert check_result(result) == []
     assert result["benchmark"] == "start_time" and result["smoke"] is True and result["model"] == "tiny-llama"
-    for kind in ("off", "cold", "warm"):
+    for kind in ("off", "cold", "warm", "served_next", "served"):
         assert result[f"{kind}_s"] > result[f"load_{kind}_s"] >= 0
     assert result["ratios"]["off_over_warm"] == result["off_s"] / result["warm_s"]

@@ -274,3 +274,24 @@ def test_readme_run_time_is_the_performance_pipeline_section():
         found = re.search(rf"{re.escape(phrase)} ([\d,]+) / ([\d,]+) s", readme)
         assert found, f"README has no '{phrase} CPU / wall s'"
         assert (int(found.group(1).replace(",", "")), int(found.group(2).replace(",", ""))) == (_half_up(cpu), _half_up(job_wall)), phrase
+
+
+def _start_time_section() -> dict[str, float]:
+    text = (DOCS / "performance.md").read_text()
+    section = text.split("## start_time", 1)[1].split("\n## ", 1)[0]
+    return {name: float(value) for name, value in re.findall(r"\| (\w+) \| ([\d.]+) \|", section)}
+
+
+def test_readme_start_times_are_the_performance_start_time_section():
+    """The cache folder paragraph's start times are docs/performance.md's start_time section
+    (benchmarks/start_time.py), at the precision the prose gives."""
+    timings, readme = _start_time_section(), _readme()
+    found = re.search(r"`backlens explain \"Obama grew up in\" \" Paris\"` ([\d.]+) s with the cache off \(([\d.]+) s "
+                      r"of it loading\), ([\d.]+) s the first time, ([\d.]+) s from the second start on without the "
+                      r"resident server \(([\d.]+) s loading; .*?and ([\d.]+) s with it \(([\d.]+) s for the start "
+                      r"right after the first", readme)
+    assert found, "README.md: the start-time sentence was reworded; update this test"
+    names = ("off", "load_off", "cold", "warm", "load_warm", "served", "served_next")
+    for name, quoted in zip(names, found.groups()):
+        decimals = len(quoted.split(".")[1]) if "." in quoted else 0
+        assert float(quoted) == round(timings[name], decimals), f"README's {name} {quoted} s against {timings[name]}"

@@ -1,6 +1,6 @@
 """``python -m backlens``: the ``backlens`` command."""
 
-from backlens.commands.main import console
+from backlens.commands.resident import console
 
 if __name__ == "__main__":
     console()

@@ -30,6 +30,10 @@ examples:
       --prompt "The Eiffel Tower is in the city of"
   backlens trace "The Space Needle is in the city of" --subject "The Space Needle" --png needle.png
 
+From the second command on, a resident server that has done the imports answers it
+(backlens.commands.resident): `backlens server status|stop`; BACKLENS_SERVER=off runs every command
+in its own process, as --verbose does.
+
 models (--model): a model config name (backlens/conf/model/: smollm2-135m, tiny-gpt2, gpt2-xl, ...),
 a local folder with a Hugging Face model, or a Hugging Face id (owner/name; needs the network
 or the local cache).
@@ -89,10 +93,5 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
 
-def console() -> None:
-    """Entry point of the ``backlens`` script."""
-    sys.exit(main())
-
-
 if __name__ == "__main__":
-    console()
+    sys.exit(main())
