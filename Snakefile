@@ -15,6 +15,7 @@ validate(config, "workflow/schemas/config.schema.yaml")
 
 
 include: "workflow/rules/common.smk"
+include: "workflow/rules/targets.smk"
 include: "workflow/rules/stage.smk"
 include: "workflow/rules/prompts.smk"
 include: "workflow/rules/analysis.smk"
