@@ -125,3 +125,12 @@ def test_the_key_follows_the_environment(monkeypatch, tmp_path):
     monkeypatch.delenv("HF_HUB_OFFLINE")
     monkeypatch.setenv("BACKLENS_SERVER_IDLE", "5")  # the server's own settings are not part of the key
     assert resident.socket_path() == base
+
+
+def test_no_server_in_a_folder_others_can_write(monkeypatch, tmp_path):
+    folder = tmp_path / "open"
+    folder.mkdir()
+    folder.chmod(0o777)
+    monkeypatch.setenv("BACKLENS_SERVER_DIR", str(folder))
+    assert resident.socket_path() is None
+    assert resident.run_on_server(None, EXPLAIN) is None

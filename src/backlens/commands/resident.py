@@ -41,12 +41,14 @@ _KEYED_ENV = ("BACKLENS_", "HF_", "TRANSFORMERS_", "TORCH", "CUDA_", "OMP_", "MK
 def enabled() -> bool:
     from backlens.cache import CACHE_ENV
 
-    return not any(os.environ.get(name, "").strip().lower() in _OFF for name in (SERVER_ENV, CACHE_ENV))
+    return hasattr(socket, "AF_UNIX") and not any(
+        os.environ.get(name, "").strip().lower() in _OFF for name in (SERVER_ENV, CACHE_ENV))
 
 
-def socket_path() -> Path:
+def socket_path() -> Path | None:
     """``<dir>/<key>.sock``; dir: ``$BACKLENS_SERVER_DIR``, else ``$XDG_RUNTIME_DIR/backlens``, else
-    ``/tmp/backlens-<uid>`` (short: a socket's path is limited to about 100 bytes)."""
+    ``/tmp/backlens-<uid>`` (short: a socket's path is limited to about 100 bytes). None when that
+    folder belongs to another user or others may write to it: no server then."""
     import backlens
 
     package = Path(backlens.__file__).resolve().parent
@@ -60,6 +62,9 @@ def socket_path() -> Path:
                                           if os.environ.get("XDG_RUNTIME_DIR") else f"/tmp/backlens-{os.getuid()}")
     folder = Path(folder)
     folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    mode = folder.stat()
+    if mode.st_uid != os.getuid() or mode.st_mode & 0o022:
+        return None
     return folder / f"{key}.sock"
 
 
@@ -78,9 +83,9 @@ def _connect(path: Path, timeout: float | None) -> socket.socket | None:
     return client
 
 
-def run_on_server(path: Path, argv: list[str]) -> int | None:
+def run_on_server(path: Path | None, argv: list[str]) -> int | None:
     """The command's exit status as the server ran it, or None when no server took it (run it here)."""
-    client = _connect(path, ACCEPT_WAIT_S)
+    client = None if path is None else _connect(path, ACCEPT_WAIT_S)
     if client is None:
         return None
     with client:
@@ -235,10 +240,13 @@ def serve(path: Path, idle_s: float) -> None:
 
 def server_command(argv: list[str]) -> int:
     """``backlens server status|stop``."""
-    path = socket_path()
     if argv not in (["status"], ["stop"]):
         print("usage: backlens server status|stop", file=sys.stderr)
         return 2
+    path = socket_path() if enabled() else None
+    if path is None:
+        print("no backlens server: BACKLENS_SERVER or BACKLENS_CACHE is off, or the socket folder is not yours alone")
+        return 0
     client = _connect(path, 5.0)
     if client is None:
         print(f"no backlens server for this environment ({path})")
@@ -272,7 +280,7 @@ def console() -> None:
     from backlens.commands.main import main
 
     status = main(argv)
-    if served:
+    if served and path is not None:
         start_server(path, environment)
     sys.exit(status)
 
