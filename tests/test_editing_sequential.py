@@ -264,3 +264,11 @@ def test_the_report_shows_table1_with_the_rows_beyond_the_paper(tmp_path):
     assert ", ".join(cfg.editing.sequential.table1_methods) in text
     # Without the table (a hand-run of the report alone) the section is left out, not left empty.
     assert sequential_report.table1_beyond_section(compose_config(f"paths.table1_beyond={tmp_path}/none.csv")) == []
+
+
+def test_report_numbers_stay_readable_when_perplexity_explodes():
+    from backlens.stages.sequential_report import num
+
+    assert num(7.12345) == "7.12" and num(7.12345, 3) == "7.123" and num(999999.0, 1) == "999999.0"
+    assert num(3.4986377538727960e79) == "3.50e+79" and num(1.0e6, 3) == "1.00e+06"
+    assert num(None) == "n/a" and num(float("nan")) == "n/a"

@@ -158,8 +158,8 @@ SEQUENTIAL_FIGURES: dict[str, FigureSpec] = {
         "Beyond the paper (issue 26): CounterFact edits applied one after another without restoring the weights. "
         "Against the number of edits n (log scale): retention (share of the n edits whose rewrite prompt still gives "
         "P(target_new) > P(target_true)), NS on their neighbour prompts (dashed: the unedited model on the same "
-        "neighbours) and held-out perplexity over the unedited model's; one line per method, crosses for one batch "
-        "update of the first n facts.",
+        "neighbours) and held-out perplexity over the unedited model's (log axis); one line per method, crosses for "
+        "one batch update of the first n facts.",
     ),
 }
 

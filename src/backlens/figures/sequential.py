@@ -6,9 +6,10 @@ import matplotlib.pyplot as plt
 import pandas as pd
 from matplotlib.ticker import ScalarFormatter
 
-from backlens.figures.common import legend_outside, model_name
+from backlens.figures.common import model_name
 
-# Panels: (column, y label); perplexity is drawn over the unedited model's.
+# Panels: (column, y label); perplexity is drawn over the unedited model's, on a log axis (a
+# collapsed shift series reaches 1e78 while the others stay within 1.0-1.3).
 PANELS = (
     ("retention", "retention: P(new) > P(true)\non every edit so far (%)"),
     ("neighborhood_success", "NS on their neighbours (%)"),
@@ -24,7 +25,7 @@ def sequential_figure(table: pd.DataFrame) -> plt.Figure:
     batch = table[table.series == "batch"].sort_values(["method", "n_edits"])
     methods = list(dict.fromkeys(single.method)) + [m for m in dict.fromkeys(batch.method) if m not in set(single.method)]
     colours = {m: plt.get_cmap("tab10")(i % 10) for i, m in enumerate(methods)}
-    fig, axes = plt.subplots(1, 3, figsize=(12.0, 3.6), layout="constrained")
+    fig, axes = plt.subplots(1, 3, figsize=(11.0, 4.6), layout="constrained")
     for ax, (column, ylabel) in zip(axes, PANELS):
         scale = 1.0 if column == "perplexity_ratio" else 100.0
         for method, rows in single.groupby("method", sort=False):
@@ -38,13 +39,15 @@ def sequential_figure(table: pd.DataFrame) -> plt.Figure:
         ax.xaxis.set_major_formatter(ScalarFormatter())  # 1, 10, 100 rather than 10^k
         if column == "perplexity_ratio":
             ax.axhline(1.0, color="grey", lw=0.8)
-            ax.ticklabel_format(axis="y", useOffset=False)
+            ax.set_yscale("log")
         else:
             ax.set_ylim(-3, 103)
         ax.set_xlabel("number of edits (log)")
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
-    axes[1].set_title("dashed: the unedited model on the same neighbours")
-    legend_outside(axes[-1])
+    axes[1].set_title("dashed: the unedited model on the same neighbours", fontsize="medium")
+    # Below the panels, so that they keep the figure's width.
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncol=3, frameon=False)
     fig.suptitle(f"Edits accumulated without restoring ({model_name(table)})")
     return fig

@@ -19,7 +19,10 @@ def pct(value) -> str:
 
 
 def num(value, digits: int = 2) -> str:
-    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{float(value):.{digits}f}"
+    """Fixed-point, except from 1e6 on (a collapsed model's perplexity reaches 1e79): 3 significant digits."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    return f"{float(value):.2e}" if abs(float(value)) >= 1e6 else f"{float(value):.{digits}f}"
 
 
 def table_md(header: list[str], rows: list[list[str]]) -> str:
@@ -162,7 +165,9 @@ def report(table: pd.DataFrame, timings: pd.DataFrame, cfg: DictConfig) -> str:
                   for r in timings.itertuples()]),
         "",
         "Each job's wall time (model loading included) is in `logs/<run>/benchmarks/edit_sequential_*.tsv` and "
-        "`edit_batch_*.tsv`. Seconds of a job that was killed and resumed count only the resumed part.",
+        "`edit_batch_*.tsv`. A series that was killed and resumed: its edit and scoring seconds add up every "
+        "checkpoint logged, before and after the kill (edits made after the last checkpoint before it are redone "
+        "and counted once); its set-up seconds are the resumed job's.",
         "",
     ]
     return "\n".join(parts)
