@@ -19,6 +19,7 @@ from backlens.bench import check_result, goal, read_results, render
 REQUIRED_TIMINGS = {
     "analysis_speed": {"bare_s", "capture_s", "tables_s", "naive_s", "gradient_ranks_s", "vjp_norms_s",
                        "target_ranks_s", "neuron_updates_s", "vjp_similarity_s", "projection_floor_s"},
+    "sweep_speed": {"sweep_cached_s", "sweep_whole_s", "sweep_cached_cpu_s", "sweep_whole_cpu_s"},
     "tracing_speed": {"traced_s", "reference_reuse_s", "reference_full_s"},
     "value_optimisation": {"value_optimisation_new_s", "value_optimisation_old_s", "value_optimisation_rows_s",
                            "value_optimisation_new_cpu_s", "value_optimisation_old_cpu_s",

@@ -164,3 +164,31 @@ def test_cases_generating_in_one_batch_give_each_case_its_own_rows(loaded, tmp_p
             assert row == alone, (name, request.case_id)
             assert (row["generated_texts"] is not None) == (request.case_id in {7, 8, 9})
             assert row["gen_continuations"] is not None and row["gen_efficacy"] in (0.0, 1.0)
+
+
+@pytest.mark.parametrize("family", ["tiny_gpt2", "tiny_llama", "tiny_gemma3"])
+def test_scores_above_a_block_equal_the_whole_forward(request, family):
+    """The shift sweep's path (``ScoresAboveBlock``): the stream entering the edited block computed
+    once on the unedited model, then for each change of that block's FF2 only the blocks from it on;
+    the scores equal ``score_answers`` on the changed model (the same bound; Gemma 3: sliding-window
+    layers in the range)."""
+    from backlens.editing.scoring import ScoresAboveBlock
+    from backlens.editing.weights import weights_added
+    from backlens.models.adapters import adapter_for
+
+    loaded = request.getfixturevalue(family)
+    adapter = adapter_for(loaded.model)
+    layer = adapter.n_layers // 2
+    weight = adapter.ff2_site(layer).weight
+    scorer = ScoresAboveBlock(loaded.model, loaded.tokenizer, adapter, PAIRS, layer, batch_size=3)
+    assert_same_scores(scorer(), score_answers(loaded.model, loaded.tokenizer, PAIRS, batch_size=3))
+    unedited = [score.mean_nll for score in scorer()]
+    generator = torch.Generator().manual_seed(0)
+    for scale in (0.5, 3.0):  # two edits through the same cached stream
+        change = scale * torch.outer(torch.randn(weight.shape[0], generator=generator),
+                                     torch.randn(weight.shape[1], generator=generator))
+        with weights_added(weight, change.to(weight.dtype)):
+            reference = score_answers(loaded.model, loaded.tokenizer, PAIRS, batch_size=3)
+            assert_same_scores(scorer(), reference)
+        assert max(abs(new.mean_nll - old) for new, old in zip(reference, unedited)) > 1e-3  # the change shows
+        assert adapter.lowest_block([weight]) == layer

@@ -70,6 +70,29 @@ def shared_sequences(items: list[Continuation]) -> tuple[list[tuple[int, ...]], 
     return sequences, where
 
 
+def _readers(where: list[int]) -> dict[int, list[int]]:
+    """Sequence index -> the items read from it."""
+    readers: dict[int, list[int]] = {}
+    for number, sequence_index in enumerate(where):
+        readers.setdefault(sequence_index, []).append(number)
+    return readers
+
+
+def _needed_positions(items: list[Continuation], readers: dict[int, list[int]], rows: range) -> list[int]:
+    """Every position some answer token is predicted from, over the batch's rows."""
+    return sorted({len(items[n].prompt_ids) - 1 + k for s in rows for n in readers[s] for k in range(len(items[n].target_ids))})
+
+
+def _read_scores(scores: list, log_probs_BxKxV: torch.Tensor, rows: range, needed: list[int],
+                 items: list[Continuation], readers: dict[int, list[int]]) -> None:
+    """Fill ``scores`` for the items read from the batch's rows (log-probabilities at ``needed``)."""
+    column = {position: c for c, position in enumerate(needed)}
+    for row, s in enumerate(rows):
+        for n in readers[s]:
+            first = len(items[n].prompt_ids) - 1
+            scores[n] = _score(log_probs_BxKxV[row, [column[first + k] for k in range(len(items[n].target_ids))]], items[n])
+
+
 @torch.no_grad()
 def score_answers(
     model: PreTrainedModel,
@@ -87,25 +110,47 @@ def score_answers(
     device = model.device
     items = [continuation(tokenizer, prompt, answer) for prompt, answer in pairs]
     sequences, where = shared_sequences(items)
-    readers: dict[int, list[int]] = {}
-    for number, sequence_index in enumerate(where):
-        readers.setdefault(sequence_index, []).append(number)
+    readers = _readers(where)
     scores: list[AnswerScore | None] = [None] * len(items)
     for start in range(0, len(sequences), batch_size):
         rows = range(start, min(start + batch_size, len(sequences)))
-        # Every position some answer token is predicted from, over the batch's rows.
-        needed = sorted({len(items[n].prompt_ids) - 1 + k for s in rows for n in readers[s]
-                         for k in range(len(items[n].target_ids))})
-        column = {position: c for c, position in enumerate(needed)}
+        needed = _needed_positions(items, readers, rows)
         ids, mask = pad_batch([sequences[s] for s in rows], pad_id(tokenizer), device)
         logits_BxKxV = model(input_ids=ids, attention_mask=mask, logits_to_keep=torch.tensor(needed, device=device)).logits
-        log_probs_BxKxV = torch.log_softmax(logits_BxKxV.float(), dim=-1)
-        for row, s in enumerate(rows):
-            for n in readers[s]:
-                first = len(items[n].prompt_ids) - 1
-                columns = [column[first + k] for k in range(len(items[n].target_ids))]
-                scores[n] = _score(log_probs_BxKxV[row, columns], items[n])
+        _read_scores(scores, torch.log_softmax(logits_BxKxV.float(), dim=-1), rows, needed, items, readers)
     return scores
+
+
+class ScoresAboveBlock:
+    """``score_answers`` of fixed pairs for many models that differ from the one at construction only
+    in blocks ``start`` and above (the shift sweep: one layer's FF2 at every eta). The residual stream
+    entering ``start`` is computed once, at construction; each call runs blocks ``start`` .. last on it
+    and the unembedding at the positions read. Rows are right-padded, so no padding mask is needed
+    (``run_layers``). The numbers equal ``score_answers`` on the changed model up to float round-off
+    (tests/test_editing_batched.py); only valid while nothing below ``start`` has changed."""
+
+    @torch.no_grad()
+    def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, adapter,
+                 pairs: list[tuple[str, str]], start: int, *, batch_size: int = 32):
+        self.adapter, self.start = adapter, start
+        self.items = [continuation(tokenizer, prompt, answer) for prompt, answer in pairs]
+        sequences, where = shared_sequences(self.items)
+        self.readers = _readers(where)
+        self.batches = []  # (rows, needed positions, (B, T, d) stream entering ``start``)
+        for first in range(0, len(sequences), batch_size):
+            rows = range(first, min(first + batch_size, len(sequences)))
+            ids, _ = pad_batch([sequences[s] for s in rows], pad_id(tokenizer), model.device)
+            self.batches.append((rows, _needed_positions(self.items, self.readers, rows),
+                                 adapter.residual_entering(ids, start)))
+
+    @torch.no_grad()
+    def __call__(self) -> list[AnswerScore]:
+        scores: list[AnswerScore | None] = [None] * len(self.items)
+        for rows, needed, entering_BxTxd in self.batches:
+            hidden_BxTxd = self.adapter.run_layers(entering_BxTxd, self.start, self.adapter.n_layers)
+            logits_BxKxV = self.adapter.logit_lens(hidden_BxTxd[:, needed])
+            _read_scores(scores, torch.log_softmax(logits_BxKxV.float(), dim=-1), rows, needed, self.items, self.readers)
+        return scores
 
 
 @torch.no_grad()

@@ -9,9 +9,10 @@ import pandas as pd
 from omegaconf import DictConfig
 from tqdm import tqdm
 
-from backlens.editing.evaluation import case_metrics
+from backlens.editing.evaluation import case_metrics, case_pairs, metrics_from_scores
 from backlens.editing.methods import build_editor, load_method_config
 from backlens.editing.requests import continuation
+from backlens.editing.scoring import ScoresAboveBlock
 from backlens.editing.run_config import (
     check_outside_evaluation,
     requests_in_range,
@@ -57,14 +58,21 @@ def sweep_variant(cfg, loaded, method: str, layers, requests, baseline, batch_si
     for layer in layers:
         # One editor per layer: a whitened key inverts C once.
         editor, _ = build_editor(loaded, method_cfg, {**overrides, "layer": layer, "eta": 1.0})
+        parameter = editor.edited_parameters()[0]
+        # Every eta changes only this FF2 weight: the blocks below it see the unedited model, so their
+        # stream is computed once per case (None: a family without the layer-range forward).
+        start = editor.adapter.lowest_block([parameter])
         for request in requests:
             unit_update, already_predicted, _ = editor.shift_update(request)
             multi_token = len(continuation(loaded.tokenizer, request.prompt, request.target_new).target_ids) > 1
+            scorer = None if already_predicted or start is None else ScoresAboveBlock(
+                editor.model, editor.tokenizer, editor.adapter, case_pairs(request), start, batch_size=batch_size)
             for eta in cfg.editing.sweep.etas:
                 metrics = baseline[request.case_id]
                 if not already_predicted:
-                    with weights_added(editor.edited_parameters()[0], float(eta) * unit_update):
-                        metrics = case_metrics(editor, request, batch_size=batch_size)
+                    with weights_added(parameter, float(eta) * unit_update):
+                        metrics = (case_metrics(editor, request, batch_size=batch_size) if scorer is None
+                                   else metrics_from_scores(request, scorer()))
                 rows.append({"model": cfg.model.name, "method": method, "direction": editor.direction, "key": editor.key,
                              "layer": layer, "eta": float(eta), "case_id": request.case_id, "skipped": already_predicted,
                              "multi_token": multi_token, **{k: metrics[k] for k in METRICS}})
