@@ -134,3 +134,20 @@ def test_no_server_in_a_folder_others_can_write(monkeypatch, tmp_path):
     monkeypatch.setenv("BACKLENS_SERVER_DIR", str(folder))
     assert resident.socket_path() is None
     assert resident.run_on_server(None, EXPLAIN) is None
+
+
+def test_a_client_that_stopped_waiting_does_not_stop_the_server(tmp_path):
+    """A command that gave up waiting (ACCEPT_WAIT_S) closed its socket; the server reading its request
+    later must skip it, not fail."""
+    server_side, client_side = socket.socketpair()
+    client_side.close()
+    resident._run_one(server_side, {"argv": ["explain"], "cwd": str(tmp_path), "columns": 80},
+                      lambda argv: pytest.fail("ran a command nobody waits for"))
+    server_side.close()
+
+
+def test_no_server_where_its_folder_cannot_be_made(monkeypatch, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    monkeypatch.setenv("BACKLENS_SERVER_DIR", str(blocker / "sub"))
+    assert resident.socket_path() is None

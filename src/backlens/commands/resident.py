@@ -61,8 +61,11 @@ def socket_path() -> Path | None:
     folder = os.environ.get(DIR_ENV) or (Path(os.environ["XDG_RUNTIME_DIR"]) / "backlens"
                                           if os.environ.get("XDG_RUNTIME_DIR") else f"/tmp/backlens-{os.getuid()}")
     folder = Path(folder)
-    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-    mode = folder.stat()
+    try:
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        mode = folder.stat()
+    except OSError:  # not creatable here: every command runs in its own process
+        return None
     if mode.st_uid != os.getuid() or mode.st_mode & 0o022:
         return None
     return folder / f"{key}.sock"
@@ -147,7 +150,10 @@ def _run_one(connection: socket.socket, request: dict, command) -> None:
 
     import torch
 
-    _send(connection, {"accepted": True})
+    try:
+        _send(connection, {"accepted": True})
+    except OSError:  # the client stopped waiting (ACCEPT_WAIT_S) and ran the command itself
+        return
     saved = (sys.stdout, sys.stderr, os.getcwd(), torch.get_num_threads(), os.environ.get("COLUMNS"))
     root = logging.getLogger()
     try:
