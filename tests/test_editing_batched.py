@@ -180,7 +180,7 @@ def test_scores_above_a_block_equal_the_whole_forward(request, family):
     adapter = adapter_for(loaded.model)
     layer = adapter.n_layers // 2
     weight = adapter.ff2_site(layer).weight
-    scorer = ScoresAboveBlock(loaded.model, loaded.tokenizer, adapter, PAIRS, layer, batch_size=3)
+    scorer = ScoresAboveBlock(adapter, loaded.tokenizer, PAIRS, layer, batch_size=3)
     assert_same_scores(scorer(), score_answers(loaded.model, loaded.tokenizer, PAIRS, batch_size=3))
     unedited = [score.mean_nll for score in scorer()]
     generator = torch.Generator().manual_seed(0)

@@ -52,8 +52,8 @@ def socket_path() -> Path | None:
     import backlens
 
     package = Path(backlens.__file__).resolve().parent
-    files = sorted((str(path.relative_to(package)), path.stat().st_mtime_ns, path.stat().st_size)
-                   for path in package.rglob("*") if path.suffix in (".py", ".yaml"))
+    files = sorted((str(path.relative_to(package)), stat.st_mtime_ns, stat.st_size)
+                   for path in package.rglob("*") if path.suffix in (".py", ".yaml") for stat in [path.stat()])
     environment = sorted((name, value) for name, value in os.environ.items()
                          if name.startswith(_KEYED_ENV) and name not in (SERVER_ENV, IDLE_ENV, DIR_ENV))
     key = hashlib.sha256(json.dumps([os.path.realpath(sys.executable), sys.prefix, str(package), files,
@@ -175,7 +175,6 @@ def _run_one(connection: socket.socket, request: dict, command) -> None:
 
             traceback.print_exc()
             status = 1
-        sys.stdout.flush()
         _send(connection, {"exit": int(status or 0)})
     except OSError:
         pass  # the client went away; nothing left to tell it
@@ -209,7 +208,7 @@ def serve(path: Path, idle_s: float) -> None:
     # Listening before the imports: a command arriving meanwhile waits for this server instead of
     # starting a second one.
     listener.listen(16)
-    from backlens.commands.main import main  # noqa: F401 - the imports a command pays, paid once here
+    from backlens.commands.main import main  # the imports a command pays, paid once here
     import backlens.api.editing  # noqa: F401
     import backlens.api.lens  # noqa: F401
     import backlens.api.tracing  # noqa: F401

@@ -80,7 +80,8 @@ def _readers(where: list[int]) -> dict[int, list[int]]:
 
 def _needed_positions(items: list[Continuation], readers: dict[int, list[int]], rows: range) -> list[int]:
     """Every position some answer token is predicted from, over the batch's rows."""
-    return sorted({len(items[n].prompt_ids) - 1 + k for s in rows for n in readers[s] for k in range(len(items[n].target_ids))})
+    return sorted({len(items[n].prompt_ids) - 1 + k for s in rows for n in readers[s]
+                   for k in range(len(items[n].target_ids))})
 
 
 def _read_scores(scores: list, log_probs_BxKxV: torch.Tensor, rows: range, needed: list[int],
@@ -90,7 +91,8 @@ def _read_scores(scores: list, log_probs_BxKxV: torch.Tensor, rows: range, neede
     for row, s in enumerate(rows):
         for n in readers[s]:
             first = len(items[n].prompt_ids) - 1
-            scores[n] = _score(log_probs_BxKxV[row, [column[first + k] for k in range(len(items[n].target_ids))]], items[n])
+            columns = [column[first + k] for k in range(len(items[n].target_ids))]
+            scores[n] = _score(log_probs_BxKxV[row, columns], items[n])
 
 
 @torch.no_grad()
@@ -130,8 +132,8 @@ class ScoresAboveBlock:
     (tests/test_editing_batched.py); only valid while nothing below ``start`` has changed."""
 
     @torch.no_grad()
-    def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, adapter,
-                 pairs: list[tuple[str, str]], start: int, *, batch_size: int = 32):
+    def __init__(self, adapter, tokenizer: PreTrainedTokenizerBase, pairs: list[tuple[str, str]], start: int, *,
+                 batch_size: int = 32):
         self.adapter, self.start = adapter, start
         self.items = [continuation(tokenizer, prompt, answer) for prompt, answer in pairs]
         sequences, where = shared_sequences(self.items)
@@ -139,7 +141,7 @@ class ScoresAboveBlock:
         self.batches = []  # (rows, needed positions, (B, T, d) stream entering ``start``)
         for first in range(0, len(sequences), batch_size):
             rows = range(first, min(first + batch_size, len(sequences)))
-            ids, _ = pad_batch([sequences[s] for s in rows], pad_id(tokenizer), model.device)
+            ids, _ = pad_batch([sequences[s] for s in rows], pad_id(tokenizer), adapter.model.device)
             self.batches.append((rows, _needed_positions(self.items, self.readers, rows),
                                  adapter.residual_entering(ids, start)))
 
@@ -149,7 +151,8 @@ class ScoresAboveBlock:
         for rows, needed, entering_BxTxd in self.batches:
             hidden_BxTxd = self.adapter.run_layers(entering_BxTxd, self.start, self.adapter.n_layers)
             logits_BxKxV = self.adapter.logit_lens(hidden_BxTxd[:, needed])
-            _read_scores(scores, torch.log_softmax(logits_BxKxV.float(), dim=-1), rows, needed, self.items, self.readers)
+            log_probs_BxKxV = torch.log_softmax(logits_BxKxV.float(), dim=-1)
+            _read_scores(scores, log_probs_BxKxV, rows, needed, self.items, self.readers)
         return scores
 
 

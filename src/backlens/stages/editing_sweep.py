@@ -66,7 +66,7 @@ def sweep_variant(cfg, loaded, method: str, layers, requests, baseline, batch_si
             unit_update, already_predicted, _ = editor.shift_update(request)
             multi_token = len(continuation(loaded.tokenizer, request.prompt, request.target_new).target_ids) > 1
             scorer = None if already_predicted or start is None else ScoresAboveBlock(
-                editor.model, editor.tokenizer, editor.adapter, case_pairs(request), start, batch_size=batch_size)
+                editor.adapter, editor.tokenizer, case_pairs(request), start, batch_size=batch_size)
             for eta in cfg.editing.sweep.etas:
                 metrics = baseline[request.case_id]
                 if not already_predicted:
