@@ -19,6 +19,7 @@ from backlens.bench import check_result, goal, read_results, render
 REQUIRED_TIMINGS = {
     "analysis_speed": {"bare_s", "capture_s", "tables_s", "naive_s", "gradient_ranks_s", "vjp_norms_s",
                        "target_ranks_s", "neuron_updates_s", "vjp_similarity_s", "projection_floor_s"},
+    "mend_training": {"training_split_s", "training_whole_s", "training_split_cpu_s", "training_whole_cpu_s"},
     "sweep_speed": {"sweep_cached_s", "sweep_whole_s", "sweep_cached_cpu_s", "sweep_whole_cpu_s"},
     "tracing_speed": {"traced_s", "reference_reuse_s", "reference_full_s"},
     "value_optimisation": {"value_optimisation_new_s", "value_optimisation_old_s", "value_optimisation_rows_s",
@@ -127,3 +128,27 @@ def test_pipeline_timings_from_snakemake_benchmark_files(tmp_path):
     # Per-rule settings are a table (a row per rule, a column per setting), not part of the settings line.
     assert "| | jobs_per_rule | cpu_s_per_rule |" in page and "| trace_shard | 2 | 100.0 |" in page
     assert "jobs_per_rule=" not in page
+
+
+def test_render_keep_replaces_rerun_sections_and_keeps_the_others_verbatim(tmp_path):
+    """`render --keep`: a session that reruns one benchmark keeps the other sections (each with its own run's
+    commit and date) and replaces the rerun one; without --keep the page holds only the JSONs given."""
+    from backlens.bench import main, sections
+    folder, page = tmp_path / "bench", tmp_path / "performance.md"
+    folder.mkdir()
+    (folder / "a_bench.json").write_text(json.dumps(synthetic("a_bench", a_s=2.0, b_s=5.0)))
+    (folder / "z_bench.json").write_text(json.dumps(synthetic("z_bench", a_s=2.0, b_s=8.0)))
+    assert main(["render", str(folder), str(page)]) == 0
+    before = sections(page.read_text())
+    assert set(before) == {"a_bench", "z_bench"} and "| b_s | 8 |" not in before["a_bench"]
+    (folder / "a_bench.json").unlink()
+    rerun = {**synthetic("z_bench", a_s=2.0, b_s=9.0), "commit": "def5678"}
+    (folder / "z_bench.json").write_text(json.dumps(rerun))
+    assert main(["render", str(folder), str(page), "--keep"]) == 0
+    after = sections(page.read_text())
+    assert after["a_bench"] == before["a_bench"] and after["z_bench"] != before["z_bench"]
+    assert "commit def5678" in after["z_bench"] and "4.5" in after["z_bench"]
+    assert "kept from the page before (`render --keep`, not rerun at this commit): a_bench;" in page.read_text()
+    assert page.read_text().index("## a_bench") < page.read_text().index("## z_bench")
+    assert main(["render", str(folder), str(page)]) == 0
+    assert set(sections(page.read_text())) == {"z_bench"}

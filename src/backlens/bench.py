@@ -124,10 +124,20 @@ def _number(value) -> str:
     return f"{value:.3g}" if abs(value) < 100 else f"{value:.1f}"
 
 
-def render(results: list[dict], *, commit: str | None = None, date: str | None = None) -> str:
+def sections(page: str) -> dict[str, str]:
+    """A rendered page's benchmark sections by name, each its lines from ``## name`` to the next one."""
+    parts = re.split(r"^## ", page, flags=re.MULTILINE)[1:]
+    return {part.split("\n", 1)[0].strip(): ("## " + part).rstrip("\n") for part in parts}
+
+
+def render(results: list[dict], *, commit: str | None = None, date: str | None = None,
+           kept: dict[str, str] | None = None) -> str:
     """docs/performance.md from benchmark JSONs: the machine, commit and date, then one section per benchmark
-    (settings, timings, ratios, goals). Nothing is typed in: every number comes from a JSON."""
+    (settings, timings, ratios, goals). Nothing is typed in: every number comes from a JSON, or, for
+    ``kept`` (name -> section text from an earlier page, see ``sections``), from the JSON that page was
+    rendered from; a kept section carries its own run's commit and date, and a JSON replaces it."""
     results = sorted(results, key=lambda r: r["benchmark"])
+    kept = {name: text for name, text in (kept or {}).items() if name not in {r["benchmark"] for r in results}}
     first = next((r["machine"] for r in results if "machine" in r), None) or machine()
     lines = [
         "# Performance",
@@ -141,7 +151,14 @@ def render(results: list[dict], *, commit: str | None = None, date: str | None =
         f"- commit: {commit or next((r['commit'] for r in results if 'commit' in r), None) or git_commit()}",
         f"- date: {date or datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
     ]
-    for result in results:
+    if kept:
+        lines += [f"- kept from the page before (`render --keep`, not rerun at this commit): {', '.join(sorted(kept))}; "
+                  "each section names its own run's commit and date"]
+    for name in sorted([*kept, *(r["benchmark"] for r in results)]):
+        if name in kept:
+            lines += ["", kept[name]]
+            continue
+        result = next(r for r in results if r["benchmark"] == name)
         run_machine = result.get("machine", {})
         all_settings = result.get("settings", {})
         per_key = {k: v for k, v in all_settings.items() if isinstance(v, dict) and v}
@@ -239,6 +256,8 @@ def main(argv: list[str] | None = None) -> int:
     rendering = sub.add_parser("render", help="results/bench/*.json -> markdown")
     rendering.add_argument("folder")
     rendering.add_argument("out")
+    rendering.add_argument("--keep", action="store_true",
+                           help="keep out's sections of benchmarks with no JSON in folder (each names its own run)")
     pipeline = sub.add_parser("pipeline", help="one whole snakemake run's timings (its benchmark: files) -> JSON")
     pipeline.add_argument("benchmarks", help="logs/<run>/benchmarks")
     pipeline.add_argument("out")
@@ -256,8 +275,10 @@ def main(argv: list[str] | None = None) -> int:
     if not results:
         print(f"no benchmark JSON in {args.folder}: run `make bench` first", file=sys.stderr)
         return 1
-    Path(args.out).write_text(render(results))
-    print(f"wrote {args.out} from {len(results)} benchmark(s)")
+    kept = sections(Path(args.out).read_text()) if args.keep and Path(args.out).exists() else {}
+    Path(args.out).write_text(render(results, kept=kept))
+    kept_names = sorted(set(kept) - {r["benchmark"] for r in results})
+    print(f"wrote {args.out} from {len(results)} benchmark(s)" + (f"; kept {', '.join(kept_names)}" if kept_names else ""))
     return 0
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import random
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -32,6 +32,31 @@ def _normalisation(editor: Editor, sites, requests: Sequence[EditRequest]) -> di
         joined = torch.cat(rows)
         stats[layer] = (joined.mean(0), joined.std(0).clamp(min=1e-8))
     return stats
+
+
+class _BelowEditedLayers:
+    """A training step runs the model three times on two batches (the neighbourhood prompts unedited and
+    edited, the edit prompts edited); the edits change only blocks ``lowest`` and above, so each batch's
+    residual stream entering ``lowest`` is computed once, without a graph, and each run starts there.
+    The logits equal the whole forward's bit for bit (tests/test_mend_training.py: same trained weights);
+    a family without a layer-range forward (``supports_layer_ranges``) runs the whole model each time."""
+
+    def __init__(self, editor: Editor, lowest: int):
+        self.model, self.adapter, self.lowest = editor.model, editor.adapter, lowest
+        self.split = editor.adapter.supports_layer_ranges
+
+    def __call__(self, ids_BxT: torch.Tensor, mask_BxT: torch.Tensor) -> Callable[[], torch.Tensor]:
+        """A function giving the (B, T, V) logits of the model as it is when called (hooks included)."""
+        if not self.split:
+            return lambda: self.model(input_ids=ids_BxT, attention_mask=mask_BxT).logits
+        entering_BxTxd = self.adapter.residual_entering(ids_BxT, self.lowest)
+
+        def logits() -> torch.Tensor:
+            top_BxTxd = self.adapter.run_layers(entering_BxTxd, self.lowest, self.adapter.n_layers,
+                                                padding_mask=mask_BxT, grad=torch.is_grad_enabled())
+            return self.adapter.logit_lens(top_BxTxd)
+
+        return logits
 
 
 def resumable_state(partial: Path, inputs: Mapping) -> dict | None:
@@ -99,6 +124,7 @@ def _train(editor: Editor, requests: Sequence[EditRequest], hparams: Mapping, ch
             networks[str(layer)].mean.copy_(mean)
             networks[str(layer)].std.copy_(std)
     order = random.Random(seed).choices(range(len(requests)), k=int(hparams["train_steps"]))
+    below = _BelowEditedLayers(editor, min(layers))
     for step in tqdm(range(start, len(order)), desc="train MEND", unit="step", initial=start, total=len(order)):
         request = requests[order[step]]
         factors = gradient_factors(editor, sites, request)
@@ -109,11 +135,12 @@ def _train(editor: Editor, requests: Sequence[EditRequest], hparams: Mapping, ch
             editor.tokenizer, [(n.prompt, n.answer) for n in request.neighborhood_prompts] or [(request.subject, request.target_true)], editor.device
         )
         with trainable_only(editor.model, []):
+            edit_run, local_run = below(ids, mask), below(local_ids, local_mask)
             with torch.no_grad():
-                original = torch.log_softmax(editor.model(input_ids=local_ids, attention_mask=local_mask).logits.float(), -1)
+                original = torch.log_softmax(local_run().float(), -1)
             with added_weight_deltas(sites, deltas):
-                edit_loss = mean_answer_nll(editor.model(input_ids=ids, attention_mask=mask).logits, labels)
-                edited = torch.log_softmax(editor.model(input_ids=local_ids, attention_mask=local_mask).logits.float(), -1)
+                edit_loss = mean_answer_nll(edit_run(), labels)
+                edited = torch.log_softmax(local_run().float(), -1)
             locality = (original.exp() * (original - edited)).sum(-1)[local_mask.bool()].mean()
             loss = float(hparams["edit_weight"]) * edit_loss + float(hparams["locality_weight"]) * locality
             optimizer.zero_grad()
