@@ -11,6 +11,7 @@ import torch
 
 from backlens.editing import covariance
 from backlens.editing.covariance import WikiTextUnavailableError, accumulate_second_moments, wikitext_blocks
+from backlens.models.adapters import ArchitectureAdapter
 
 CORPUS = {"source": "model_samples", "top_k": 5, "seed": 3, "block_tokens": 8, "batch_size": 2, "n_blocks": 3}
 
@@ -53,3 +54,15 @@ def test_the_small_setting_reads_whole_batches_and_a_partial_last_batch_is_cut()
     corpus = {"n_blocks": 240, "block_tokens": 128, "batch_size": 16, "n_tokens_per_d_ff": 10}
     assert blocks_for(corpus, 1536) == 128  # 15,360 tokens = 120 blocks -> 8 batches of 16
     assert blocks_for({**corpus, "n_tokens_per_d_ff": None}, 1536) == 240
+
+
+def test_statistics_up_to_the_highest_layer_equal_the_whole_forwards(tiny_model, tmp_path, monkeypatch):
+    """The pass stops after the highest layer read (issue 23): the sums are the whole forward's, bit for bit."""
+    if not tiny_model.adapter.supports_layer_ranges:
+        pytest.skip("no layer-range forward: the statistics run the whole model")
+    layers = [0, tiny_model.adapter.n_layers - 2]
+    stopped = accumulate_second_moments(tiny_model, layers, CORPUS, tmp_path / "stopped.partial")
+    monkeypatch.setattr(ArchitectureAdapter, "supports_layer_ranges", property(lambda self: False))
+    whole = accumulate_second_moments(tiny_model, layers, CORPUS, tmp_path / "whole.partial")
+    assert all(torch.equal(stopped["sums"][layer], whole["sums"][layer]) for layer in layers)
+    assert stopped["n_tokens"] == whole["n_tokens"] == 3 * 8

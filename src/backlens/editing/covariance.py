@@ -153,7 +153,11 @@ def accumulate_second_moments(
         # A last partial batch keeps only its first blocks: the held-out blocks start at n_blocks.
         ids = corpus_batch(loaded, corpus, batch_index)[: n_blocks - batch_index * size].to(loaded.device)
         with record_module_io(modules, outputs=False) as record:
-            loaded.model(input_ids=ids)
+            if loaded.adapter.supports_layer_ranges:
+                # Only the blocks up to the highest layer read: no unembedding, nothing above.
+                loaded.adapter.residual_entering(ids, max(layers) + 1)
+            else:
+                loaded.model(input_ids=ids)
         for layer in layers:
             keys_NxIn = record.inputs[str(layer)].reshape(-1, record.inputs[str(layer)].shape[-1]).double()
             sums[layer] += keys_NxIn.T @ keys_NxIn
