@@ -19,7 +19,8 @@ from backlens.bench import check_result, goal, read_results, render
 REQUIRED_TIMINGS = {
     "analysis_speed": {"bare_s", "capture_s", "tables_s", "naive_s", "gradient_ranks_s", "vjp_norms_s",
                        "target_ranks_s", "neuron_updates_s", "vjp_similarity_s", "projection_floor_s"},
-    "mend_training": {"training_split_s", "training_whole_s", "training_split_cpu_s", "training_whole_cpu_s"},
+    "training_from_layer": {f"{name}_{path}{cpu}_s" for name in ("mend_training", "ft", "ft_mlp0")
+                            for path in ("split", "whole") for cpu in ("", "_cpu")},
     "sweep_speed": {"sweep_cached_s", "sweep_whole_s", "sweep_cached_cpu_s", "sweep_whole_cpu_s"},
     "tracing_speed": {"traced_s", "reference_reuse_s", "reference_full_s"},
     "value_optimisation": {"value_optimisation_new_s", "value_optimisation_old_s", "value_optimisation_rows_s",

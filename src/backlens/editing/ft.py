@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
 from backlens.editing.base import Editor
 from backlens.editing.requests import EditRequest, continuation
-from backlens.editing.training import trainable_only
+from backlens.editing.training import LogitsAbove, trainable_only
 
 
 class ConstrainedFineTuning(Editor):
@@ -24,8 +26,8 @@ class ConstrainedFineTuning(Editor):
         module = self.adapter.ff2_site(int(self.hparams["layer"])).module
         return [p for p in (module.weight, getattr(module, "bias", None)) if p is not None]
 
-    def last_position_loss(self, prompt_ids: torch.Tensor, target_ids: torch.Tensor) -> torch.Tensor:
-        log_probs = torch.log_softmax(self.model(input_ids=prompt_ids).logits[0, -1].float(), dim=-1)
+    def last_position_loss(self, logits: Callable[[], torch.Tensor], target_ids: torch.Tensor) -> torch.Tensor:
+        log_probs = torch.log_softmax(logits()[0, -1].float(), dim=-1)
         return -log_probs[target_ids].mean()
 
     def apply(self, request: EditRequest) -> dict[str, object]:
@@ -38,10 +40,12 @@ class ConstrainedFineTuning(Editor):
         target_ids = torch.tensor(item.target_ids, device=self.device)
         optimizer = torch.optim.Adam(parameters, lr=float(self.hparams["lr"]), weight_decay=float(self.hparams.get("weight_decay", 0.0)))
         losses = []
+        # Every step runs the same prompt; only the FF2 module's parameters change between steps.
+        logits = LogitsAbove(self, parameters)(prompt_ids)
         with trainable_only(self.model, parameters):
             for _ in range(int(self.hparams["num_steps"])):
                 optimizer.zero_grad()
-                loss = self.last_position_loss(prompt_ids, target_ids)
+                loss = self.last_position_loss(logits, target_ids)
                 losses.append(float(loss.detach()))
                 if losses[-1] >= stop:
                     loss.backward()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import random
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -15,7 +15,7 @@ from tqdm import tqdm
 from backlens.editing.base import Editor
 from backlens.editing.mend import added_weight_deltas, build_editors, gradient_factors
 from backlens.editing.requests import EditRequest
-from backlens.editing.training import mean_answer_nll, teacher_forced_batch, trainable_only
+from backlens.editing.training import LogitsAbove, mean_answer_nll, teacher_forced_batch, trainable_only
 from backlens.io import write_torch
 
 log = logging.getLogger(__name__)
@@ -32,31 +32,6 @@ def _normalisation(editor: Editor, sites, requests: Sequence[EditRequest]) -> di
         joined = torch.cat(rows)
         stats[layer] = (joined.mean(0), joined.std(0).clamp(min=1e-8))
     return stats
-
-
-class _BelowEditedLayers:
-    """A training step runs the model three times on two batches (the neighbourhood prompts unedited and
-    edited, the edit prompts edited); the edits change only blocks ``lowest`` and above, so each batch's
-    residual stream entering ``lowest`` is computed once, without a graph, and each run starts there.
-    The logits equal the whole forward's bit for bit (tests/test_mend_training.py: same trained weights);
-    a family without a layer-range forward (``supports_layer_ranges``) runs the whole model each time."""
-
-    def __init__(self, editor: Editor, lowest: int):
-        self.model, self.adapter, self.lowest = editor.model, editor.adapter, lowest
-        self.split = editor.adapter.supports_layer_ranges
-
-    def __call__(self, ids_BxT: torch.Tensor, mask_BxT: torch.Tensor) -> Callable[[], torch.Tensor]:
-        """A function giving the (B, T, V) logits of the model as it is when called (hooks included)."""
-        if not self.split:
-            return lambda: self.model(input_ids=ids_BxT, attention_mask=mask_BxT).logits
-        entering_BxTxd = self.adapter.residual_entering(ids_BxT, self.lowest)
-
-        def logits() -> torch.Tensor:
-            top_BxTxd = self.adapter.run_layers(entering_BxTxd, self.lowest, self.adapter.n_layers,
-                                                padding_mask=mask_BxT, grad=torch.is_grad_enabled())
-            return self.adapter.logit_lens(top_BxTxd)
-
-        return logits
 
 
 def resumable_state(partial: Path, inputs: Mapping) -> dict | None:
@@ -124,7 +99,8 @@ def _train(editor: Editor, requests: Sequence[EditRequest], hparams: Mapping, ch
             networks[str(layer)].mean.copy_(mean)
             networks[str(layer)].std.copy_(std)
     order = random.Random(seed).choices(range(len(requests)), k=int(hparams["train_steps"]))
-    below = _BelowEditedLayers(editor, min(layers))
+    # Each step runs the model three times on two batches; the edits change blocks min(layers) and above.
+    below = LogitsAbove(editor, [site.weight for site in sites])
     for step in tqdm(range(start, len(order)), desc="train MEND", unit="step", initial=start, total=len(order)):
         request = requests[order[step]]
         factors = gradient_factors(editor, sites, request)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 
 import torch
@@ -51,3 +51,29 @@ def mean_answer_nll(logits_BxTxV: torch.Tensor, labels_BxT: torch.Tensor) -> tor
     picked = log_probs.gather(-1, labels_BxT.clamp(min=0).unsqueeze(-1)).squeeze(-1)
     per_row = -(picked * mask).sum(dim=1) / mask.sum(dim=1)
     return per_row.mean()
+
+
+class LogitsAbove:
+    """Logits of fixed batches for a model that changes only in ``parameters`` between runs (an editor
+    being trained, a weight being fine-tuned): the residual stream entering the lowest block holding one
+    of them (``lowest_block``) is computed once per batch, without a graph, and each run starts there.
+    The logits, and the gradients through them, equal the whole forward's bit for bit
+    (tests/test_mend_training.py, tests/test_ft_from_layer.py). Where no block holds them all, or the
+    family has no layer-range forward, each run is the whole model's forward."""
+
+    def __init__(self, editor, parameters: list[torch.Tensor]):
+        self.model, self.adapter = editor.model, editor.adapter
+        self.lowest = editor.adapter.lowest_block(parameters)
+
+    def __call__(self, ids_BxT: torch.Tensor, mask_BxT: torch.Tensor | None = None) -> Callable[[], torch.Tensor]:
+        """A function giving the (B, T, V) logits of the model as it is when called (hooks included)."""
+        if self.lowest is None:
+            return lambda: self.model(input_ids=ids_BxT, attention_mask=mask_BxT).logits
+        entering_BxTxd = self.adapter.residual_entering(ids_BxT, self.lowest)
+
+        def logits() -> torch.Tensor:
+            top_BxTxd = self.adapter.run_layers(entering_BxTxd, self.lowest, self.adapter.n_layers,
+                                                padding_mask=mask_BxT, grad=torch.is_grad_enabled())
+            return self.adapter.logit_lens(top_BxTxd)
+
+        return logits
