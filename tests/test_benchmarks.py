@@ -153,3 +153,33 @@ def test_render_keep_replaces_rerun_sections_and_keeps_the_others_verbatim(tmp_p
     assert page.read_text().index("## a_bench") < page.read_text().index("## z_bench")
     assert main(["render", str(folder), str(page)]) == 0
     assert set(sections(page.read_text())) == {"z_bench"}
+
+
+def test_pipeline_result_sums_shards_per_rule_and_dates_the_run_by_its_last_job(tmp_path):
+    from backlens.bench import pipeline_result
+    header = "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n"
+    for stem, wall, cpu, when in (("trace_shard_0-10", 100.0, 40.0, 1_700_000_000), ("trace_shard_10-20", 50.0, 30.0,
+                                   1_700_000_600), ("edit_table1", 5.0, 4.0, 1_700_000_300)):
+        path = tmp_path / f"{stem}.tsv"
+        path.write_text(header + f"{wall}\t0:00:00\t1\t1\t1\t1\t0\t0\t0\t{cpu}\n")
+        os.utime(path, (when, when))
+    result = pipeline_result(tmp_path, wall_s=120.0, commit="abc1234", cores=4, model="m", goal_s=100.0)
+    assert result["settings"]["jobs_per_rule"] == {"trace_shard": 2, "edit_table1": 1}
+    assert result["settings"]["cpu_s_per_rule"] == {"trace_shard": 70.0, "edit_table1": 4.0}
+    assert result["trace_shard_jobs_wall_s"] == 150.0 and result["pipeline_wall_s"] == 120.0
+    assert result["commit"] == "abc1234" and result["date"] == "2023-11-14 22:23 UTC"  # the last job's end
+    assert result["goals"][0]["met"] is False
+
+
+def test_a_kept_section_without_its_machine_gets_the_pages():
+    from backlens.bench import sections
+    legacy = ("# Performance\n\n- machine: AMD EPYC, 2 cores; torch 2.1, 2 threads\n- commit: abc\n\n## a_bench\n\n"
+              "Model `m` on cpu; x=1.\n\ncommit abc; run 2030-01-01 00:00 UTC; load average 1 / 1 / 1 at the end.\n\n"
+              "| timing | seconds |\n| --- | ---: |\n| a | 2 |\n\n## b_bench\n\ncommit def; run 2030-01-02 00:00 UTC; "
+              "machine Test CPU, 2 cores.\n")
+    kept = sections(legacy)
+    assert ("commit abc; run 2030-01-01 00:00 UTC; load average 1 / 1 / 1 at the end; machine AMD EPYC, 2 cores; "
+            "torch 2.1, 2 threads (the page's)") in kept["a_bench"]
+    assert kept["a_bench"].endswith("| a | 2 |")
+    assert "commit def; run 2030-01-02 00:00 UTC; machine Test CPU, 2 cores." in kept["b_bench"]
+    assert "AMD" not in kept["b_bench"]

@@ -125,9 +125,18 @@ def _number(value) -> str:
 
 
 def sections(page: str) -> dict[str, str]:
-    """A rendered page's benchmark sections by name, each its lines from ``## name`` to the next one."""
-    parts = re.split(r"^## ", page, flags=re.MULTILINE)[1:]
-    return {part.split("\n", 1)[0].strip(): ("## " + part).rstrip("\n") for part in parts}
+    """A rendered page's benchmark sections by name, each its lines from ``## name`` to the next one.
+    A section whose run line names no machine (rendered before sections named theirs) gets the page's
+    ``- machine:`` line, which was then the machine of every section."""
+    header_machine = re.search(r"^- machine: (.+)$", page, flags=re.MULTILINE)
+    found = {}
+    for part in re.split(r"^## ", page, flags=re.MULTILINE)[1:]:
+        text = ("## " + part).rstrip("\n")
+        if header_machine and not re.search(r"^commit .*machine ", text, flags=re.MULTILINE):
+            text = re.sub(r"^(commit [^\n]*?)\.$", rf"\1; machine {header_machine.group(1)} (the page's)", text,
+                          count=1, flags=re.MULTILINE)
+        found[part.split("\n", 1)[0].strip()] = text
+    return found
 
 
 def render(results: list[dict], *, commit: str | None = None, date: str | None = None,
@@ -168,6 +177,8 @@ def render(results: list[dict], *, commit: str | None = None, date: str | None =
                   f"{settings}."]
         lines += _settings_table(per_key)
         extra = [f"{label} {result[key]}" for key, label in (("commit", "commit"), ("date", "run")) if key in result]
+        if run_machine.get("cpu"):  # per section: a page can hold sections kept from runs on other machines
+            extra.append(f"machine {run_machine['cpu']}, {run_machine.get('cores', '?')} cores")
         if "load_average" in run_machine:
             extra.append(f"load average {' / '.join(map(str, run_machine['load_average']))} at the end")
         if extra:
@@ -240,8 +251,10 @@ def pipeline_result(benchmarks: str | Path, out: str | Path | None = None, *, wa
     goals = [goal("pipeline wall seconds from a fresh clone", wall_s, goal_s)] if goal_s else []
     result = write_result(None, "pipeline", model=model, device=f"cpu ({os.cpu_count()} cores, --cores {cores})",
                           smoke=False, settings=settings, timings=timings, ratios=ratios, goals=goals)
-    # The run's commit, not the one this JSON is written at; the load now says nothing about the run.
+    # The run's commit and end (its last benchmark file), not this JSON's; the load now says nothing about the run.
     result["commit"] = commit
+    last = max(path.stat().st_mtime for path in Path(benchmarks).glob("*.tsv"))
+    result["date"] = datetime.datetime.fromtimestamp(last, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     result["machine"].pop("load_average", None)
     if out is not None:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
