@@ -295,3 +295,33 @@ def test_readme_start_times_are_the_performance_start_time_section():
     for name, quoted in zip(names, found.groups()):
         decimals = len(quoted.split(".")[1]) if "." in quoted else 0
         assert float(quoted) == round(timings[name], decimals), f"README's {name} {quoted} s against {timings[name]}"
+
+
+# The editing README's "Measured on SmolLM2-135M" paragraph: method -> its name there, in its order.
+EDITING_README_ROWS = {
+    "none": "Original", "ft_mlp0": "FT-L (MLP 0)", "ft": "FT-L (MLP 22)", "mend": "MEND-style", "rome": "ROME",
+    "memit": "MEMIT", "shift": "forward pass shift", "shift_centered": "centred e_t",
+    "shift_whitened": "centred e_t with the whitened key",
+}
+PERPLEXITY_NAMES = {**EDITING_README_ROWS, "shift": "the paper's shift"}
+
+
+def test_editing_readme_measured_paragraph_is_the_tables():
+    """src/backlens/editing/README.md's measured paragraph, rebuilt from docs/tables/table1.csv and table7.csv."""
+    t1, t7 = _table("table1"), _table("table7")
+    rows = "; ".join(f"{name} {_pct(t1.loc[m, 'efficacy_mean'])} / {_pct(t1.loc[m, 'paraphrase_mean'])} / "
+                     f"{_pct(t1.loc[m, 'neighborhood_success_mean'])}" for m, name in EDITING_README_ROWS.items())
+    neighbourhood, entropy = t1["neighborhood_mean"], t1["ngram_entropy_mean"].sort_values()
+    perplexity = t7["perplexity_mean"].sort_values(ascending=False)
+    top = [f"{PERPLEXITY_NAMES[m]} ({perplexity[m]:.2f}" for m in perplexity.index[:3]]
+    expected = (
+        f"Efficacy / paraphrase / NS (%), cases 0-{int(t1.loc['none', 'n_cases']) - 1}: {rows}. Neighbourhood accuracy "
+        f"is {_pct(neighbourhood.min())}-{_pct(neighbourhood.max())}% for every row ({_pct(neighbourhood['none'])}% "
+        f"unedited), so it cannot rank them; NS does. Generation entropy drops most for "
+        f"{EDITING_README_ROWS[entropy.index[0]]} ({_pct(entropy.iloc[0])} against {_pct(t1.loc['none', 'ngram_entropy_mean'])} "
+        f"unedited) and for the whitened shift ({_pct(t1.loc['shift_whitened', 'ngram_entropy_mean'])}); Table 7's "
+        f"perplexity rises most for {top[0]} against {t7.loc['none', 'perplexity_mean']:.2f}), then {top[1]}) and "
+        f"{top[2]}).")
+    assert entropy.index[1] == "shift_whitened", "the second-lowest entropy is no longer the whitened shift: reword"
+    text = re.sub(r"\s+", " ", (ROOT / "src" / "backlens" / "editing" / "README.md").read_text())
+    assert expected in text, f"src/backlens/editing/README.md's measured paragraph should read: {expected}"
