@@ -97,6 +97,10 @@ def test_another_data_file_reruns_what_reads_it(project_copy, tmp_path):  # noqa
     assert (meta["dataset_path"], meta["dataset_sha256"], meta["n_records"]) == (str(other), sha256_of(other), 30)
 
 
+# Tokens tied with the target within float round-off, which another thread count may order the other way;
+# only positions in the vocabulary (a gradient's matrix rank must be equal).
+RANK_SLACK = 2
+VOCABULARY_RANKS = {"target_ranks": ("rank",)}
 ANALYSIS_TABLES = ("prompts", "gradient_ranks", "vjp_norms", "target_ranks", "neuron_updates", "vjp_similarity")
 
 
@@ -115,7 +119,9 @@ def analyse(results: Path, threads: int):
 
 def test_thread_count_changes_float_rounding_only(tmp_path):
     """Same thread count: the same bytes. Another thread count: torch splits long sums between threads,
-    so floats may differ in their last bits; ranks, counts and labels are equal."""
+    so floats may differ in their last bits; counts and labels are equal, and a rank (how many tokens
+    score above the target) moves by at most RANK_SLACK: a token within round-off of the target can
+    cross it (seen on an Intel Xeon with AVX-512: one rank of 102, 11522 -> 11523)."""
     require_shared("data", "counterfact")
     one, again, two = (analyse(tmp_path / name, threads) for name, threads in (("one", 1), ("again", 1), ("two", 2)))
     for name in ANALYSIS_TABLES:
@@ -128,7 +134,11 @@ def test_thread_count_changes_float_rounding_only(tmp_path):
     for name in ANALYSIS_TABLES:
         left, right = pd.read_parquet(one.paths[name]), pd.read_parquet(two.paths[name])
         floats = [c for c in left.columns if left[c].dtype.kind == "f"]
-        pd.testing.assert_frame_equal(left.drop(columns=floats), right.drop(columns=floats))
+        ranks = [c for c in VOCABULARY_RANKS.get(name, ()) if c in left.columns]
+        pd.testing.assert_frame_equal(left.drop(columns=floats + ranks), right.drop(columns=floats + ranks))
+        for column in ranks:
+            moved = np.abs(left[column].to_numpy(np.int64) - right[column].to_numpy(np.int64))
+            assert moved.max(initial=0) <= RANK_SLACK, (name, column, int(moved.max()))
         for column in floats:
             a, b = left[column].to_numpy(float), right[column].to_numpy(float)
             assert np.array_equal(np.isnan(a), np.isnan(b)), (name, column)
