@@ -64,3 +64,30 @@ def test_the_project_config_is_composed_from_any_directory_under_the_stage_name(
     # The overrides reach the config, and Hydra's job (default run directory, log) is the stage's.
     assert "figure: fig3" in result.stdout
     assert re.search(r"^  job:\n    name: render_figure$", result.stdout, re.MULTILINE), result.stdout
+
+
+# Stages that draw or report from tables: a job of theirs loads no model, so it must not pay for torch
+# and transformers (about 1.5 s of each of the ~20 such jobs of `make figures`, issue 23).
+TABLE_ONLY_STAGES = ("render_figure", "trace_figures", "edit_fig26", "tracing_report")
+
+
+@pytest.mark.parametrize("name", TABLE_ONLY_STAGES)
+def test_a_table_only_stage_loads_neither_torch_nor_transformers(name):
+    code = (f"import sys; from backlens.stage import stage_function; stage_function({name!r}); "
+            "from backlens.cli import limit_threads; limit_threads(1); "
+            "import os; print(sorted({'torch', 'transformers'} & set(sys.modules)), os.environ['OMP_NUM_THREADS'])")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.split() == ["[]", "1"]
+
+
+def test_the_thread_limit_reaches_torch_loaded_before_or_after():
+    code = ("import torch; from backlens.cli import limit_threads; limit_threads(1); a = torch.get_num_threads(); "
+            "print(a)")
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split() == ["1"]
+    code = "from backlens.cli import limit_threads; limit_threads(1); import torch; print(torch.get_num_threads())"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split() == ["1"]
+
+
+def test_the_gallery_does_not_load_pandas():
+    code = "import sys, backlens.figures.gallery; print('pandas' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split() == ["False"]

@@ -66,3 +66,33 @@ def test_statistics_up_to_the_highest_layer_equal_the_whole_forwards(tiny_model,
     whole = accumulate_second_moments(tiny_model, layers, CORPUS, tmp_path / "whole.partial")
     assert all(torch.equal(stopped["sums"][layer], whole["sums"][layer]) for layer in layers)
     assert stopped["n_tokens"] == whole["n_tokens"] == 3 * 8
+
+
+def test_batches_sampled_together_are_the_batches_sampled_alone(tiny_model):
+    """corpus_batches decodes several batches' rows at once (editing.corpus.sample_rows); each batch draws
+    from its own generator, so its blocks are corpus_batch's token for token; held-out batches too."""
+    corpus = {**CORPUS, "n_blocks": 8, "sample_rows": 6}  # 3 batches of 2 per decode: groups [0, 1, 2], [3]
+    assert covariance.sampling_group(corpus) == 3
+    for held_out in (False, True):
+        together = covariance.corpus_batches(tiny_model, corpus, range(4), held_out=held_out)
+        alone = [covariance.corpus_batch(tiny_model, {**corpus, "sample_rows": None}, index, held_out=held_out)
+                 for index in range(4)]
+        assert [block.shape for block in together] == [(2, 8)] * 4
+        assert all(torch.equal(a, b) for a, b in zip(together, alone))
+    # Batches differ from each other (a seed per batch), and held-out batches from statistics batches.
+    assert not torch.equal(together[0], together[1])
+    assert not torch.equal(covariance.corpus_batch(tiny_model, corpus, 0), together[0])
+
+
+def test_statistics_do_not_depend_on_how_many_rows_are_sampled_together(tiny_llama, tmp_path):
+    grouped = accumulate_second_moments(tiny_llama, [0, 1], {**CORPUS, "sample_rows": 4}, tmp_path / "grouped.partial")
+    lone = accumulate_second_moments(tiny_llama, [0, 1], {**CORPUS, "sample_rows": None}, tmp_path / "lone.partial")
+    assert all(torch.equal(grouped["sums"][layer], lone["sums"][layer]) for layer in (0, 1))
+    assert grouped["n_tokens"] == lone["n_tokens"] == 3 * 8
+
+
+def test_sampling_group_is_whole_batches_and_at_least_one():
+    assert covariance.sampling_group({"batch_size": 16, "sample_rows": 256}) == 16
+    assert covariance.sampling_group({"batch_size": 16, "sample_rows": 40}) == 2
+    assert covariance.sampling_group({"batch_size": 16, "sample_rows": 8}) == 1
+    assert covariance.sampling_group({"batch_size": 16}) == 1

@@ -13,10 +13,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-
-from transformers import PreTrainedTokenizerBase
+from typing import TYPE_CHECKING
 
 from backlens.errors import UserError
+
+if TYPE_CHECKING:  # a type only: figure jobs read segments without loading transformers (and torch)
+    from transformers import PreTrainedTokenizerBase
 
 # ROME's six segments (causal tracing averages and the paper's Figs 5-6).
 SEGMENTS: tuple[str, ...] = (

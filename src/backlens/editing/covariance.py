@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from backlens.editing.generation import sample_token_ids
+from backlens.editing.generation import sample_token_ids_by_case
 from backlens.errors import UserError
 from backlens.io import write_torch
 from backlens.models.hooks import record_module_io
@@ -102,23 +102,45 @@ def wikitext_blocks(tokenizer, n_blocks: int, block_tokens: int, offset_blocks: 
 
 def corpus_batch(loaded: LoadedModel, corpus: Mapping, batch_index: int, *, held_out: bool = False) -> torch.Tensor:
     """(batch_size, block_tokens) token ids of one corpus batch; deterministic in ``batch_index``."""
-    size, length = int(corpus["batch_size"]), int(corpus["block_tokens"])
+    return corpus_batches(loaded, corpus, [batch_index], held_out=held_out)[0]
+
+
+def _batch_offset(corpus: Mapping, batch_index: int, held_out: bool) -> int:
     # Held-out blocks (perplexity) come after every statistics block, so the two never overlap.
-    offset = batch_index * size + (int(corpus["n_blocks"]) if held_out else 0)
+    return batch_index * int(corpus["batch_size"]) + (int(corpus["n_blocks"]) if held_out else 0)
+
+
+def corpus_batches(loaded: LoadedModel, corpus: Mapping, batch_indices: Sequence[int], *,
+                   held_out: bool = False) -> list[torch.Tensor]:
+    """``corpus_batch`` of each index. Sampled text (model_samples) decodes ``sampling_group`` batches'
+    rows together, so each step's forward serves them all. A batch's rows still draw from the batch's
+    own generator, so its tokens are those of the batch sampled alone wherever the batched logits equal
+    the lone ones (they do on the tiny models, tests/test_statistics.py, and on SmolLM2's 256 default
+    blocks, src/backlens/editing/README.md)."""
+    size, length = int(corpus["batch_size"]), int(corpus["block_tokens"])
+    offsets = [_batch_offset(corpus, index, held_out) for index in batch_indices]
     source = str(corpus["source"])
     if source == "text_file":
-        return text_file_blocks(loaded.tokenizer, corpus["path"], size, length, offset)
+        return [text_file_blocks(loaded.tokenizer, corpus["path"], size, length, offset) for offset in offsets]
     if source == "wikitext":
-        return wikitext_blocks(loaded.tokenizer, size, length, offset)
+        return [wikitext_blocks(loaded.tokenizer, size, length, offset) for offset in offsets]
     if source != "model_samples":
         raise ValueError(f"editing.corpus.source={source!r}: use model_samples, text_file or wikitext")
-    starts = [_SAMPLE_STARTS[(offset + i) % len(_SAMPLE_STARTS)] for i in range(size)]
-    new_ids = sample_token_ids(
-        loaded.model, loaded.tokenizer, starts, max_new_tokens=length - 1, top_k=int(corpus["top_k"]),
-        seed=int(corpus["seed"]) + offset,
-    )
-    first = torch.tensor([loaded.tokenizer(s, add_special_tokens=False)["input_ids"][0] for s in starts])[:, None]
-    return torch.cat([first, new_ids], dim=1)
+    starts = [[_SAMPLE_STARTS[(offset + i) % len(_SAMPLE_STARTS)] for i in range(size)] for offset in offsets]
+    group = sampling_group(corpus)
+    new_ids = [ids for first in range(0, len(offsets), group) for ids in sample_token_ids_by_case(
+        loaded.model, loaded.tokenizer, starts[first : first + group], max_new_tokens=length - 1,
+        top_k=int(corpus["top_k"]), seeds=[int(corpus["seed"]) + offset for offset in offsets[first : first + group]],
+    )]
+    first_ids = {s: loaded.tokenizer(s, add_special_tokens=False)["input_ids"][0] for s in _SAMPLE_STARTS}
+    return [torch.cat([torch.tensor([first_ids[s] for s in batch_starts])[:, None], ids], dim=1)
+            for batch_starts, ids in zip(starts, new_ids)]
+
+
+def sampling_group(corpus: Mapping) -> int:
+    """How many corpus batches one sampling decode serves: ``sample_rows`` (rows decoded together;
+    bounds the KV cache) over ``batch_size``, at least one."""
+    return max(1, int(corpus.get("sample_rows") or 0) // int(corpus["batch_size"]))
 
 
 @torch.no_grad()
@@ -149,9 +171,15 @@ def accumulate_second_moments(
     started, tokens_before = time.perf_counter(), state["n_tokens"]
     progress = tqdm(range(state["batches_done"], n_batches), desc="FF2 second moments", unit="batch",
                     initial=state["batches_done"], total=n_batches)
+    sampled: dict[int, torch.Tensor] = {}
     for batch_index in progress:
+        if batch_index not in sampled:
+            group = range(batch_index, min(n_batches, batch_index + sampling_group(corpus)))
+            if str(corpus["source"]) == "model_samples":  # one decode for the group: no bar movement meanwhile
+                progress.set_postfix_str(f"sampling batches {group.start}-{group.stop - 1} in one decode")
+            sampled = dict(zip(group, corpus_batches(loaded, corpus, group)))
         # A last partial batch keeps only its first blocks: the held-out blocks start at n_blocks.
-        ids = corpus_batch(loaded, corpus, batch_index)[: n_blocks - batch_index * size].to(loaded.device)
+        ids = sampled.pop(batch_index)[: n_blocks - batch_index * size].to(loaded.device)
         with record_module_io(modules, outputs=False) as record:
             if loaded.adapter.supports_layer_ranges:
                 # Only the blocks up to the highest layer read: no unembedding, nothing above.

@@ -58,14 +58,34 @@ def sample_texts_by_case(
     """``sample_texts`` of several cases in one batch: each case's rows draw from its own generator
     seeded with its seed, as ``sample_texts(prompts, seed)`` does for that case alone (the same
     draws, given the same probabilities)."""
+    ids_per_case = sample_token_ids_by_case(model, tokenizer, prompts_per_case, max_new_tokens=max_new_tokens,
+                                            top_k=top_k, seeds=seeds)
+    return [[prompt + tokenizer.decode(ids) for prompt, ids in zip(case, case_ids)]
+            for case, case_ids in zip(prompts_per_case, ids_per_case)]
+
+
+def sample_token_ids_by_case(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts_per_case: list[list[str]],
+    *,
+    max_new_tokens: int,
+    top_k: int,
+    seeds: list[int],
+) -> list[torch.Tensor]:
+    """``sample_token_ids`` of several cases (groups of prompts) in one batch, one (n_case, max_new_tokens)
+    tensor per case: each case's rows draw from its own generator seeded with its seed, as
+    ``sample_token_ids(prompts, seed)`` does for that case alone (the same draws, given the same
+    probabilities)."""
+    if len(prompts_per_case) != len(seeds):
+        raise ValueError(f"sample_token_ids_by_case: {len(prompts_per_case)} cases, {len(seeds)} seeds")
     prompts = [p for case in prompts_per_case for p in case]
     draws, start = [], 0
     for case, seed in zip(prompts_per_case, seeds):
         draws.append((slice(start, start + len(case)), torch.Generator(device="cpu").manual_seed(seed)))
         start += len(case)
     new_tokens = _sample(model, tokenizer, prompts, draws, max_new_tokens=max_new_tokens, top_k=top_k)
-    texts = [prompt + tokenizer.decode(new_tokens[row]) for row, prompt in enumerate(prompts)]
-    return [texts[rows] for rows, _ in draws]
+    return [new_tokens[rows] for rows, _ in draws]
 
 
 def _sample(

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from backlens.editing.covariance import accumulate_second_moments, blocks_for, corpus_batch, corpus_description
+from backlens.editing.covariance import accumulate_second_moments, blocks_for, corpus_batches, corpus_description
 from backlens.editing.run_config import statistics_layers
 from backlens.io import write_torch
 from backlens.models.loading import load_model
@@ -33,7 +33,7 @@ def run(cfg: DictConfig) -> None:
     out.with_suffix(".partial").unlink(missing_ok=True)
     n_heldout_batches = -(-int(corpus["n_heldout_blocks"]) // int(corpus["batch_size"]))
     with torch.no_grad():
-        heldout = torch.cat([corpus_batch(loaded, corpus, i, held_out=True) for i in range(n_heldout_batches)])
+        heldout = torch.cat(corpus_batches(loaded, corpus, range(n_heldout_batches), held_out=True))
     heldout = heldout[: int(corpus["n_heldout_blocks"])]
     write_torch({"blocks": heldout, "corpus": state["corpus"]}, cfg.paths.editing_heldout)
     log.info(
