@@ -21,6 +21,7 @@ REQUIRED_TIMINGS = {
                        "target_ranks_s", "neuron_updates_s", "vjp_similarity_s", "projection_floor_s"},
     "training_from_layer": {f"{name}_{path}{cpu}_s" for name in ("mend_training", "ft", "ft_mlp0")
                             for path in ("split", "whole") for cpu in ("", "_cpu")},
+    "corpus_sampling": {"grouped_s", "one_batch_s", "grouped_cpu_s", "one_batch_cpu_s"},
     "sweep_speed": {"sweep_cached_s", "sweep_whole_s", "sweep_cached_cpu_s", "sweep_whole_cpu_s"},
     "tracing_speed": {"traced_s", "reference_reuse_s", "reference_full_s"},
     "value_optimisation": {"value_optimisation_new_s", "value_optimisation_old_s", "value_optimisation_rows_s",
