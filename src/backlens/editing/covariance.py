@@ -115,8 +115,8 @@ def corpus_batches(loaded: LoadedModel, corpus: Mapping, batch_indices: Sequence
     """``corpus_batch`` of each index. Sampled text (model_samples) decodes ``sampling_group`` batches'
     rows together, so each step's forward serves them all. A batch's rows still draw from the batch's
     own generator, so its tokens are those of the batch sampled alone wherever the batched logits equal
-    the lone ones (they do on the tiny models, tests/test_statistics.py, and on SmolLM2's 256 default
-    blocks, src/backlens/editing/README.md)."""
+    the lone ones (they do on the tiny models, tests/test_statistics.py, and on SmolLM2's default blocks
+    with one torch thread, as the rule's job runs; with two they do not: src/backlens/editing/README.md)."""
     size, length = int(corpus["batch_size"]), int(corpus["block_tokens"])
     offsets = [_batch_offset(corpus, index, held_out) for index in batch_indices]
     source = str(corpus["source"])
