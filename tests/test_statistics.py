@@ -96,3 +96,47 @@ def test_sampling_group_is_whole_batches_and_at_least_one():
     assert covariance.sampling_group({"batch_size": 16, "sample_rows": 40}) == 2
     assert covariance.sampling_group({"batch_size": 16, "sample_rows": 8}) == 1
     assert covariance.sampling_group({"batch_size": 16}) == 1
+
+
+def _recording_groups(monkeypatch) -> list[list[int]]:
+    """The batch indices of every corpus_batches call (statistics batches) from now on."""
+    groups: list[list[int]] = []
+    real = covariance.corpus_batches
+
+    def recording(loaded, corpus, batch_indices, **kwargs):
+        if not kwargs.get("held_out"):
+            groups.append(list(batch_indices))
+        return real(loaded, corpus, batch_indices, **kwargs)
+
+    monkeypatch.setattr(covariance, "corpus_batches", recording)
+    return groups
+
+
+def test_a_run_resumed_inside_a_group_decodes_the_whole_group_again(tiny_llama, tmp_path, monkeypatch):
+    """A checkpoint after batch 0 of a 2-batch group: the resumed run decodes batches 0-1 together as the
+    uninterrupted run did (the same rows, whatever the thread count) and counts batch 0 once."""
+    corpus = {**CORPUS, "n_blocks": 8, "sample_rows": 4}  # 4 batches of 2, groups [0, 1], [2, 3]
+    checkpoint = tmp_path / "stats.partial"
+    # The first batch alone is the state of the 8-block run after its first batch (n_blocks is not
+    # part of the checkpoint's corpus: the run below resumes it).
+    accumulate_second_moments(tiny_llama, [0, 1], {**corpus, "n_blocks": 2}, checkpoint)
+    assert torch.load(checkpoint)["batches_done"] == 1
+    groups = _recording_groups(monkeypatch)
+    resumed = accumulate_second_moments(tiny_llama, [0, 1], corpus, checkpoint)
+    assert groups == [[0, 1], [2, 3]]
+    whole = accumulate_second_moments(tiny_llama, [0, 1], corpus, tmp_path / "whole.partial")
+    assert resumed["n_tokens"] == whole["n_tokens"] == 8 * 8
+    assert all(torch.equal(resumed["sums"][layer], whole["sums"][layer]) for layer in (0, 1))
+
+
+def test_a_checkpoint_written_under_another_grouping_is_started_over(tiny_llama, tmp_path, monkeypatch, caplog):
+    corpus = {**CORPUS, "n_blocks": 8, "sample_rows": 4}
+    checkpoint = tmp_path / "stats.partial"
+    accumulate_second_moments(tiny_llama, [0, 1], {**corpus, "n_blocks": 4, "sample_rows": None}, checkpoint)
+    assert torch.load(checkpoint)["sampling_group"] == 1
+    groups = _recording_groups(monkeypatch)
+    with caplog.at_level("WARNING"):
+        restarted = accumulate_second_moments(tiny_llama, [0, 1], corpus, checkpoint)
+    assert "editing.corpus.sample_rows; starting over" in caplog.text
+    assert groups == [[0, 1], [2, 3]]  # from batch 0, not from the checkpoint's batch 2
+    assert restarted["n_tokens"] == 8 * 8 and torch.load(checkpoint)["sampling_group"] == 2

@@ -151,16 +151,23 @@ def accumulate_second_moments(
     checkpoint = Path(checkpoint)
     n_blocks, size = int(corpus["n_blocks"]), int(corpus["batch_size"])
     n_batches = -(-n_blocks // size)
+    # Batches sampled in one decode: with more than one torch thread a decode's rows can depend on
+    # how many there are, so a sampled corpus's checkpoint resumes only under the grouping it was
+    # written with (read text does not depend on it).
+    group_size = sampling_group(corpus)
+    grouping = group_size if str(corpus["source"]) == "model_samples" else None
     state = torch.load(checkpoint) if checkpoint.exists() else None
-    if state is not None and (state["layers"] != list(layers) or state["corpus"] != corpus_description(corpus)):
-        log.warning("checkpoint %s is for other layers or corpus; starting over", checkpoint)
+    if state is not None and (state["layers"] != list(layers) or state["corpus"] != corpus_description(corpus)
+                              or state.get("sampling_group") != grouping):
+        log.warning("checkpoint %s is for other layers, corpus or editing.corpus.sample_rows; starting over", checkpoint)
         state = None
     if state is None:
         sums = {}
         for layer in layers:
             d_ff = loaded.adapter.ff2_site(layer).in_features
             sums[layer] = torch.zeros(d_ff, d_ff, dtype=torch.float64)
-        state = {"layers": list(layers), "corpus": corpus_description(corpus), "batches_done": 0, "n_tokens": 0, "sums": sums}
+        state = {"layers": list(layers), "corpus": corpus_description(corpus), "sampling_group": grouping,
+                 "batches_done": 0, "n_tokens": 0, "sums": sums}
     modules = {str(layer): loaded.adapter.ff2_site(layer).module for layer in layers}
     # Sums stay on the model's device (a 6400 x 6400 float64 product per batch is GPU work for
     # GPT-2 XL); the checkpoint (CPU copies) is written every checkpoint_every batches and at the end.
@@ -174,10 +181,13 @@ def accumulate_second_moments(
     sampled: dict[int, torch.Tensor] = {}
     for batch_index in progress:
         if batch_index not in sampled:
-            group = range(batch_index, min(n_batches, batch_index + sampling_group(corpus)))
+            # Groups start at multiples of the group size, so a run resumed inside a group decodes
+            # that whole group again (the rows of the uninterrupted run) and skips its done batches.
+            start = batch_index - batch_index % group_size
+            group = range(start, min(n_batches, start + group_size))
             if str(corpus["source"]) == "model_samples":  # one decode for the group: no bar movement meanwhile
                 progress.set_postfix_str(f"sampling batches {group.start}-{group.stop - 1} in one decode")
-            sampled = dict(zip(group, corpus_batches(loaded, corpus, group)))
+            sampled = {index: ids for index, ids in zip(group, corpus_batches(loaded, corpus, group)) if index >= batch_index}
         # A last partial batch keeps only its first blocks: the held-out blocks start at n_blocks.
         ids = sampled.pop(batch_index)[: n_blocks - batch_index * size].to(loaded.device)
         with record_module_io(modules, outputs=False) as record:
