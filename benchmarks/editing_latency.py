@@ -12,10 +12,9 @@ forward (``<method>_perplexity_full_s``), the ratio ``<method>_perplexity_over_f
 The efficacy by free generation (issue 26; every case of the rule, greedy, a fixed token budget) is
 left out of ``<method>_eval_s`` (so it stays comparable with the earlier runs and the reference path)
 and timed on its own, once, on the ``--generation-batch`` cases with the unedited weights (its cost
-does not depend on them): ``free_generation_alone_s`` per case, each case's prompts in one batch (the
-rule's path for FT and MEND, whose edits are not rank-one) and ``free_generation_batch_s`` per case,
-the cases in one batch (the rule's path for the shift, ROME and MEMIT, without the per-row hook's
-einsum); the ratios ``shift_free_generation_{alone,batch}_over_eval`` give the time it adds to a
+does not depend on them): ``free_generation_alone_s`` per case, each case's prompts in one batch,
+and ``free_generation_batch_s`` per case, the cases in one batch (the rule's path for every method,
+without the per-row hook's products); the ratios ``shift_free_generation_{alone,batch}_over_eval`` give the time it adds to a
 shift scoring case's evaluation. ``<method>_eval_generating_s`` includes it, as the rule runs it.
 The 4 s goal per generating case is read at the pipeline's own batch: ``--generation-batch``
 cases (default ``GENERATION_CASES_PER_BATCH``, as the rule shares one generation batch) edited by the
@@ -128,7 +127,7 @@ def _bare_forward_s(loaded, requests) -> float:
 
 def _generating_together(editor, requests, settings, label: str) -> tuple[list[float], float]:
     """Edit and evaluate ``requests`` as the rule does, every one generating (their texts share the
-    generation batches when the edits are rank-one): (each edit's seconds, evaluation seconds per case)."""
+    generation batches when the edits change only FF2 weights): (each edit's seconds, evaluation seconds per case)."""
     with tempfile.TemporaryDirectory() as folder:
         started = time.perf_counter()
         rows = evaluate_editor(editor, requests, CaseLog(Path(folder) / "cases.jsonl", "bench"), settings,

@@ -15,8 +15,9 @@ import torch
 
 from backlens.data.counterfact import PromptWithAnswer
 from backlens.editing.base import Editor
+from backlens.editing.ft import ConstrainedFineTuning
 from backlens.editing.evaluation import CaseLog, case_metrics, efficacy_before, evaluate_case, evaluate_editor
-from backlens.editing.row_edits import rank_one_changes
+from backlens.editing.row_edits import DenseChange, RankOneChange, dense_changes, rank_one_changes, row_changes
 from backlens.editing.requests import continuation
 from backlens.editing.scoring import score_answers, score_answers_per_pair, shared_sequences
 from backlens.editing.shift import ForwardPassShift
@@ -99,8 +100,8 @@ def test_case_rows_equal_the_reference_path(loaded):
 
 
 class RandomFF2Edits(Editor):
-    """Seeded random changes of two FF2 weights per case: rank one each (as MEMIT's), or of full
-    rank (as FT's, which cannot share a batch and generates on its own)."""
+    """Seeded random changes of two FF2 weights per case: rank one each (as MEMIT's), or of rank
+    three (as MEND's, whose rows share a batch through ``DenseChange``)."""
 
     def __init__(self, loaded, rank_one: bool):
         super().__init__(loaded, {})
@@ -126,6 +127,9 @@ def _editors(loaded):
         "shift": ForwardPassShift(loaded, {"layer": 1, "eta": 5.0, "skip_if_predicted": True}),
         "two rank-one layers": RandomFF2Edits(loaded, rank_one=True),
         "rank three": RandomFF2Edits(loaded, rank_one=False),
+        # Full rank, and the bias too on GPT-2 (Conv1D's layout).
+        "ft": ConstrainedFineTuning(loaded, {"layer": 1, "num_steps": 3, "lr": 1e-2, "norm_constraint": 0.05,
+                                             "stop_below_loss": 0.0}),
     }
 
 
@@ -134,7 +138,7 @@ def test_rank_one_changes_reproduce_the_edit_or_refuse(loaded):
         with restored_after(editor.edited_parameters()) as snapshot:
             editor.apply(REQUEST)
             changes = rank_one_changes(snapshot, loaded.adapter)
-            if name == "rank three":
+            if name in ("rank three", "ft"):
                 assert changes is None
                 continue
             assert len(changes) == len(snapshot.changes()) > 0
@@ -144,10 +148,40 @@ def test_rank_one_changes_reproduce_the_edit_or_refuse(loaded):
                 assert torch.allclose(rebuilt, delta, rtol=0, atol=1e-5 * float(delta.abs().max()))
 
 
+def test_edits_of_higher_rank_are_dense_changes_that_reproduce_the_edited_outputs(loaded):
+    """FT-L and rank-three edits share a batch as DenseChange (weight and bias changes of their FF2
+    modules); each module's output plus the change's addition is the edited module's output (float
+    round-off: 1e-6 of the largest output); a change outside FF2 modules is refused."""
+    x_BxTxIn = torch.randn(2, 3, loaded.adapter.ff2_site(0).in_features, generator=torch.Generator().manual_seed(1))
+    for name, editor in _editors(loaded).items():
+        with restored_after(editor.edited_parameters()) as snapshot:
+            editor.apply(REQUEST)
+            changes = row_changes(snapshot, loaded.adapter)
+            kind = DenseChange if name in ("rank three", "ft") else RankOneChange
+            assert changes and all(isinstance(change, kind) for change in changes), name
+            if kind is RankOneChange:
+                continue
+            assert [c.module for c in dense_changes(snapshot, loaded.adapter)] == [c.module for c in changes]
+            if name == "ft" and getattr(changes[0].module, "bias", None) is not None:
+                assert changes[0].bias_delta is not None  # GPT-2's Conv1D: the bias is fine-tuned too
+            with torch.no_grad():
+                edited = {id(change.module): change.module(x_BxTxIn) for change in changes}
+        for change in changes:
+            with torch.no_grad():
+                unedited_plus = change.module(x_BxTxIn) + change.addition(x_BxTxIn)
+            reference = edited[id(change.module)]
+            assert torch.allclose(unedited_plus, reference, rtol=0, atol=1e-6 * float(reference.abs().max())), name
+    embeddings = loaded.model.get_input_embeddings().weight
+    with restored_after([embeddings]) as snapshot, torch.no_grad():
+        embeddings[0] += 1.0
+        assert dense_changes(snapshot, loaded.adapter) is None and row_changes(snapshot, loaded.adapter) is None
+
+
 def test_cases_generating_in_one_batch_give_each_case_its_own_rows(loaded, tmp_path):
     """evaluate_editor samples the generating cases' texts together, and runs every case's greedy
-    free generation (issue 26) together, each row with its case's rank-one changes through a hook;
-    the texts and columns equal those of each case's edited weights alone."""
+    free generation (issue 26) together, each row with its case's changes through a hook (rank-one,
+    or dense for FT-L and the rank-three edits); the texts and columns equal those of each case's
+    edited weights alone."""
     evaluation = {**EVALUATION, "generation": {"max_new_tokens": 8, "top_k": 5}}
     requests = [*_requests(), replace(REQUEST, case_id=10, target_new="Paris")]
     for name, editor in _editors(loaded).items():

@@ -18,16 +18,17 @@ from backlens.editing.free_generation import FREE_GENERATION_COLUMNS, free_gener
 from backlens.editing.generation import generation_entropy, sample_texts, sample_texts_by_case
 from backlens.editing.perplexity import HeldoutPerplexity
 from backlens.editing.requests import EditRequest, continuation, space_sensitive
-from backlens.editing.row_edits import RankOneChange, per_row_changes, rank_one_changes
+from backlens.editing.row_edits import RowChange, per_row_changes, row_changes
 from backlens.editing.scoring import AnswerScore, score_answers, score_answers_per_pair
 from backlens.editing.weights import restored_after
 
 log = logging.getLogger(__name__)
 
-# Cases whose edits are rank-one generate together, this many per batch: every case's greedy
-# free-generation continuations, and the sampled texts of those that sample (one batch holds the
-# default run's 10 generating cases; 2 prompts each). Their rows are written once the batch ran, so
-# a killed job redoes at most this many finished cases.
+# Cases whose edits change only FF2 weights (every method of Table 1; the unedited row changes
+# nothing) generate together, this many per batch: every case's greedy free-generation
+# continuations, and the sampled texts of those that sample (one batch holds the default run's 10
+# generating cases; 2 prompts each). Their rows are written once the batch ran, so a killed job
+# redoes at most this many finished cases.
 GENERATION_CASES_PER_BATCH = 10
 
 
@@ -126,7 +127,7 @@ def evaluate_case(
     perplexity_blocks: torch.Tensor | None,
     before: float | None = None,
     per_pair: bool = False,
-    deferred: list[list[RankOneChange]] | None = None,
+    deferred: list[list[RowChange]] | None = None,
     heldout: HeldoutPerplexity | None = None,
     free_generation: bool = True,
 ) -> dict[str, object]:
@@ -134,7 +135,8 @@ def evaluate_case(
 
     ``before``: the unedited model's efficacy when the caller batched it over cases
     (``efficacy_before``). ``per_pair``: the reference scoring path (tests, benchmark).
-    ``deferred``: when given and the edit is rank-one (``rank_one_changes``), the generation (the
+    ``deferred``: when given and the edit changed only FF2 weights (``row_edits.row_changes``: rank-one
+    for the shift, ROME and MEMIT, dense for FT-L and MEND), the generation (the
     free generation, and the sampled texts when ``generate``) is left to the caller
     (``generate_deferred``): the changes are appended to it and the row's generation fields and
     free-generation columns stay None.
@@ -163,7 +165,7 @@ def evaluate_case(
         row["generation_entropy"] = None
         row["generated_texts"] = None
         wants_generation = generate or free_generation
-        changes = rank_one_changes(snapshot, editor.adapter) if wants_generation and deferred is not None else None
+        changes = row_changes(snapshot, editor.adapter) if wants_generation and deferred is not None else None
         if free_generation:
             row.update(dict.fromkeys(FREE_GENERATION_COLUMNS))
         if changes is not None:
@@ -268,7 +270,7 @@ def evaluate_editor(
     heldout = HeldoutPerplexity(editor, perplexity_blocks) if perplexity_blocks is not None else None
     # Rows whose generation waits for a batch of cases (written in case order once it ran), with
     # their edits' changes and whether they also sample texts.
-    pending: list[tuple[EditRequest, dict, list[RankOneChange], bool]] = []
+    pending: list[tuple[EditRequest, dict, list[RowChange], bool]] = []
 
     def write_pending() -> None:
         generate_deferred(editor, pending, settings)
@@ -278,7 +280,7 @@ def evaluate_editor(
         pending.clear()
 
     for request in tqdm(todo, desc=f"edit {label}", unit="case"):
-        deferred: list[list[RankOneChange]] = []
+        deferred: list[list[RowChange]] = []
         generate = request.case_id in generation_case_ids
         row = evaluate_case(
             editor,
@@ -302,12 +304,12 @@ def evaluate_editor(
     return [done[r.case_id] for r in requests]
 
 
-def generate_deferred(editor: Editor, pending: Sequence[tuple[EditRequest, dict, list[RankOneChange], bool]],
+def generate_deferred(editor: Editor, pending: Sequence[tuple[EditRequest, dict, list[RowChange], bool]],
                       settings: Mapping) -> None:
     """Fill the pending rows: the greedy free-generation continuations of every pending case in one
     batch, then the sampled texts of those that sample (the flag) in one batch of their own (the same
     cases as before the free generation existed), each with its own seed. Each batch row runs with
-    its case's rank-one changes (the model's weights are the unedited ones here)."""
+    its case's changes (the model's weights are the unedited ones here)."""
     free = [(request, row, changes) for request, row, changes, _ in pending if "gen_efficacy" in row]
     if free:
         with per_row_changes([changes for request, _, changes in free for _ in free_generation_prompts(request)]):
