@@ -40,6 +40,14 @@ def test_dry_run_shows_the_default_dag(project_copy):
     assert "sample_prompts" in result.stdout + result.stderr
 
 
+def test_every_call_reads_the_workflow_profile(project_copy):
+    """profiles/default (rerun-incomplete, which resuming after a hard kill needs) is where Snakemake
+    looks for a workflow profile beside a top-level Snakefile; under workflow/ it was never read."""
+    result = snakemake("-n", "--quiet", "rules", cwd=project_copy)
+    assert result.returncode == 0, result.stderr
+    assert "Using workflow specific profile profiles/default" in result.stdout + result.stderr
+
+
 def test_schema_rejects_a_bad_config():
     result = snakemake("-n", "--config", "models=[not a model!]")
     assert result.returncode != 0

@@ -20,8 +20,8 @@ from torch import nn
 
 from backlens.editing.weights import WeightSnapshot
 from backlens.models.adapters import ArchitectureAdapter
-from backlens.models.sites import LinearSite
 from backlens.models.hooks import add_to_outputs
+from backlens.models.sites import LinearSite
 
 # A change is taken as rank one when u v^T reproduces it to this fraction of its largest entry
 # (the float32 round-off of W + u v^T - W is ~1e-7 of |W|; a rank-two change misses by O(1)).
