@@ -185,7 +185,7 @@ def accumulate_second_moments(
             # that whole group again (the rows of the uninterrupted run) and skips its done batches.
             start = batch_index - batch_index % group_size
             group = range(start, min(n_batches, start + group_size))
-            if str(corpus["source"]) == "model_samples":  # one decode for the group: no bar movement meanwhile
+            if grouping is not None:  # a sampled corpus: one decode for the group, no bar movement meanwhile
                 progress.set_postfix_str(f"sampling batches {group.start}-{group.stop - 1} in one decode")
             sampled = {index: ids for index, ids in zip(group, corpus_batches(loaded, corpus, group)) if index >= batch_index}
         # A last partial batch keeps only its first blocks: the held-out blocks start at n_blocks.
