@@ -137,9 +137,7 @@ def per_row_changes(changes_per_row: Sequence[Sequence[RowChange]]) -> Iterator[
                 for change in row:
                     if id(change.module) == key:
                         groups.setdefault(id(change), ([], change))[0].append(b)
-            device = next(module.parameters()).device
-            additions[module] = _grouped_addition([(torch.tensor(rows, device=device), change)
-                                                   for rows, change in groups.values()])
+            additions[module] = _grouped_addition([(torch.tensor(rows), change) for rows, change in groups.values()])
             continue
         first = next(c for row in changes_per_row for c in row if id(c.module) == key)
         u_BxIn = first.u_In.new_zeros(len(changes_per_row), first.u_In.shape[0])
