@@ -17,7 +17,7 @@ from backlens.editing.generation import generation_entropy, ngram_entropy, sampl
 from backlens.editing.requests import continuation
 from backlens.editing.scoring import score_answers
 from backlens.editing.shift import ForwardPassShift
-from backlens.stages import editing_evaluate, editing_tables
+from backlens.stages import editing_evaluate, editing_merge, editing_tables
 from conftest import compose_config, require_shared
 from test_editing_methods import EVALUATION, REQUEST
 
@@ -148,7 +148,7 @@ def test_shards_merge_to_the_rows_of_one_job_whatever_the_shard_size(tmp_path):
                                                 f"editing.shard=[{start},{stop}]", f"paths.editing_cases={path}"))
             shard_paths.append(str(path))
         merged = compose_config(*base, f"paths.results={tmp_path}/{name}", f"paths.editing_shards=[{','.join(shard_paths)}]")
-        editing_evaluate.merge(merged)
+        editing_merge.merge(merged)
         pd.testing.assert_frame_equal(pd.read_parquet(merged.paths.editing_cases), pd.read_parquet(whole.paths.editing_cases))
         summary = json.loads((tmp_path / name / "editing" / "shift" / "summary.json").read_text())
         assert summary == json.loads(Path(whole.paths.editing_summary).read_text())
@@ -156,7 +156,7 @@ def test_shards_merge_to_the_rows_of_one_job_whatever_the_shard_size(tmp_path):
             json.loads(Path(whole.paths.editing_timings).read_text())["edit_seconds"])
         assert summary["hparams"]["eta"] == 2.0 and summary["n_generation_cases"] == 2
     with pytest.raises(ValueError, match="do not cover"):
-        editing_evaluate.merge(compose_config(*base, f"paths.results={tmp_path}/ones",
+        editing_merge.merge(compose_config(*base, f"paths.results={tmp_path}/ones",
                                               f"paths.editing_shards=[{tmp_path}/ones/0-1.parquet,{tmp_path}/ones/2-3.parquet]"))
 
 

@@ -19,8 +19,8 @@ from test_editing_methods import EVALUATION, REQUEST
 from backlens.analysis.beyond_summary import free_generation_finding
 from backlens.editing.base import NoEdit
 from backlens.editing.evaluation import evaluate_case
+from backlens.editing.columns import FREE_GENERATION_COLUMNS
 from backlens.editing.free_generation import (
-    FREE_GENERATION_COLUMNS,
     begins_with_answer,
     contains_answer,
     free_generation_rows,

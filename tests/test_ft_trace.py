@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from backlens.analysis.factored_updates import FactoredUpdate
-from backlens.analysis.ft_trace import TraceSettings, layers_from_fractions, steps_to_top1, trace_edit
+from backlens.analysis.beyond_summary import steps_to_top1
+from backlens.analysis.ft_trace import TraceSettings, layers_from_fractions, trace_edit
 from backlens.analysis.lemma import autograd_gradients
 from tolerances import EPS32, assert_close_after_update
 

@@ -9,9 +9,11 @@ import json
 
 import pandas as pd
 import pytest
+from omegaconf import OmegaConf
 
 from backlens.editing.memit import MLP_OUTPUT_REFUSAL
-from backlens.editing.methods import load_method_config, method_refuses, refusal_reason
+from backlens.editing.method_configs import REFUSAL_REASONS
+from backlens.editing.methods import EDITORS, editor_class, load_method_config, method_refuses, refusal_reason
 from backlens.editing.run_config import (
     check_refused_methods,
     methods_run,
@@ -20,6 +22,7 @@ from backlens.editing.run_config import (
     refused_methods,
 )
 from backlens.errors import ConfigError
+from backlens.project import config_dir
 from backlens.stages import editing_evaluate, editing_tables, editing_timings
 from conftest import compose_config, require_shared
 
@@ -73,6 +76,16 @@ def test_the_reason_comes_from_the_editor_and_a_name_that_refuses_nothing_is_an_
         check_refused_methods({"tiny-gemma3": ["memit", "rome"]})
     with pytest.raises(ConfigError, match=r"no method config backlens/conf/method/memt.yaml"):
         check_refused_methods({"tiny-gemma3": ["memt"]})
+
+
+def test_the_torch_free_reasons_are_the_editors_own():
+    # The table and figure stages read REFUSAL_REASONS without loading the editors; each editor class
+    # (AlphaEdit's too) must say the same, or a table would name a reason the editor does not give.
+    for method in sorted(p.stem for p in config_dir("method").glob("*.yaml")):
+        cfg = load_method_config(method)
+        base = OmegaConf.to_container(cfg.get("base") or OmegaConf.create({}), resolve=False)
+        assert editor_class(str(cfg["kind"]), base).refusal_reason == refusal_reason(method), method
+    assert set(REFUSAL_REASONS) <= set(EDITORS)
 
 
 def test_gemma3_tables_leave_memit_out_and_say_why(tmp_path):

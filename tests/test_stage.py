@@ -67,13 +67,20 @@ def test_the_project_config_is_composed_from_any_directory_under_the_stage_name(
 
 
 # Stages that draw or report from tables: a job of theirs loads no model, so it must not pay for torch
-# and transformers (about 1.5 s of each of the ~20 such jobs of `make figures`, issue 23).
-TABLE_ONLY_STAGES = ("render_figure", "trace_figures", "edit_fig26", "tracing_report")
+# and transformers (about 2 s of CPU in each of the ~45 such jobs of `make figures`, issue 23): neither
+# their modules nor the config check every job runs first (run_stage's check_run_config, which once
+# loaded every editor for the methods' refusal reasons and so torch in every job).
+TABLE_ONLY_STAGES = ("render_figure", "trace_figures", "edit_fig26", "tracing_report", "edit_merge", "edit_table1",
+                     "edit_table7", "edit_timings", "trace_merge", "scorecard", "scorecard_models", "compare_runs")
 
 
 @pytest.mark.parametrize("name", TABLE_ONLY_STAGES)
 def test_a_table_only_stage_loads_neither_torch_nor_transformers(name):
     code = (f"import sys; from backlens.stage import stage_function; stage_function({name!r}); "
+            "from hydra import compose, initialize_config_dir; from backlens.config_checks import check_run_config; "
+            f"initialize_config_dir(config_dir={str(PROJECT_ROOT / 'conf')!r}, version_base='1.3'); "
+            # tiny-gemma3: a model whose run refuses methods, so the refusals are read too.
+            "check_run_config(compose(config_name='config', overrides=['model=tiny-gemma3'])); "
             "from backlens.cli import limit_threads; limit_threads(1); "
             "import os; print(sorted({'torch', 'transformers'} & set(sys.modules)), os.environ['OMP_NUM_THREADS'])")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -14,8 +14,9 @@ COUNT_KEYS = ("n_prompts", "editing.n_cases", "tracing.n_facts")
 def check_run_config(cfg: DictConfig) -> None:
     """Counts are whole numbers >= 1, every ``methods.<name>.<key>`` override exists and every method
     ``editing.refused_methods`` lists has an editor that refuses some models."""
-    # Imported here: the workflow imports this module at DAG time, and the method registry imports every editor.
-    from backlens.editing.run_config import check_all_method_overrides, check_refused_methods
+    # Imported here, not at the top: the workflow imports this module at DAG time. The method configs'
+    # module loads no torch, so a figure or table stage does not load it for this check.
+    from backlens.editing.method_configs import check_all_method_overrides, check_refused_methods
 
     for key in COUNT_KEYS:
         value = OmegaConf.select(cfg, key)

@@ -31,7 +31,7 @@ STAGES = {
     "edit_evaluate": "editing_evaluate.run",
     "edit_fig26": "editing_figures.run",
     "edit_mend_train": "editing_mend_train.run",
-    "edit_merge": "editing_evaluate.merge",
+    "edit_merge": "editing_merge.merge",
     "edit_method_sweep": "editing_method_sweep.run",
     "edit_sequential": "editing_sequential.run",
     "edit_sequential_table": "editing_sequential.merge",

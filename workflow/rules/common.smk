@@ -12,7 +12,7 @@ import yaml
 from backlens.artifacts import artifact, artifact_paths, shard_files, shard_meta_path
 from backlens.figures.captions import caption_for
 from backlens.figures.compare import CROSS_MODEL_GALLERY
-from backlens.editing.run_config import methods_run
+from backlens.editing.method_configs import methods_run
 from backlens.analysis.scorecard import CLAIM_TABLES
 from backlens.figures.registry import FIGURES
 from backlens.project import config_dir

@@ -6,17 +6,22 @@ Every number is computed here from the tables; these are our findings, not the p
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 
 import numpy as np
 import pandas as pd
 
 from backlens.analysis.aggregate import SEGMENT_LABELS, layer_runs, segment_means
-from backlens.analysis.ft_trace import steps_to_top1
 from backlens.analysis.markdown import markdown_table
 from backlens.data.segments import SEGMENTS
 
 PROJECTION_LABELS = {"q": "W_Q", "k": "W_K", "v": "W_V", "o": "W_O"}
+
+
+def steps_to_top1(ranks_after: list[int]) -> float:
+    """First step after which the target is the model's top-1 prediction (NaN: never)."""
+    return next((float(step) for step, rank in enumerate(ranks_after, start=1) if rank == 0), math.nan)
 
 
 def _percent(share: float) -> str:

@@ -18,7 +18,6 @@ from the weights themselves and ranked by an SVD (matrix_rank's float32 rule).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -215,8 +214,3 @@ def trace_edit(loaded: LoadedModel, input_ids: list[int], target_id: int, layer:
 def layers_from_fractions(fractions: list[float], n_layers: int) -> list[int]:
     """Layer indices at fractions of depth (as the editing methods' ``layer_fraction``), deduplicated."""
     return sorted({min(n_layers - 1, max(0, round(float(f) * n_layers))) for f in fractions})
-
-
-def steps_to_top1(ranks_after: list[int]) -> float:
-    """First step after which the target is the model's top-1 prediction (NaN: never)."""
-    return next((float(step) for step, rank in enumerate(ranks_after, start=1) if rank == 0), math.nan)

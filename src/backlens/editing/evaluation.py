@@ -14,7 +14,8 @@ import torch
 from tqdm import tqdm
 
 from backlens.editing.base import Editor
-from backlens.editing.free_generation import FREE_GENERATION_COLUMNS, free_generation_prompts, free_generation_rows
+from backlens.editing.columns import FREE_GENERATION_COLUMNS
+from backlens.editing.free_generation import free_generation_prompts, free_generation_rows
 from backlens.editing.generation import generation_entropy, sample_texts, sample_texts_by_case
 from backlens.editing.perplexity import HeldoutPerplexity
 from backlens.editing.requests import EditRequest, continuation, space_sensitive

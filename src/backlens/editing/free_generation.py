@@ -30,11 +30,6 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from backlens.editing.generation import greedy_token_ids
 from backlens.editing.requests import EditRequest, continuation
 
-# The row's columns, in order (None until a deferred batch fills them).
-FREE_GENERATION_COLUMNS = ("gen_efficacy", "gen_paraphrase", "gen_efficacy_true", "gen_paraphrase_true",
-                           "gen_efficacy_contains", "gen_paraphrase_contains", "gen_n_new_tokens", "gen_continuations")
-# Those of them that are per-case metrics (0/1 or a mean of them): summaries and Table 1 average these.
-FREE_GENERATION_METRICS = FREE_GENERATION_COLUMNS[:6]
 
 
 def free_generation_prompts(request: EditRequest) -> list[str]:

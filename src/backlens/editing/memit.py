@@ -22,17 +22,10 @@ from backlens.editing.keys_values import (
     optimise_target,
     outputs_at_subject,
 )
+from backlens.editing.method_configs import MLP_OUTPUT_REFUSAL, REFUSAL_REASONS
 from backlens.editing.requests import EditRequest
 from backlens.models.hooks import record_module_io, replace_outputs
 
-# MEMIT writes the residual change z* - z into FF2 outputs, which holds only where a block adds its MLP
-# output to the residual unchanged (GPT-2, Llama, Qwen2, NeoX; not Gemma 2/3, whose post-feed-forward
-# RMSNorm comes after the MLP: no exact solve through it in general, see editing/README.md).
-MLP_OUTPUT_REFUSAL = (
-    "a block does not add its MLP output to the residual unchanged (a post-feed-forward norm, as Gemma 2/3's, "
-    "fixes the scale of what the MLP adds), so no FF2 update reaches MEMIT's residual target z* in general "
-    "(src/backlens/editing/README.md)"
-)
 # Relative mismatch above which a block does not pass its MLP output on unchanged (well above round-off).
 MLP_OUTPUT_TOLERANCE = 1e-3
 
@@ -73,7 +66,7 @@ class MassEditingMemory(Editor):
     replace the statistics file and the sampled templates when given.
     """
 
-    refusal_reason = MLP_OUTPUT_REFUSAL
+    refusal_reason = REFUSAL_REASONS["memit"]
 
     @classmethod
     def refuses(cls, loaded, hparams) -> bool:

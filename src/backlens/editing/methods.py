@@ -1,24 +1,33 @@
-"""Method registry and per-model hyper-parameters (backlens/conf/method/<name>.yaml, shipped in the package)."""
+"""Method registry: the editor of each kind and the one factory that builds it (``build_editor``). The
+method configs themselves (backlens/conf/method/<name>.yaml, per-model hyper-parameters, refusal reasons)
+are read by ``editing.method_configs``, which loads no torch."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
 
 from backlens.editing.alphaedit import AlphaEditMemory
 from backlens.editing.base import Editor, NoEdit
 from backlens.editing.ft import ConstrainedFineTuning
 from backlens.editing.memit import MassEditingMemory
+from backlens.editing.method_configs import (  # noqa: F401 (the configs' half, torch-free; re-exported here)
+    OPTIONAL_HPARAMS,
+    check_method_overrides,
+    known_hparams,
+    load_method_config,
+    method_hparams,
+    refusal_reason,
+)
 from backlens.editing.mend import MendEditor
 from backlens.editing.null_space import projection_enabled
 from backlens.editing.rome import RankOneModelEditing
 from backlens.editing.shift import ForwardPassShift
-from backlens.errors import ConfigError, UserError
+from backlens.errors import UserError
 from backlens.models.loading import LoadedModel
 from backlens.artifacts import artifact
-from backlens.project import config_dir, files_root, in_checkout
+from backlens.project import files_root, in_checkout
 
 EDITORS: dict[str, type[Editor]] = {
     "none": NoEdit,
@@ -28,87 +37,6 @@ EDITORS: dict[str, type[Editor]] = {
     "memit": MassEditingMemory,
     "mend": MendEditor,
 }
-
-
-def load_method_config(method_name: str, key: str = "method") -> DictConfig:
-    """backlens/conf/method/<method_name>.yaml, unresolved (its ``${paths...}`` interpolations
-    are the caller's to resolve); an unknown name is a ConfigError naming ``key`` and the known methods.
-
-    A variant names the method it extends in a Hydra defaults list (``defaults: [rome, _self_]``, as
-    Hydra composes ``method=<name>``): that config comes first and the variant's keys are merged over
-    it, so the shared hyper-parameters have one source."""
-    folder = config_dir("method")
-    path = folder / f"{method_name}.yaml"
-    if not path.exists():
-        known = sorted(p.stem for p in folder.glob("*.yaml"))
-        raise ConfigError(f"{key}: no method config backlens/conf/method/{method_name}.yaml; "
-                          f"known methods: {', '.join(known)}")
-    own = OmegaConf.load(path)
-    defaults = list(own.pop("defaults", None) or [])
-    if not defaults:
-        return own
-    if "_self_" not in defaults:
-        defaults.append("_self_")  # Hydra's default place for _self_ in a config's defaults list
-    parts = [own if entry == "_self_" else load_method_config(str(entry), key) for entry in defaults]
-    return OmegaConf.merge(*parts)
-
-
-def method_hparams(method_cfg: Mapping, model_name: str, n_layers: int | None = None) -> dict:
-    """``base`` overlaid with ``per_model[model_name]``; without per-model layers, a layer given as a
-    fraction of depth (``layer_fraction``) becomes an index, MEMIT's ``n_edit_layers`` a run of layers
-    ending there, and MEND's ``layers_from_end`` the last layers."""
-    cfg = OmegaConf.to_container(method_cfg, resolve=True) if isinstance(method_cfg, DictConfig) else dict(method_cfg)
-    hparams = dict(cfg.get("base") or {})
-    hparams.update((cfg.get("per_model") or {}).get(model_name) or {})
-    needs_depth = ("layer" not in hparams and "layer_fraction" in hparams) or (
-        "layers" not in hparams and ("n_edit_layers" in hparams or "layers_from_end" in hparams))
-    if needs_depth and n_layers is None:
-        raise ValueError(f"method {cfg.get('name')}: default layers need the model's layer count")
-    # Default layers for a model without per-model values, at GPT-2 XL's relative depths:
-    # MEMIT's n_edit_layers ending at layer_fraction, MEND's last layers_from_end layers.
-    if "n_edit_layers" in hparams:
-        if "layers" not in hparams:
-            last = min(n_layers - 1, round(float(hparams["layer_fraction"]) * n_layers))
-            hparams["layers"] = list(range(max(0, last - int(hparams["n_edit_layers"]) + 1), last + 1))
-    elif "layer" not in hparams and "layer_fraction" in hparams:
-        hparams["layer"] = min(n_layers - 1, round(float(hparams["layer_fraction"]) * n_layers))
-    if "layers" not in hparams and "layers_from_end" in hparams:
-        hparams["layers"] = list(range(max(0, n_layers - int(hparams["layers_from_end"])), n_layers))
-    return hparams
-
-
-# Hyper-parameters a kind takes with a default in the code (off: ROME's edit-prompt key, no
-# projection), so they can be overridden on a method whose config does not list them (the
-# configs of the methods without them, and their results' fingerprints, stay as they were).
-OPTIONAL_HPARAMS = {
-    "rome": {"update_key", "nullspace_projection", "nullspace_threshold", "nullspace_energy"},
-    "memit": {"nullspace_projection", "nullspace_threshold", "nullspace_energy", "L2"},
-    "shift": {"nullspace_projection", "nullspace_threshold", "nullspace_energy", "stats_path"},
-}
-
-
-def known_hparams(method_cfg: Mapping) -> set[str]:
-    """Hyper-parameters a method has: its ``base`` keys, every ``per_model`` key, ``layer``
-    where the base gives a ``layer_fraction``, and its kind's OPTIONAL_HPARAMS."""
-    cfg = OmegaConf.to_container(method_cfg, resolve=False) if isinstance(method_cfg, DictConfig) else dict(method_cfg)
-    known = set(cfg.get("base") or {}) | OPTIONAL_HPARAMS.get(str(cfg.get("kind")), set())
-    for values in (cfg.get("per_model") or {}).values():
-        known.update(values or {})
-    if "layer_fraction" in known:
-        known.add("layer")
-    return known
-
-
-def check_method_overrides(method_name: str, overrides: Mapping, method_cfg: Mapping) -> None:
-    """Reject ``methods.<method_name>.<key>`` overrides of keys the method does not have (a typo
-    would otherwise run with the default and name a result directory after the typo)."""
-    known = known_hparams(method_cfg)
-    unknown = sorted(set(overrides) - known)
-    if unknown:
-        raise ConfigError(
-            f"methods.{method_name}.{unknown[0]}: {method_name} has no hyper-parameter {unknown[0]!r}; "
-            f"known: {', '.join(sorted(known))}"
-        )
 
 
 def editor_inputs(kind: str, hparams: Mapping, covariance=None, templates=None) -> dict:
@@ -137,14 +65,6 @@ def editor_class(kind: str, hparams: Mapping) -> type[Editor]:
     if kind == "memit" and projection_enabled(hparams):
         return AlphaEditMemory
     return EDITORS[kind]
-
-
-def refusal_reason(method_name: str, key: str = "method") -> str | None:
-    """Why conf/method/<method_name>.yaml's editor refuses some models (its ``refusal_reason``), or None
-    where it edits any; read from the editor class, no model loaded."""
-    cfg = load_method_config(method_name, key)
-    base = OmegaConf.to_container(cfg.get("base") or OmegaConf.create({}), resolve=False)
-    return editor_class(str(cfg["kind"]), base).refusal_reason
 
 
 def method_refuses(loaded: LoadedModel, kind: str, hparams: Mapping) -> bool:

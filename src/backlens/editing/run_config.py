@@ -12,13 +12,17 @@ from omegaconf import DictConfig, OmegaConf
 
 from backlens.data.counterfact import load_counterfact_from_config
 from backlens.editing.base import Editor
-from backlens.editing.methods import (
-    build_editor,
-    check_method_overrides,
+from backlens.editing.method_configs import (  # noqa: F401 (re-exported: the stages' one place for the run config)
+    check_all_method_overrides,
+    check_refused_methods,
     load_method_config,
     method_hparams,
-    refusal_reason,
+    methods_run,
+    not_run_line,
+    refusal_note,
+    refused_methods,
 )
+from backlens.editing.methods import build_editor
 from backlens.editing.requests import EditRequest
 from backlens.editing.sequential import SequentialSettings
 from backlens.errors import ConfigError
@@ -38,49 +42,6 @@ def requests_in_range(cfg: DictConfig, first_case: int, n_cases: int, label: str
 
 def evaluation_requests(cfg: DictConfig) -> list[EditRequest]:
     return requests_in_range(cfg, int(cfg.editing.first_case), int(cfg.editing.n_cases), "editing.n_cases")
-
-
-def check_all_method_overrides(methods) -> None:
-    """Every ``methods.<name>.<key>`` names a configured method and one of its hyper-parameters."""
-    for name, overrides in (methods or {}).items():
-        check_method_overrides(str(name), overrides or {}, load_method_config(str(name), f"methods.{name}"))
-
-
-def refused_methods(cfg: DictConfig) -> list[str]:
-    """The methods whose editor refuses this run's model (``editing.refused_methods.<model name>``)."""
-    per_model = cfg.editing.get("refused_methods") or {}
-    return [str(name) for name in per_model.get(str(cfg.model.name)) or []]
-
-
-def methods_run(cfg: DictConfig, names) -> list[str]:
-    """``names`` (a method list of the editing config: table1_methods, sequential.methods, ...) without
-    the methods whose editor refuses the run's model, in order."""
-    refused = set(refused_methods(cfg))
-    return [str(name) for name in names if str(name) not in refused]
-
-
-def refusal_note(cfg: DictConfig, names) -> str:
-    """One line naming the methods of ``names`` this run leaves out and why (the editors' reasons), or ""."""
-    refused = set(refused_methods(cfg))
-    dropped = [name for name in dict.fromkeys(str(name) for name in names) if name in refused]
-    if not dropped:
-        return ""
-    reasons: dict[str, list[str]] = {}
-    for name in dropped:
-        reasons.setdefault(refusal_reason(name), []).append(name)
-    return (f"Not run on {cfg.model.name} (editing.refused_methods): "
-            + "; ".join(f"{', '.join(group)}: {reason}" for reason, group in reasons.items()) + ".")
-
-
-def check_refused_methods(refused) -> None:
-    """Every method ``editing.refused_methods`` lists has a config and an editor that refuses some
-    models (a name there that refuses nothing would silently drop a row)."""
-    for model, names in (refused or {}).items():
-        for name in names or []:
-            key = f"editing.refused_methods.{model}"
-            if refusal_reason(str(name), key) is None:
-                raise ConfigError(f"{key}: the {name} editor refuses no model (no refusal_reason); "
-                                  f"remove {name} from the list")
 
 
 def user_method_overrides(cfg: DictConfig, method_name: str) -> dict:
@@ -149,12 +110,6 @@ def check_outside_evaluation(cfg: DictConfig, first_case: int, n_cases: int, lab
     evaluation_end = evaluation_start + int(cfg.editing.n_cases)
     if first_case < evaluation_end and evaluation_start < first_case + n_cases:
         raise ValueError(f"{label} cases {first_case}..{first_case + n_cases - 1} overlap the evaluation range; move {label}.first_case")
-
-
-def not_run_line(cfg: DictConfig) -> str:
-    """The Table 1 methods this model's run leaves out and why, a paragraph after the table's note ("" if none)."""
-    note = refusal_note(cfg, cfg.editing.table1_methods)
-    return f"\n{note}\n" if note else ""
 
 
 def settings_of(cfg: DictConfig) -> SequentialSettings:

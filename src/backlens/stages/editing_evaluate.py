@@ -15,19 +15,11 @@ from backlens import sharding
 from backlens.artifacts import shard_meta_path
 from backlens.data.sources import identity_from_config
 from backlens.editing.evaluation import CaseLog, evaluate_editor
-from backlens.editing.free_generation import FREE_GENERATION_METRICS
 from backlens.editing.run_config import evaluation_requests, load_editor
+from backlens.editing.summaries import write_summary, write_timings
 from backlens.io import write_json, write_table
 
 log = logging.getLogger(__name__)
-
-SUMMARY_COLUMNS = [
-    "efficacy", "paraphrase", "neighborhood", "efficacy_success", "paraphrase_success",
-    "neighborhood_success", "generation_entropy", "perplexity",
-    # Efficacy by free generation (issue 26, editing.free_generation).
-    *FREE_GENERATION_METRICS,
-]
-
 
 def case_log_path(cases_path: str | Path, fingerprint: str) -> Path:
     """The JSON-lines progress file kept beside the final table, one per configuration: a job rerun
@@ -50,35 +42,6 @@ def fingerprint(cfg: DictConfig, hparams: dict) -> str:
         "dataset": identity_from_config(cfg.dataset, "CounterFact"),
     }
     return hashlib.sha1(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:12]
-
-
-def summarise(cases: pd.DataFrame, hparams: dict, cfg: DictConfig, dataset: dict) -> dict:
-    summary = {
-        "model": cfg.model.name,
-        "method": cfg.method.name,
-        "kind": cfg.method.kind,
-        "label": str(cfg.method.label).format(**hparams),
-        "paper_row": cfg.method.paper_row,
-        "hparams": hparams,
-        "dataset": dataset,
-        "n_cases": len(cases),
-        "n_skipped_already_predicted": int(cases["skipped"].sum()),
-        "n_already_predicted_before_edit": int(cases["already_predicted"].sum()),
-        "n_multi_token_target_new": int((cases["n_target_new_tokens"] > 1).sum()),
-        "n_target_new_merged_with_prompt": int(cases["target_new_merged_with_prompt"].sum()),
-        "n_target_new_space_sensitive": int(cases["target_new_space_sensitive"].sum()),
-        "n_cases_without_paraphrase": int((cases["n_paraphrase_prompts"] == 0).sum()),
-        "n_cases_without_neighborhood": int((cases["n_neighborhood_prompts"] == 0).sum()),
-        "generation_sources": sorted(cases["generation_source"].unique()),
-        "n_generation_cases": int(cases["generation_entropy"].notna().sum()),
-        "n_perplexity_cases": int(cases["perplexity"].notna().sum()),
-    }
-    for column in SUMMARY_COLUMNS:
-        # A cases table made before a column existed (gen_*: before issue 26) gives None, not an error.
-        values = cases[column].dropna().astype(float) if column in cases else pd.Series(dtype=float)
-        summary[f"{column}_mean"] = float(values.mean()) if len(values) else None
-        summary[f"{column}_std"] = float(values.std(ddof=0)) if len(values) else None
-    return summary
 
 
 def shard_range(cfg: DictConfig, n_requests: int) -> tuple[int, int]:
@@ -131,40 +94,3 @@ def run(cfg: DictConfig) -> None:
         return
     write_summary(cases, hparams, cfg, dataset)
     write_timings(cases, edit_seconds, setup_seconds, cfg)
-
-
-def write_summary(cases: pd.DataFrame, hparams: dict, cfg: DictConfig, dataset: dict) -> None:
-    summary = summarise(cases, hparams, cfg, dataset)
-    write_json(summary, cfg.paths.editing_summary)
-    log.info(
-        "%s on %s: %d cases; efficacy %.3f paraphrase %s neighborhood %s", cfg.method.name, cfg.model.name,
-        len(cases), summary["efficacy_mean"], summary["paraphrase_mean"], summary["neighborhood_mean"],
-    )
-
-
-def write_timings(cases: pd.DataFrame, edit_seconds: list[float], setup_seconds: float, cfg: DictConfig) -> None:
-    """Seconds per edit (per case, mean, std) and the editor's set-up time, apart from the results."""
-    seconds = pd.Series(edit_seconds, dtype=float)
-    write_json({"method": cfg.method.name, "setup_seconds": setup_seconds, "edit_seconds_mean": float(seconds.mean()),
-                "edit_seconds_std": float(seconds.std(ddof=0)),
-                "edit_seconds": dict(zip((str(c) for c in cases["case_id"]), edit_seconds))}, cfg.paths.editing_timings)
-    log.info("%s: per-edit time %.3f s (setup %.1f s)", cfg.method.name, seconds.mean(), setup_seconds)
-    print(f"per-edit time {cfg.method.name}: {seconds.mean():.4f} s")
-
-
-def merge(cfg: DictConfig) -> None:
-    """Join the shard tables (paths.editing_shards, in order) into cases.parquet and summary.json."""
-    shard_paths = [Path(p) for p in cfg.paths.editing_shards]
-    metas = [json.loads(shard_meta_path(p).read_text()) for p in shard_paths]
-    n_cases = int(cfg.editing.n_cases)
-    covered = [position for meta in metas for position in range(*meta["shard"])]
-    if covered != list(range(n_cases)):
-        raise ValueError(f"the shards {[m['shard'] for m in metas]} do not cover the {n_cases} evaluation cases once, in order")
-    for key, what in (("hparams", "hyper-parameters"), ("dataset", "data files")):
-        if any(meta.get(key) != metas[0].get(key) for meta in metas):
-            raise ValueError(f"the shards of {cfg.method.name} were run with different {what}; delete {shard_paths[0].parent} and rerun")
-    cases = pd.concat([pd.read_parquet(p) for p in shard_paths], ignore_index=True)
-    write_table(cases, cfg.paths.editing_cases)
-    write_summary(cases, metas[0]["hparams"], cfg, metas[0]["dataset"])
-    setup_seconds = sum(meta["setup_seconds"] for meta in metas) / len(metas)
-    write_timings(cases, [s for meta in metas for s in meta["edit_seconds"]], setup_seconds, cfg)

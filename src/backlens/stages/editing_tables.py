@@ -10,8 +10,8 @@ import pandas as pd
 from omegaconf import DictConfig
 
 from backlens.artifacts import artifact
-from backlens.editing.free_generation import FREE_GENERATION_METRICS
-from backlens.editing.run_config import methods_run, not_run_line
+from backlens.editing.columns import FREE_GENERATION_METRICS
+from backlens.editing.method_configs import methods_run, not_run_line
 from backlens.editing.table_statistics import TABLE1_METRICS, bootstrap_interval
 from backlens.io import write_table, write_text
 

@@ -13,7 +13,7 @@ import pandas as pd
 from omegaconf import DictConfig
 
 from backlens.artifacts import artifact
-from backlens.editing.run_config import methods_run, not_run_line
+from backlens.editing.method_configs import methods_run, not_run_line
 from backlens.io import write_table, write_text
 
 log = logging.getLogger(__name__)

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
 from backlens.data.segments import SEGMENTS
-from backlens.tracing.facts import TracedPrompt
-from backlens.tracing.trace import FactTrace
+
+if TYPE_CHECKING:  # annotations only: the merge stage builds its tables without loading torch
+    from backlens.tracing.facts import TracedPrompt
+    from backlens.tracing.trace import FactTrace
 
 # Two-sided 95% normal quantile for the confidence bands over facts.
 _Z95 = 1.959963984540054
