@@ -6,7 +6,8 @@ from omegaconf import OmegaConf
 
 from backlens.figures.registry import FIGURES
 from backlens.stages import (
-    analysis_report, backward_lens, embedding_anisotropy, lemma_check, logit_lens_examples, render_figure, sample_prompts,
+    analysis_report, backward_lens, backward_lens_merge, embedding_anisotropy, lemma_check, logit_lens_examples, render_figure,
+    sample_prompts,
 )
 from conftest import compose_config, require_shared
 
@@ -154,7 +155,7 @@ def test_shards_merge_to_the_tables_of_one_job(analysed, tmp_path):
             backward_lens.run(shard)
             metas.append(shard.paths.analysis_meta)
         merged = compose_config(*base, f"paths.results={tmp_path}/{name}", f"paths.analysis_shards=[{','.join(metas)}]")
-        backward_lens.merge(merged)
+        backward_lens_merge.merge(merged)
         for table in backward_lens.TABLES:
             pd.testing.assert_frame_equal(read(merged, table), read(single, table))
     with pytest.raises(ValueError, match="multiples of analysis.batch_size"):

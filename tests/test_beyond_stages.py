@@ -8,7 +8,7 @@ from matplotlib.text import Text
 
 from backlens.figures.common import MIN_FONT_PT
 from backlens.figures.registry import BEYOND_FIGURES, FIGURES
-from backlens.stages import attention, ft_trace, render_figure, sample_prompts
+from backlens.stages import attention, beyond_reports, ft_trace, render_figure, sample_prompts
 from backlens.stages.render_figure import read_tables
 from conftest import compose_config, require_shared
 
@@ -22,7 +22,7 @@ def beyond(request, tmp_path_factory):
     cfg = compose_config(f"model={request.param}", f"n_prompts={N_PROMPTS}", f"paths.results={results}",
                          "analysis.batch_size=4", "analysis.attention.n_lemma=2",
                          f"analysis.ft_trace.n_cases={N_CASES}", f"analysis.ft_trace.steps={STEPS}")
-    for step in (sample_prompts.run, attention.run, attention.report, ft_trace.run, ft_trace.report):
+    for step in (sample_prompts.run, attention.run, beyond_reports.attention_report, ft_trace.run, beyond_reports.ft_trace_report):
         step(cfg)
     return cfg
 

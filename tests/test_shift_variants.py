@@ -6,7 +6,8 @@ import pandas as pd
 import pytest
 import torch
 
-from backlens.analysis.anisotropy import anisotropy_summary, embedding_self_ranks, sample_token_ids
+from backlens.analysis.anisotropy import embedding_self_ranks, sample_token_ids
+from backlens.analysis.anisotropy_summary import anisotropy_summary
 from backlens.data.segments import first_target_token
 from backlens.editing.shift import ForwardPassShift, whitened_key
 from backlens.errors import ConfigError

@@ -71,7 +71,8 @@ def test_the_project_config_is_composed_from_any_directory_under_the_stage_name(
 # their modules nor the config check every job runs first (run_stage's check_run_config, which once
 # loaded every editor for the methods' refusal reasons and so torch in every job).
 TABLE_ONLY_STAGES = ("render_figure", "trace_figures", "edit_fig26", "tracing_report", "edit_merge", "edit_table1",
-                     "edit_table7", "edit_timings", "trace_merge", "scorecard", "scorecard_models", "compare_runs")
+                     "edit_table7", "edit_timings", "trace_merge", "scorecard", "scorecard_models", "compare_runs",
+                     "attention_report", "ft_trace_report", "backward_lens_merge", "analysis_report")
 
 
 @pytest.mark.parametrize("name", TABLE_ONLY_STAGES)

@@ -11,9 +11,9 @@ from __future__ import annotations
 import pandas as pd
 import torch
 
+from backlens.analysis.anisotropy_summary import VARIANTS
 from backlens.models.adapters import ArchitectureAdapter
 
-VARIANTS = ("raw", "centered")
 
 
 @torch.no_grad()
@@ -53,17 +53,3 @@ def sample_token_ids(vocab_size: int, n_tokens: int | None, seed: int) -> list[i
         return list(range(vocab_size))
     generator = torch.Generator().manual_seed(seed)
     return sorted(torch.randperm(vocab_size, generator=generator)[:n_tokens].tolist())
-
-
-def anisotropy_summary(ranks: pd.DataFrame, n_recurring: int = 5) -> pd.DataFrame:
-    """Per variant: share of tokens ranked first in their own lens, median rank, and the top tokens
-    of LL(e_t) that recur most (``top_token`` text and the share of sampled tokens whose lens they top)."""
-    rows = []
-    for variant in VARIANTS:
-        group = ranks[ranks["variant"] == variant]
-        recurring = group["top_token"].value_counts(normalize=True).head(n_recurring)
-        rows.append({"variant": variant, "n_tokens": len(group), "share_rank_first": float((group["rank"] == 0).mean()),
-                     "median_rank": float(group["rank"].median()),
-                     "mean_cosine_with_mean": float(group["cosine_with_mean"].mean()),
-                     "recurring_top_tokens": ", ".join(f"{t!r} {100 * s:.0f}%" for t, s in recurring.items())})
-    return pd.DataFrame(rows)

@@ -9,7 +9,7 @@ import pandas as pd
 from omegaconf import DictConfig
 
 from backlens.analysis.aggregate import SEGMENT_LABELS
-from backlens.analysis.anisotropy import anisotropy_summary
+from backlens.analysis.anisotropy_summary import anisotropy_summary
 from backlens.analysis.markdown import markdown_table
 from backlens.io import write_text
 

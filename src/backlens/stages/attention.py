@@ -1,10 +1,10 @@
-"""Rule ``attention`` (issue 16): the Backward Lens on W_Q, W_K, W_V, W_O; rule ``attention_report``.
+"""Rule ``attention`` (issue 16): the Backward Lens on W_Q, W_K, W_V, W_O.
 
 ``run``: one capture pass (MLP and attention sites together) per batch of the sampled prompts,
 three tidy tables (ranks, VJP norms, target ranks in LL of W_O's VJP), and Lemma 4.1 checked per
 projection against autograd on the first ``analysis.attention.n_lemma`` prompts (with the rank
-from factors cross-checked by an SVD of the full float64 gradient). ``report``: results/{run}/attention.md
-from those tables only.
+from factors cross-checked by an SVD of the full float64 gradient). Its report, results/{run}/attention.md,
+is rule ``attention_report`` (``stages/beyond_reports.py``), from those tables only.
 """
 
 from __future__ import annotations
@@ -14,11 +14,10 @@ import logging
 import pandas as pd
 from omegaconf import DictConfig
 
-from backlens.analysis.beyond_summary import attention_markdown
 from backlens.analysis.lemma import attention_lemma_rows
 from backlens.api.lens import ATTENTION_TABLES, BackwardLens, LensSettings
 from backlens.api.sampled_prompts import read_prompts
-from backlens.io import write_json, write_table, write_text
+from backlens.io import write_json, write_table
 from backlens.models.loading import load_model
 
 log = logging.getLogger(__name__)
@@ -59,10 +58,3 @@ def run(cfg: DictConfig) -> None:
     if len(lemma):
         log.info("Lemma 4.1 per projection: max relative error %.3g (batched %.3g) over %d gradients",
                  lemma.relative_error.max(), lemma.relative_error_batched.max(), len(lemma))
-
-
-def report(cfg: DictConfig) -> None:
-    """results/{run}/attention.md from the attention tables and the prompt table."""
-    paths = cfg.paths
-    tables = {name: pd.read_parquet(paths[name]) for name in (*ATTENTION_TABLES, "attention_lemma", "prompts")}
-    write_text(attention_markdown(tables, cfg.model.name), paths.attention_report)

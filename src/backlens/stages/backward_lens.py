@@ -1,18 +1,15 @@
-"""Rule ``backward_lens``: one capture pass over the sampled prompts, five tidy tables."""
+"""Rule ``backward_lens``: one capture pass over the sampled prompts (or a shard of them), five tidy
+tables; ``backward_lens_merge`` (its own module, no torch) joins the shards."""
 
 from __future__ import annotations
 
-import json
 import logging
-from pathlib import Path
 
-import pandas as pd
 from omegaconf import DictConfig
 
 from backlens import sharding
 from backlens.api.lens import GRADIENT_TABLES, BackwardLens, LensSettings, LensTables
 from backlens.api.sampled_prompts import PromptBatchSource, read_prompts
-from backlens.artifacts import artifact
 from backlens.io import write_json, write_table
 from backlens.models.loading import LoadedModel, load_model
 
@@ -74,22 +71,3 @@ def run(cfg: DictConfig) -> None:
         },
         cfg.paths.analysis_meta,
     )
-
-
-def merge(cfg: DictConfig) -> None:
-    """Join shard outputs (paths.analysis_shards: one meta JSON per shard, its tables beside it)."""
-    metas = [(Path(p), json.loads(Path(p).read_text())) for p in cfg.paths.analysis_shards]
-    covered = [i for _, meta in metas for i in range(*meta["prompts"])]
-    if covered != list(range(len(covered))) or not covered:
-        raise ValueError(f"the shards {[m['prompts'] for _, m in metas]} do not cover the prompts once, in order")
-    for name in TABLES:
-        shard_tables = [artifact("analysis_shard_table", analysis_shard=str(path.parent), table=name) for path, _ in metas]
-        table = pd.concat([pd.read_parquet(shard_table) for shard_table in shard_tables], ignore_index=True)
-        write_table(table, cfg.paths[name])
-    seconds: dict[str, float] = {}
-    for _, meta in metas:
-        for key, value in meta["seconds"].items():
-            seconds[key] = seconds.get(key, 0.0) + value
-    first = metas[0][1]
-    write_json({**first, "n_prompts": len(covered), "prompts": [0, len(covered)], "n_shards": len(metas),
-                "seconds": seconds}, cfg.paths.analysis_meta)

@@ -7,7 +7,8 @@ import logging
 
 from omegaconf import DictConfig
 
-from backlens.analysis.anisotropy import anisotropy_summary, embedding_self_ranks, sample_token_ids
+from backlens.analysis.anisotropy import embedding_self_ranks, sample_token_ids
+from backlens.analysis.anisotropy_summary import anisotropy_summary
 from backlens.io import write_table
 from backlens.models.loading import load_model
 

@@ -1,9 +1,10 @@
-"""Rule ``ft_trace`` (issue 16): K optimisation steps of an FF2 edit, traced per step; rule ``ft_trace_report``.
+"""Rule ``ft_trace`` (issue 16): K optimisation steps of an FF2 edit, traced per step.
 
 ``run``: for each of the first ``analysis.ft_trace.n_cases`` sampled prompts and each layer of
 ``layer_fractions``, edit that layer's FF2 weight by K steps of plain gradient descent or Adam
 on the paper's loss (``backlens.analysis.ft_trace``) and write one row per (case, layer, step).
-Every edit starts from the original weights. ``report``: results/{run}/ft_trace.md from that table.
+Every edit starts from the original weights. Its report, results/{run}/ft_trace.md, is rule
+``ft_trace_report`` (``stages/beyond_reports.py``), from that table.
 """
 
 from __future__ import annotations
@@ -15,10 +16,9 @@ import pandas as pd
 from omegaconf import DictConfig
 from tqdm import tqdm
 
-from backlens.analysis.beyond_summary import ft_trace_markdown
 from backlens.analysis.ft_trace import TraceSettings, layers_from_fractions, trace_edit
 from backlens.api.sampled_prompts import read_prompts
-from backlens.io import write_json, write_table, write_text
+from backlens.io import write_json, write_table
 from backlens.models.loading import load_model
 
 log = logging.getLogger(__name__)
@@ -61,8 +61,3 @@ def run(cfg: DictConfig) -> None:
         "seconds_per_step": seconds / max(1, n_cases * len(layers) * settings.steps),
     }, cfg.paths.ft_trace_meta)
     log.info("wrote %s (%d rows, %.1f s)", cfg.paths.ft_trace, len(table), seconds)
-
-
-def report(cfg: DictConfig) -> None:
-    """results/{run}/ft_trace.md from the trace table."""
-    write_text(ft_trace_markdown(pd.read_parquet(cfg.paths.ft_trace), cfg.model.name), cfg.paths.ft_trace_report)
