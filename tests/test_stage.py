@@ -67,7 +67,7 @@ def test_the_project_config_is_composed_from_any_directory_under_the_stage_name(
 
 
 # Stages that draw or report from tables: a job of theirs loads no model, so it must not pay for torch
-# and transformers (about 2 s of CPU in each of the ~45 such jobs of `make figures`, issue 23): neither
+# and transformers (about 4 s of CPU in each of the 40-odd such jobs of `make figures`, issue 23): neither
 # their modules nor the config check every job runs first (run_stage's check_run_config, which once
 # loaded every editor for the methods' refusal reasons and so torch in every job).
 TABLE_ONLY_STAGES = ("render_figure", "trace_figures", "edit_fig26", "tracing_report", "edit_merge", "edit_table1",

@@ -2,7 +2,7 @@
 says about them, without torch: per-model hyper-parameters, the overrides a method accepts, and which
 editors refuse which models and why. Every stage checks its run config with these
 (``config_checks.check_run_config``) and the table and figure stages read the refusals, so none of them
-loads torch for it (about 2 s of each such job); ``editing.methods`` builds the editors themselves."""
+loads torch for it (about 4 s of CPU per such job in `make figures`); ``editing.methods`` builds the editors."""
 
 from __future__ import annotations
 

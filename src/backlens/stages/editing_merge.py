@@ -1,7 +1,7 @@
 """Rule ``edit_merge``: join a method's evaluation shards into its cases table, summary and timings.
 
 Apart from ``editing_evaluate`` (which edits and scores the cases), so that the nine merge jobs of a
-run read and write tables without loading torch and the editors (about 2 s of each job)."""
+run read and write tables without loading torch and the editors (about 4 s of CPU per job)."""
 
 from __future__ import annotations
 
