@@ -266,7 +266,7 @@ def test_readme_run_time_is_the_performance_pipeline_section():
     commit = re.search(r"run_commit=(\w+)", section).group(1)
     wall = float(re.search(r"\| pipeline_wall \| ([\d.]+) \|", section).group(1))
     assert re.search(rf"Last measured end to end at commit {commit} ", readme)
-    total = re.search(r"(\d+) min (\d+) s in all \(([\d,]+) s;", readme)
+    total = re.search(r"(\d+) min (\d+) s in all \(([\d,]+) s[;)]", readme)
     assert total and int(total.group(3).replace(",", "")) == _half_up(wall) == 60 * int(total.group(1)) + int(total.group(2))
     for phrase, rule in PIPELINE_RULES.items():
         cpu = float(re.search(rf"\| {rule} \| \d+ \| ([\d.]+) \|", section).group(1))
