@@ -13,9 +13,7 @@ from backlens.editing.base import Editor, NoEdit
 from backlens.editing.ft import ConstrainedFineTuning
 from backlens.editing.memit import MassEditingMemory
 from backlens.editing.method_configs import (  # noqa: F401 (the configs' half, torch-free; re-exported here)
-    OPTIONAL_HPARAMS,
     check_method_overrides,
-    known_hparams,
     load_method_config,
     method_hparams,
     refusal_reason,

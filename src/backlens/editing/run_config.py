@@ -13,7 +13,6 @@ from omegaconf import DictConfig, OmegaConf
 from backlens.data.counterfact import load_counterfact_from_config
 from backlens.editing.base import Editor
 from backlens.editing.method_configs import (  # noqa: F401 (re-exported: the stages' one place for the run config)
-    check_all_method_overrides,
     check_refused_methods,
     load_method_config,
     method_hparams,
